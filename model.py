@@ -1,0 +1,331 @@
+"""
+A GPT language model: GPT-2's architecture and parameter names, so GPT-2 weights map one to one.
+
+Optional modern switches, each off by default (GPT-2 exactly):
+  pos='rope'      rotary position embeddings instead of learned ones  (https://arxiv.org/abs/2104.09864)
+  norm='rms'      RMSNorm instead of LayerNorm                        (https://arxiv.org/abs/1910.07467)
+  qk_norm=True    normalise queries and keys before attention          (https://arxiv.org/abs/2010.04245)
+  mlp='relu2'     squared ReLU instead of GELU in the MLP              (https://arxiv.org/abs/2109.08668)
+and a Muon optimizer for the hidden matrices (https://kellerjordan.github.io/posts/muon/).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+    pos: str = 'learned'  # 'learned' | 'rope'
+    norm: str = 'layer'  # 'layer' | 'rms'
+    qk_norm: bool = False
+    mlp: str = 'gelu'  # 'gelu' | 'relu2'
+
+
+class Norm(nn.Module):
+    """LayerNorm with an optional bias, or RMSNorm (a learned gain, no mean subtraction)."""
+
+    def __init__(self, ndim, kind='layer', bias=True):
+        super().__init__()
+        self.kind = kind
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias and kind == 'layer' else None
+
+    def forward(self, x):
+        if self.kind == 'rms':
+            return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def rope_tables(seq_len, head_dim, base=10000.0):
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, nh, T, hs); rotate each pair (x1[i], x2[i]) of the two halves by its angle
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for one-token-at-a-time decoding."""
+
+    def __init__(self, n_layer):
+        self.layers = [None] * n_layer
+        self.pos = 0  # how many tokens the cache holds
+
+    def update(self, i, k, v):
+        # k, v: (B, nh, T, hs) for the new tokens; returns all keys and values so far
+        if self.layers[i] is not None:
+            k = torch.cat([self.layers[i][0], k], dim=2)
+            v = torch.cat([self.layers[i][1], v], dim=2)
+        self.layers[i] = (k, v)
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.qk_norm = config.qk_norm
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new token may see every cached one
+        else:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.act = (lambda x: F.relu(x).square()) if config.mlp == 'relu2' else (lambda x: F.gelu(x, approximate='tanh'))
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = Norm(config.n_embd, config.norm, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = Norm(config.n_embd, config.norm, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        for name, value, allowed in [('pos', config.pos, ('learned', 'rope')), ('norm', config.norm, ('layer', 'rms')),
+                                     ('mlp', config.mlp, ('gelu', 'relu2'))]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos == 'learned' else None,
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=Norm(config.n_embd, config.norm, config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied input and output embeddings
+        if config.pos == 'rope':
+            cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):  # residual projections, scaled as in GPT-2
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; position embeddings left out by default (token ones are tied to lm_head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.transformer.wpe is not None:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (B, T, V) and the mean loss when targets are given; else logits of the last position only."""
+        B, T = idx.size()
+        past = cache.pos if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == 'rope':
+            rope = self.rope_cos[past:past + T], self.rope_sin[past:past + T]
+        else:
+            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V): only the next token is needed
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context, e.g. to fine-tune GPT-2 (1024) on shorter blocks."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        if self.transformer.wpe is not None:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        else:
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
+
+    def optimizer_groups(self, weight_decay):
+        """Weight decay on matrices (2-D and up) only; biases and norm gains go undecayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon_lr=0.0):
+        """AdamW (fused where the device supports it); with muon_lr > 0, Muon for the hidden matrices."""
+        adam_kwargs = dict(lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))
+        if muon_lr <= 0:
+            return [torch.optim.AdamW(self.optimizer_groups(weight_decay), **adam_kwargs)]
+        hidden = [p for n, p in self.transformer.h.named_parameters() if p.dim() == 2]
+        ids = {id(p) for p in hidden}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        adam = torch.optim.AdamW([{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay},
+                                  {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0}], **adam_kwargs)
+        return [adam, Muon(hidden, lr=muon_lr, weight_decay=weight_decay)]
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6 per parameter plus attention (PaLM, appendix B)."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * self.num_params() + 12 * L * H * Q * T
+
+    def estimate_mfu(self, tokens_per_second, peak_flops):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
+        return self.flops_per_token() * tokens_per_second / peak_flops
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        use_cache=True, generator=None):
+        """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
+
+        Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so
+        every token sees at least half a context. The uncached path (use_cache=False) recomputes the
+        same window each step, so both give the same tokens.
+        """
+        bs = self.config.block_size
+        start = max(0, idx.size(1) - bs)  # a long prompt is cropped to its last block_size tokens
+        cache, window = None, None
+        for _ in range(max_new_tokens):
+            if idx.size(1) - start > bs:
+                start = idx.size(1) - bs // 2
+            if not use_cache:
+                logits, _ = self(idx[:, start:])
+            elif window != start:  # (re)fill the cache with the whole window
+                cache, window = KVCache(self.config.n_layer), start
+                logits, _ = self(idx[:, start:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, next_id), dim=1)
+            yield next_id
+
+    def generate(self, idx, max_new_tokens, **kwargs):
+        """The prompt idx (B, T) followed by max_new_tokens generated tokens."""
+        new = list(self.generate_stream(idx, max_new_tokens, **kwargs))
+        return torch.cat([idx] + new, dim=1)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token (B, 1) from logits (B, V): greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and 0 < top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def newton_schulz(G, steps=5):
+    """An approximate orthogonalisation of G (the U V^T of its SVD), by a quintic Newton-Schulz iteration."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16()
+    X = X / (X.norm() + 1e-7)
+    transposed = G.size(0) > G.size(1)
+    if transposed:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.T if transposed else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD with Nesterov momentum whose update is orthogonalised before it is applied.
+
+    For 2-D hidden weight matrices only; embeddings, the head and gains stay with AdamW.
+    """
+
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if 'momentum_buffer' not in state:
+                    state['momentum_buffer'] = torch.zeros_like(p.grad)
+                buf = state['momentum_buffer']
+                buf.lerp_(p.grad, 1 - group['momentum'])
+                update = newton_schulz(p.grad.lerp(buf, group['momentum']), group['ns_steps'])
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5  # same RMS step for tall matrices
+                p.mul_(1 - group['lr'] * group['weight_decay'])
+                p.add_(update, alpha=-group['lr'] * scale)

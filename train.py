@@ -1,0 +1,300 @@
+"""
+Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
+
+    python train.py config/stdlib_char.py                      # the 5-minute CPU demo
+    python train.py config/shakespeare_char.py --max_iters=2000  # any setting from the command line
+    python train.py --help                                     # every setting, its default and what it does
+    torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
+    # two machines: run on each, with --node_rank=0 on the first and --node_rank=1 on the second
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/gpt2_124m.py
+
+Settings come from the defaults below, then each config file, then --key=value, in that order.
+"""
+import json
+import math
+import os
+import time
+import zlib
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from common import (fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops, print0,
+                    raw_model, save_checkpoint, setup_runtime)
+from model import GPT, GPTConfig
+
+
+@dataclass
+class Config:
+    # i/o
+    out_dir: str = 'out'  # checkpoints and log.jsonl go here
+    data_dir: str = 'data/stdlib_char'  # made by a prepare/ script: train.bin, val.bin, meta.json
+    init_from: str = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    eval_interval: int = 250  # iterations between val loss estimates (and checkpoints)
+    eval_iters: int = 50  # batches per loss estimate; the same fixed batches every time
+    log_interval: int = 10  # iterations between log lines
+    always_save_checkpoint: bool = True  # else save only when val loss improves
+    eval_only: bool = False  # estimate the losses once and exit
+    # model
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    block_size: int = 256  # context length in tokens
+    dropout: float = 0.0  # 0 for pretraining, 0.1+ to fight overfitting on small data
+    bias: bool = False  # biases in Linears and norms; GPT-2 has them
+    pos: str = 'learned'  # position encoding: 'learned' (GPT-2) or 'rope'
+    norm: str = 'layer'  # 'layer' (GPT-2's LayerNorm) or 'rms'
+    qk_norm: bool = False  # RMS-normalise queries and keys
+    mlp: str = 'gelu'  # MLP activation: 'gelu' (GPT-2) or 'relu2'
+    # batch: tokens per iteration = batch_size * grad_accum * block_size, whatever the number of processes
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per iteration, over all processes together
+    # optimizer
+    learning_rate: float = 1e-3  # peak learning rate of AdamW
+    min_lr: float = 1e-4  # end of the cosine decay, ~learning_rate/10
+    warmup_iters: int = 100  # linear warmup from 0
+    max_iters: int = 5000  # stop after this many iterations
+    lr_decay_iters: int = 0  # length of the cosine decay; 0 means max_iters
+    max_time: float = 0.0  # wall-clock budget in seconds, 0 for none; the LR decays by time when it binds
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip gradients at this norm, 0 to disable
+    muon_lr: float = 0.0  # > 0: Muon for the hidden matrices at this learning rate, AdamW for the rest
+    # system
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = 'auto'  # 'auto' (bf16 where fast, else fp16 on GPUs, else fp32), 'float32', 'bfloat16', 'float16'
+    compile: bool = False  # torch.compile the model: faster steps after a one-off compile
+    seed: int = 1337  # fixes the initialisation, the batches and dropout
+    # logging
+    wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without a network)
+    wandb_project: str = 'seedgpt'
+    wandb_run_name: str = 'run'
+
+
+def lr_at(cfg, it, elapsed):
+    """Linear warmup, then cosine decay to min_lr, by iterations or by wall clock, whichever is further on."""
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    if cfg.max_time > 0:
+        progress = max(progress, elapsed / cfg.max_time)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+class Batches:
+    """Random crops of block_size + 1 tokens, drawn from a generator seeded by (seed, split, step).
+
+    A step's batch depends on nothing else, so the loader's position is the iteration number: resuming
+    needs no other state, and 1 process with grad_accum=k sees the same tokens as k processes.
+    """
+
+    def __init__(self, cfg, meta, device):
+        self.cfg, self.meta, self.device = cfg, meta, device
+        for split in ('train', 'val'):
+            n = len(load_tokens(cfg.data_dir, split, meta))
+            if n <= cfg.block_size + 1:
+                raise SystemExit(f"error: the {split} split of {cfg.data_dir} has {n} tokens, too few for "
+                                 f"block_size={cfg.block_size}; use a smaller block_size or a bigger corpus")
+
+    def get(self, split, step, micro, tag='train'):
+        """Micro-batch number `micro` of the whole batch of iteration `step`."""
+        cfg = self.cfg
+        data = load_tokens(cfg.data_dir, split, self.meta)  # a fresh memmap each time avoids a slow leak
+        g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
+        ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size * cfg.grad_accum,), generator=g)
+        ix = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()
+        xy = torch.from_numpy(np.stack([data[i:i + cfg.block_size + 1].astype(np.int64) for i in ix]))
+        x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+        if self.device.startswith('cuda'):
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+@torch.no_grad()
+def estimate_loss(model, batches, rt, eval_iters):
+    """Mean loss on the same eval_iters batches of each split every time, shared out over the processes."""
+    model.eval()
+    out = {}
+    for split in ('train', 'val'):
+        total = torch.zeros(2, device=rt.device)
+        for k in range(rt.rank, eval_iters, rt.world_size):
+            x, y = batches.get(split, k, 0, tag='eval')
+            with rt.autocast():
+                _, loss = model(x, y)
+            total += torch.stack([loss.float(), torch.ones((), device=rt.device)])
+        if rt.ddp:
+            torch.distributed.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+class Logger:
+    """log.jsonl in out_dir, and Weights & Biases when asked; does nothing on ranks other than 0."""
+
+    def __init__(self, cfg, rt):
+        self.file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a') if rt.master else None
+        self.wandb = None
+        if cfg.wandb_log and rt.master:
+            import wandb
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
+
+    def log(self, **row):
+        if self.file:
+            self.file.write(json.dumps(row) + '\n')
+            self.file.flush()
+        if self.wandb:
+            self.wandb.log(row, step=row['iter'])
+
+
+def main(cfg):
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    if cfg.grad_accum % rt.world_size:
+        raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
+    micro_steps = cfg.grad_accum // rt.world_size
+    tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    meta = load_meta(cfg.data_dir)
+    batches = Batches(cfg, meta, rt.device)
+    if rt.master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+
+    # model, optimizer and state: from scratch or from the last checkpoint
+    ckpt = load_checkpoint(cfg.out_dir, rt.device) if cfg.init_from == 'resume' else None
+    if cfg.init_from not in ('scratch', 'resume'):
+        raise SystemExit(f"error: init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+    if ckpt:
+        model_args = ckpt['model_args']
+    else:
+        model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                          bias=cfg.bias, vocab_size=meta['vocab_size'], dropout=cfg.dropout, pos=cfg.pos,
+                          norm=cfg.norm, qk_norm=cfg.qk_norm, mlp=cfg.mlp)
+    model = GPT(GPTConfig(**model_args))
+    if ckpt:
+        model.load_state_dict(ckpt['model'])
+    model.to(rt.device)
+    optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                            rt.device_type, cfg.muon_lr)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group['base_lr'] = group['lr']  # the schedule scales each optimizer's own peak
+    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
+    iter_num, best_val_loss, elapsed = 0, float('inf'), 0.0
+    if ckpt:
+        for opt, state in zip(optimizers, ckpt['optimizers']):
+            opt.load_state_dict(state)
+        scaler.load_state_dict(ckpt['scaler'])
+        iter_num, best_val_loss, elapsed = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['elapsed']
+        torch.set_rng_state(ckpt['rng']['cpu'])
+        if rt.device_type == 'cuda' and ckpt['rng']['cuda'] is not None:
+            torch.cuda.set_rng_state(ckpt['rng']['cuda'].cpu(), rt.device)
+    del ckpt
+
+    orig_model = model  # unwrapped and uncompiled: what gets saved and evaluated
+    if cfg.compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
+    flops_peak = peak_flops(rt)
+
+    print0(f"seedgpt train | torch {torch.__version__} | device {rt.device} | dtype {rt.dtype} | "
+           f"processes {rt.world_size} | peak {flops_peak / 1e12:.2f} TFLOP/s")
+    print0("config: " + json.dumps(asdict(cfg)))
+    print0(f"model: {orig_model.num_params() / 1e6:.2f}M parameters | {tokens_per_iter:,} tokens per iteration | "
+           f"data {cfg.data_dir} ({meta['tokenizer']}, vocab {meta['vocab_size']:,})"
+           + (f" | resumed at iter {iter_num}" if iter_num else ''))
+    logger = Logger(cfg, rt)
+
+    def save(val_loss):
+        if not rt.master:
+            return
+        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
+            'model': orig_model.state_dict(), 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
+            'optimizers': [opt.state_dict() for opt in optimizers], 'scaler': scaler.state_dict(),
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed,
+            'rng': {'cpu': torch.get_rng_state(),
+                    'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}})
+
+    def evaluate():
+        nonlocal best_val_loss
+        losses = estimate_loss(orig_model if rt.ddp else model, batches, rt, cfg.eval_iters)
+        print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], time=round(elapsed, 3))
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])
+        if (improved or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
+            save(losses['val'])
+            print0(f"saved {cfg.out_dir}/ckpt.pt")
+        return losses
+
+    if cfg.eval_only:
+        evaluate()
+        return
+    t_start = time.time() - elapsed
+    t_last, iters_timed, time_timed, last_eval = time.time(), 0, 0.0, None
+    while True:
+        elapsed = time.time() - t_start
+        out_of_time = cfg.max_time > 0 and elapsed >= cfg.max_time
+        done = iter_num >= cfg.max_iters or out_of_time
+        if (iter_num % cfg.eval_interval == 0 or done) and last_eval != iter_num:
+            evaluate()
+            last_eval = iter_num
+            t_last = time.time()  # leave the eval out of the step timing
+        if done:
+            break
+
+        lr = lr_at(cfg, iter_num, elapsed)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group['lr'] = lr * group['base_lr'] / cfg.learning_rate
+        loss_sum = torch.zeros((), device=rt.device)
+        for micro in range(micro_steps):
+            x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
+            sync = nullcontext() if not rt.ddp or micro == micro_steps - 1 else model.no_sync()
+            with sync:
+                with rt.autocast():
+                    _, loss = model(x, y)
+                scaler.scale(loss / micro_steps).backward()
+            loss_sum += loss.detach()
+        if cfg.grad_clip > 0:
+            for opt in optimizers:
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(orig_model.parameters(), cfg.grad_clip)
+        for opt in optimizers:
+            scaler.step(opt)
+        scaler.update()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        iter_num += 1
+
+        if iter_num % cfg.log_interval == 0:
+            if rt.ddp:
+                torch.distributed.all_reduce(loss_sum)
+            loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the device, so time after it
+            now = time.time()
+            if iter_num > cfg.log_interval or iter_num == cfg.max_iters:  # the first steps include warm-up costs
+                iters_timed, time_timed = iters_timed + cfg.log_interval, time_timed + now - t_last
+            dt = (now - t_last) / cfg.log_interval
+            tok_s = tokens_per_iter / dt
+            mfu = orig_model.estimate_mfu(tok_s, flops_peak)
+            per_iter = time_timed / iters_timed if iters_timed else dt
+            left = (cfg.max_iters - iter_num) * per_iter
+            if cfg.max_time > 0:
+                left = min(left, cfg.max_time - (now - t_start))
+            print0(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
+                   f"mfu {mfu * 100:.1f}%, eta {fmt_time(max(left, 0))}")
+            logger.log(iter=iter_num, loss=loss, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s), mfu=round(mfu, 4),
+                       time=round(now - t_start, 3))
+            t_last = now
+
+    if rt.ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main(load_config(Config))
