@@ -67,6 +67,7 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = 'auto'  # 'auto' (bf16 where fast, else fp16 on GPUs, else fp32), 'float32', 'bfloat16', 'float16'
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile
+    fsdp: bool = False  # under torchrun, shard parameters, gradients and optimizer state over the processes
     seed: int = 1337  # fixes the initialisation, the batches and dropout
     # logging
     wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without a network)
@@ -122,8 +123,8 @@ def estimate_loss(model, batches, rt, eval_iters):
     out = {}
     for split in ('train', 'val'):
         total = torch.zeros(2, device=rt.device)
-        for k in range(rt.rank, eval_iters, rt.world_size):
-            x, y = batches.get(split, k, 0, tag='eval')
+        for j in range(math.ceil(eval_iters / rt.world_size)):  # the same count on every rank, as FSDP needs
+            x, y = batches.get(split, j * rt.world_size + rt.rank, 0, tag='eval')
             with rt.autocast():
                 _, loss = model(x, y)
             total += torch.stack([loss.float(), torch.ones((), device=rt.device)])
@@ -132,6 +133,36 @@ def estimate_loss(model, batches, rt, eval_iters):
         out[split] = (total[0] / total[1]).item()
     model.train()
     return out
+
+
+def grad_sync(model, fsdp, last):
+    """Under DDP/FSDP, average gradients only on the last micro-batch of an iteration."""
+    if fsdp:
+        model.set_requires_gradient_sync(last)
+    elif hasattr(model, 'no_sync') and not last:
+        return model.no_sync()
+    return nullcontext()
+
+
+def full_state(model, optimizers, fsdp):
+    """Whole (unsharded) model and optimizer state dicts, on the CPU under FSDP."""
+    if not fsdp:
+        return model.state_dict(), [opt.state_dict() for opt in optimizers]
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), [get_optimizer_state_dict(model, opt, options=opts)
+                                                        for opt in optimizers]
+
+
+def set_optimizer_state(model, optimizers, states, fsdp):
+    if not fsdp:
+        for opt, state in zip(optimizers, states):
+            opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    for opt, state in zip(optimizers, states):
+        set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 class Logger:
@@ -177,6 +208,13 @@ def main(cfg):
     if ckpt:
         model.load_state_dict(ckpt['model'])
     model.to(rt.device)
+    if cfg.fsdp:  # shard each block, then the rest; the model object stays the same, its tensors become DTensors
+        if not rt.ddp or cfg.muon_lr > 0:
+            raise SystemExit("error: fsdp=True needs torchrun and AdamW (muon_lr=0)")
+        from torch.distributed.fsdp import fully_shard
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
     optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                             rt.device_type, cfg.muon_lr)
     for opt in optimizers:
@@ -185,8 +223,7 @@ def main(cfg):
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
     iter_num, best_val_loss, elapsed = 0, float('inf'), 0.0
     if ckpt:
-        for opt, state in zip(optimizers, ckpt['optimizers']):
-            opt.load_state_dict(state)
+        set_optimizer_state(model, optimizers, ckpt['optimizers'], cfg.fsdp)
         scaler.load_state_dict(ckpt['scaler'])
         iter_num, best_val_loss, elapsed = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['elapsed']
         torch.set_rng_state(ckpt['rng']['cpu'])
@@ -197,7 +234,7 @@ def main(cfg):
     orig_model = model  # unwrapped and uncompiled: what gets saved and evaluated
     if cfg.compile:
         model = torch.compile(model)
-    if rt.ddp:
+    if rt.ddp and not cfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
     flops_peak = peak_flops(rt)
@@ -211,18 +248,19 @@ def main(cfg):
     logger = Logger(cfg, rt)
 
     def save(val_loss):
+        model_state, optim_state = full_state(orig_model, optimizers, cfg.fsdp)  # every rank takes part under FSDP
         if not rt.master:
             return
         save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
-            'model': orig_model.state_dict(), 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
-            'optimizers': [opt.state_dict() for opt in optimizers], 'scaler': scaler.state_dict(),
+            'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
+            'optimizers': optim_state, 'scaler': scaler.state_dict(),
             'iter_num': iter_num, 'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed,
             'rng': {'cpu': torch.get_rng_state(),
                     'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}})
 
     def evaluate():
         nonlocal best_val_loss
-        losses = estimate_loss(orig_model if rt.ddp else model, batches, rt, cfg.eval_iters)
+        losses = estimate_loss(orig_model if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
         print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], time=round(elapsed, 3))
         improved = losses['val'] < best_val_loss
@@ -255,8 +293,7 @@ def main(cfg):
         loss_sum = torch.zeros((), device=rt.device)
         for micro in range(micro_steps):
             x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
-            sync = nullcontext() if not rt.ddp or micro == micro_steps - 1 else model.no_sync()
-            with sync:
+            with grad_sync(model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
                 with rt.autocast():
                     _, loss = model(x, y)
                 scaler.scale(loss / micro_steps).backward()
