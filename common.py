@@ -198,8 +198,9 @@ def measured_matmul_flops(device='cpu', dtype=torch.float32, n=2048, seconds=0.5
     """Time n×n matmuls on `device` for about `seconds`: the machine's practical peak."""
     key = (str(device), dtype)
     if key not in _measured_peak:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: resumed runs must match
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         a @ b  # warm up
         count, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:

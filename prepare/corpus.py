@@ -67,8 +67,10 @@ def _checked(text, where):
 
 
 def iter_pieces(path):
-    """A text file in pieces of about PIECE characters, each cut just after a newline that is
-    followed by a non-space: GPT-2's pre-tokenizer never joins across such a cut."""
+    """A text file in pieces of about PIECE characters, each cut just after a lone newline (one with
+    no whitespace before it) that is followed by a non-space: GPT-2's pre-tokenizer never joins
+    across such a cut (after a longer run of whitespace it would: a blank line then text tokenizes
+    differently whole and cut in two)."""
     try:
         with open(path, encoding='utf-8', newline='') as f:
             buf = ''
@@ -78,7 +80,8 @@ def iter_pieces(path):
                 if not chunk:
                     break
                 cut = len(buf) - 1
-                while cut > 0 and not (buf[cut - 1] == '\n' and not buf[cut].isspace()):
+                while cut > 0 and not (buf[cut - 1] == '\n' and not buf[cut].isspace()
+                                       and (cut == 1 or not buf[cut - 2].isspace())):
                     cut = buf.rfind('\n', 0, cut - 1) + 1
                 if cut > 0:
                     yield _checked(buf[:cut], path)
@@ -200,8 +203,9 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
     else:
         sep, enc = EOT, gpt2_encoding()
         vocab_size = enc.n_vocab
-        encode_batch = lambda texts: [np.array(enc.encode(t, allowed_special={EOT}) if t == EOT else
-                                               enc.encode_ordinary(t), dtype=np.uint32) for t in texts]
+        # `is`: only the separator itself, not a document whose text happens to read <|endoftext|>
+        encode_batch = lambda texts: [np.array([enc.eot_token] if t is sep else enc.encode_ordinary(t),
+                                               dtype=np.uint32) for t in texts]
         if os.cpu_count() > 1:  # tiktoken releases the GIL, so threads use every core
             pool = ThreadPoolExecutor(os.cpu_count())
             encode_batch = lambda texts, _one=encode_batch: [a for (a,) in pool.map(lambda t: _one([t]), texts)]

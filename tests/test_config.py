@@ -1,0 +1,101 @@
+"""common.load_config with train.Config: files, overrides, types, errors and --help."""
+import dataclasses
+import re
+
+import pytest
+
+import train
+from common import load_config
+from conftest import ROOT, write
+
+
+def fails(argv, *words):
+    """load_config must exit with a one-line 'error: ...' naming each of `words`."""
+    with pytest.raises(SystemExit) as e:
+        load_config(train.Config, argv)
+    msg = str(e.value.code)
+    assert msg.startswith('error:') and '\n' not in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_defaults():
+    assert load_config(train.Config, []) == train.Config()
+
+
+def test_overrides_and_types():
+    cfg = load_config(train.Config, ['--n_layer=3', '--learning_rate=1', '--compile=True', '--bias=false',
+                                     '--out_dir=out-x', '--dropout=0.1', '--grad-clip=0.5'])
+    assert cfg.n_layer == 3 and type(cfg.n_layer) is int
+    assert cfg.learning_rate == 1.0 and type(cfg.learning_rate) is float  # int accepted where a float is due
+    assert cfg.compile is True and cfg.bias is False
+    assert cfg.out_dir == 'out-x' and cfg.dropout == 0.1 and cfg.grad_clip == 0.5
+
+
+def test_unknown_key_suggests_nearest():
+    fails(['--learnig_rate=1'], "'learnig_rate'", 'learning_rate')
+
+
+def test_unknown_key_without_near_match():
+    fails(['--zzzzqqq=1'], 'zzzzqqq', '--help')
+
+
+@pytest.mark.parametrize('arg,key', [('--n_layer=2.5', 'n_layer'), ('--n_layer=abc', 'n_layer'),
+                                     ('--compile=2', 'compile'), ('--learning_rate=fast', 'learning_rate')])
+def test_wrong_type_rejected(arg, key):
+    fails([arg], key)
+
+
+def test_missing_equals():
+    fails(['--n_layer', '3'], 'n_layer', '=')
+
+
+def test_config_file_with_expressions(tmp_path):
+    f = write(tmp_path / 'c.py', '"""a docstring"""\n'
+                                 'n_layer = 2  # a comment\n'
+                                 'n_embd = n_layer * 16 + 2 ** 4\n'
+                                 'learning_rate = 6e-4 / 2\n'
+                                 'min_lr = -1e-5 * -3\n'
+                                 'out_dir = "out-test"\n')
+    cfg = load_config(train.Config, [str(f), '--n_layer=5'])  # the command line wins over the file
+    assert cfg.n_layer == 5 and cfg.n_embd == 48 and type(cfg.n_embd) is int
+    assert cfg.learning_rate == pytest.approx(3e-4) and cfg.min_lr == pytest.approx(3e-5)
+    assert cfg.out_dir == 'out-test'
+
+
+def test_config_file_typo_rejected(tmp_path):
+    fails([str(write(tmp_path / 'c.py', 'learnig_rate = 1e-3\n'))], 'learning_rate')
+
+
+@pytest.mark.parametrize('body', ['import os\n', 'from os import path\n', 'n_layer = int("3")\n',
+                                  "n_layer = __import__('os').getpid()\n", 'def f():\n    pass\n',
+                                  'n_layer = undefined_name * 2\n', 'n_layer, n_head = 1, 2\n',
+                                  'n_layer = [1][0]\n'])
+def test_config_file_code_rejected(tmp_path, body):
+    fails([str(write(tmp_path / 'c.py', body))], 'c.py')
+
+
+def test_missing_config_file(tmp_path):
+    fails([str(tmp_path / 'nope.py')], 'nope.py', 'not found')
+
+
+def test_shipped_config_loads():
+    cfg = load_config(train.Config, [str(ROOT / 'config' / 'stdlib_char.py')])
+    assert cfg.max_time == 180.0 and cfg.n_layer == 4 and cfg.data_dir == 'data/stdlib_char'
+
+
+def test_help_lists_every_key_with_its_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        load_config(train.Config, ['--help'])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    # each field's comment, read straight from train.py's source
+    src = (ROOT / 'train.py').read_text(encoding='utf-8')
+    for f in dataclasses.fields(train.Config):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f'--{f.name}='))
+        assert repr(f.default) in line
+        m = re.search(rf'^\s+{f.name}: \w+ = .*?  # (.*)$', src, re.M)
+        if m:
+            assert m.group(1).strip() in line, f.name
+    assert re.search(r'^\s+learning_rate: \w+ = .*  # ', src, re.M)  # the regex does find comments

@@ -1,0 +1,152 @@
+"""model.py: causality, overfitting one batch, cached vs uncached generation, sampling filters."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig, KVCache, sample_next
+
+VARIANTS = {
+    'learned': dict(pos='learned'),
+    'rope': dict(pos='rope'),
+    'rope_modern': dict(pos='rope', qk_norm=True, norm='rms', mlp='relu2'),
+    'learned_modern_nobias': dict(pos='learned', qk_norm=True, norm='rms', mlp='relu2', bias=False),
+}
+
+
+def tiny_model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    cfg = dict(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    model = GPT(GPTConfig(**{**cfg, **kwargs}))
+    with torch.no_grad():  # larger weights than GPT-2's init: varied text and logits far from ties
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def all_logits(model, idx):
+    logits, _ = model(idx, torch.zeros_like(idx))  # with targets, every position's logits come back
+    return logits
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_causal(variant):
+    model = tiny_model(**VARIANTS[variant])
+    idx = torch.randint(32, (2, 16), generator=torch.Generator().manual_seed(1))
+    base = all_logits(model, idx)
+    for t in (0, 5, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 32
+        out = all_logits(model, changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-6)
+        assert (out[:, t:] - base[:, t:]).abs().amax(dim=-1).min() > 1e-4  # and later positions do see it
+
+
+@pytest.mark.parametrize('variant', ['learned', 'rope_modern'])
+def test_kv_cache_chunks_match_full_forward(variant):
+    """Prefill, then a multi-token chunk, then single tokens: the same last logits as one full pass."""
+    model = tiny_model(**VARIANTS[variant])
+    idx = torch.randint(32, (2, 14), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(model.config.n_layer, model.config.block_size)
+    for lo, hi in [(0, 5), (5, 9), (9, 10), (10, 14)]:
+        logits, _ = model(idx[:, lo:hi], cache=cache)
+        ref, _ = model(idx[:, :hi])
+        torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    assert cache.pos == 14
+    with pytest.raises(ValueError, match='block_size'):
+        model(idx[:, :3], cache=cache)  # 14 + 3 > 16
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    x = torch.randint(32, (4, 16), generator=torch.Generator().manual_seed(3))
+    y = torch.roll(x, -1, dims=1)
+    opt = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), 'cpu')[0]
+    _, first = model(x, y)
+    for _ in range(200):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first.item() > 3.0  # about ln(32) at initialisation
+    assert loss.item() < 0.1
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('prompt_len', [1, 5, 16, 23])  # 23 > block_size: the prompt is cropped
+def test_generate_cached_equals_uncached(variant, prompt_len):
+    model = tiny_model(**VARIANTS[variant])
+    idx = torch.randint(32, (2, prompt_len), generator=torch.Generator().manual_seed(4))
+    n = 40  # well past block_size=16: the window jumps several times
+    cached = model.generate(idx, n, temperature=0, use_cache=True)
+    plain = model.generate(idx, n, temperature=0, use_cache=False)
+    assert cached.shape == (2, prompt_len + n)
+    assert torch.equal(cached[:, :prompt_len], idx)
+    assert torch.equal(cached, plain)
+    assert len(set(cached[:, prompt_len:].flatten().tolist())) > 3  # not a degenerate repeat of one token
+
+
+def reference_greedy(model, idx, n):
+    """The window rule restated: the last block_size tokens, and past that a jump back to the last half."""
+    bs, start = model.config.block_size, max(0, idx.size(1) - model.config.block_size)
+    for _ in range(n):
+        if idx.size(1) - start > bs:
+            start = idx.size(1) - bs // 2
+        logits = all_logits(model, idx[:, start:])[:, -1]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def test_generate_window_rule():
+    model = tiny_model(**VARIANTS['rope'])
+    idx = torch.randint(32, (1, 3), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(model.generate(idx, 40, temperature=0), reference_greedy(model, idx, 40))
+
+
+def test_sampled_generation_cached_equals_uncached():
+    model = tiny_model(**VARIANTS['learned'])
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    a = model.generate(idx, 30, temperature=1.0, top_k=10, use_cache=True, generator=torch.Generator().manual_seed(6))
+    b = model.generate(idx, 30, temperature=1.0, top_k=10, use_cache=False, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b)
+
+
+def test_top_k_1_is_greedy():
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(7))
+    greedy = sample_next(logits, temperature=0)
+    assert torch.equal(greedy, logits.argmax(-1, keepdim=True))
+    for temperature in (0.5, 1.0, 2.0):
+        picked = sample_next(logits, temperature, top_k=1, generator=torch.Generator().manual_seed(8))
+        assert torch.equal(picked, greedy)
+
+
+def test_top_k_keeps_the_k_likeliest():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.0]]).repeat(4000, 1)
+    picked = sample_next(logits, 1.0, top_k=3, generator=torch.Generator().manual_seed(9))
+    assert set(picked.flatten().tolist()) == {1, 3, 5}
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # probabilities 0.05, 0.30, 0.15, 0.50 (shuffled so the nucleus is not simply the first ids)
+    probs = torch.tensor([0.05, 0.30, 0.15, 0.50])
+    logits = probs.log().repeat(20000, 1)
+    g = torch.Generator().manual_seed(10)
+    for top_p, nucleus in [(0.45, {3}), (0.7, {3, 1}), (0.9, {3, 1, 2}), (1.0, {0, 1, 2, 3})]:
+        picked = sample_next(logits, 1.0, top_p=top_p, generator=g).flatten()
+        assert set(picked.tolist()) == nucleus, top_p
+        # inside the nucleus the probabilities are renormalised, not flattened
+        kept = probs[sorted(nucleus)]
+        freq = torch.bincount(picked, minlength=4)[sorted(nucleus)].float() / len(picked)
+        torch.testing.assert_close(freq, kept / kept.sum(), rtol=0, atol=0.02)
+
+
+def test_temperature_scales_logits():
+    logits = torch.tensor([[0.0, 1.0]]).repeat(20000, 1)
+    picked = sample_next(logits, 0.5, generator=torch.Generator().manual_seed(11)).float()
+    p1 = torch.sigmoid(torch.tensor(2.0)).item()  # softmax of [0, 2] at temperature 0.5
+    assert abs(picked.mean().item() - p1) < 0.02
+
+
+def test_unknown_variant_rejected():
+    with pytest.raises(ValueError, match='pos'):
+        GPT(GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=1, n_embd=8, pos='alibi'))

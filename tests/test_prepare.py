@@ -1,0 +1,198 @@
+"""prepare/corpus.py: meta.json, a deterministic split on document boundaries, nanoGPT parity, bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from common import EOT, CharTokenizer
+from conftest import make_text, run_script, write
+from prepare import corpus
+
+EOT_ID = 50256
+
+
+def make_corpus(root):
+    """Several documents over .txt, .md, a sub-directory and a .jsonl; returns (dir, documents in corpus order)."""
+    d = root / 'docs'
+    docs = {
+        'a.txt': "Alpha: the first file.\n中文也可以。\n" + make_text(60, seed=1),
+        'b.md': "# Beta\n\nSome *markdown* with a blank line above.\n" + make_text(40, seed=2),
+        'sub/e.txt': "Epsilon lives in a sub-directory.\n" + make_text(50, seed=3),
+        'sub/f.txt': "Phi: no trailing newline" + make_text(30, seed=4).rstrip('\n'),
+    }
+    for name, text in docs.items():
+        write(d / name, text)
+    lines = ["Gamma line one, 第一行.", "Delta line two\nwith a newline inside.", make_text(40, seed=5)]
+    jsonl = '\n'.join(json.dumps({'id': i, 'text': t}, ensure_ascii=False) for i, t in enumerate(lines))
+    write(d / 'c.jsonl', jsonl + '\n\n')  # a trailing blank line is skipped
+    write(d / 'ignored.py', "print('not a text file')\n")
+    # os.walk order: files of a directory sorted, then its sub-directories
+    ordered = [docs['a.txt'], docs['b.md'], *lines, docs['sub/e.txt'], docs['sub/f.txt']]
+    return d, ordered
+
+
+def assign(docs, splits, encode, sep):
+    """Match each split's contents to documents in corpus order, each followed by sep.
+
+    Returns {split: [document index, ...]}; fails unless every document lands whole in exactly one split.
+    """
+    pos = {s: 0 for s in splits}
+    where = {s: [] for s in splits}
+    for i, doc in enumerate(docs):
+        want = list(encode(doc)) + list(sep)
+        hits = [s for s in splits if list(splits[s][pos[s]:pos[s] + len(want)]) == want]
+        assert len(hits) == 1, f"document {i} is not whole in exactly one split"
+        pos[hits[0]] += len(want)
+        where[hits[0]].append(i)
+    assert all(pos[s] == len(splits[s]) for s in splits), "a split holds more than the documents"
+    return where
+
+
+def read_split(out, meta):
+    return {s: np.fromfile(out / f'{s}.bin', dtype=meta['dtype']).tolist() for s in ('train', 'val')}
+
+
+def test_char_multi_document(tmp_path):
+    d, docs = make_corpus(tmp_path)
+    out = tmp_path / 'out'
+    meta = corpus.prepare([str(d)], tokenizer='char', out_dir=str(out), val_fraction=0.5, block_size=8, quiet=True)
+    assert meta == json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+    chars = sorted(set(''.join(docs)) | {'\n'})  # documents are joined by a blank line
+    assert meta['tokenizer'] == 'char' and meta['chars'] == chars and meta['vocab_size'] == len(chars)
+    assert meta['dtype'] == 'uint16' and meta['documents'] == len(docs)
+    assert meta['characters'] == sum(map(len, docs))
+    for s in ('train', 'val'):
+        assert os.path.getsize(out / f'{s}.bin') == 2 * meta[f'{s}_tokens'] > 0
+    assert meta['train_tokens'] + meta['val_tokens'] == sum(len(doc) + 2 for doc in docs)
+    tok = CharTokenizer(chars)
+    where = assign(docs, read_split(out, meta), tok.encode, tok.encode('\n\n'))
+    assert where['train'] and where['val']
+
+
+def test_gpt2_multi_document(tmp_path, gpt2_enc, monkeypatch):
+    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)  # build it once per session
+    d, docs = make_corpus(tmp_path)
+    out = tmp_path / 'out'
+    meta = corpus.prepare([str(d)], tokenizer='gpt2', out_dir=str(out), val_fraction=0.5, block_size=8, quiet=True)
+    assert meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 50257 and meta['eot_token'] == EOT_ID
+    assert meta['dtype'] == 'uint16' and 'chars' not in meta
+    splits = read_split(out, meta)
+    for s in ('train', 'val'):
+        assert os.path.getsize(out / f'{s}.bin') == 2 * meta[f'{s}_tokens'] == 2 * len(splits[s])
+        assert splits[s][-1] == EOT_ID
+    assert sum(splits[s].count(EOT_ID) for s in splits) == len(docs)  # one <|endoftext|> after each document
+    where = assign(docs, splits, gpt2_enc.encode_ordinary, [EOT_ID])
+    assert where['train'] and where['val']
+
+
+def test_text_containing_eot_string_is_not_a_separator(tmp_path, gpt2_enc, monkeypatch):
+    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)
+    write(tmp_path / 'a.txt', "a document that mentions " + EOT + " in its text\n" * 20)
+    write(tmp_path / 'b.txt', make_text(200))
+    write(tmp_path / 'c.jsonl', json.dumps({'text': EOT}) + '\n')  # a document that is exactly the string
+    meta = corpus.prepare([str(tmp_path / f) for f in ('a.txt', 'b.txt', 'c.jsonl')], tokenizer='gpt2',
+                          out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
+    splits = read_split(tmp_path / 'out', meta)
+    assert sum(splits[s].count(EOT_ID) for s in splits) == 3
+
+
+@pytest.mark.parametrize('tokenizer', ['char', 'gpt2'])
+def test_split_is_deterministic(tmp_path, tokenizer, gpt2_enc, monkeypatch):
+    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)
+    d, _ = make_corpus(tmp_path)
+    for out in ('out1', 'out2'):
+        corpus.prepare([str(d)], tokenizer=tokenizer, out_dir=str(tmp_path / out), block_size=8, quiet=True)
+    for f in ('train.bin', 'val.bin', 'meta.json'):
+        assert (tmp_path / 'out1' / f).read_bytes() == (tmp_path / 'out2' / f).read_bytes()
+
+
+def nanogpt_shakespeare_char(text):
+    """nanoGPT's data/shakespeare_char/prepare.py, restated."""
+    chars = sorted(list(set(text)))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    n = len(text)
+    train_data, val_data = text[:int(n * 0.9)], text[int(n * 0.9):]
+    return chars, [stoi[c] for c in train_data], [stoi[c] for c in val_data]
+
+
+@pytest.mark.parametrize('piece', [1 << 20, 7])  # 7: the single document arrives in many pieces
+def test_single_document_matches_nanogpt(tmp_path, monkeypatch, piece):
+    monkeypatch.setattr(corpus, 'PIECE', piece)
+    text = make_text(3000, seed=7).replace('cat', 'Cat!') + "你好，世界。\n"
+    write(tmp_path / 'input.txt', text)
+    meta = corpus.prepare([str(tmp_path / 'input.txt')], tokenizer='char', out_dir=str(tmp_path / 'out'), quiet=True)
+    chars, train_ids, val_ids = nanogpt_shakespeare_char(text)
+    assert meta['chars'] == chars and meta['vocab_size'] == len(chars)
+    splits = read_split(tmp_path / 'out', meta)
+    assert splits['train'] == train_ids
+    assert splits['val'] == val_ids
+
+
+def test_gpt2_pieces_tokenize_like_the_whole_file(tmp_path, gpt2_enc, monkeypatch):
+    """Streaming a file in pieces must give the same tokens as encoding it whole."""
+    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)
+    monkeypatch.setattr(corpus, 'PIECE', 16)
+    # blank lines, indented lines and whitespace-only lines just before a cut point
+    text = ''.join(f"line {i}.\n" + "\n" * (i % 3) + " " * (i % 2) + ("  indented\n" if i % 4 == 0 else "") +
+                   (" \n" if i % 5 == 0 else "") for i in range(200))
+    docs = [text, make_text(300, seed=9)]
+    write(tmp_path / 'a.txt', docs[0])
+    write(tmp_path / 'b.txt', docs[1])
+    meta = corpus.prepare([str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')], tokenizer='gpt2',
+                          out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
+    assign(docs, read_split(tmp_path / 'out', meta), gpt2_enc.encode_ordinary, [EOT_ID])
+
+
+# ---- bad input: a one-line error, exit code 1, and nothing written
+
+def bad_inputs(tmp):
+    write(tmp / 'empty.txt', '')
+    (tmp / 'emptydir').mkdir()
+    (tmp / 'binary.txt').write_bytes(b'some text\x00\x01\x02 more')
+    (tmp / 'latin1.txt').write_bytes(b'caf\xe9 au lait\n')
+    write(tmp / 'nofield.jsonl', '{"text": "fine"}\n{"content": "no text field here"}\n')
+    write(tmp / 'small.txt', make_text(30))
+    return {
+        'missing': ([tmp / 'nope.txt'], ['nope.txt', 'no such file']),
+        'empty_dir': ([tmp / 'emptydir'], ['emptydir', 'no .txt']),
+        'empty_file': ([tmp / 'empty.txt'], ['empty']),
+        'binary': ([tmp / 'binary.txt'], ['binary.txt', 'NUL']),
+        'latin1': ([tmp / 'latin1.txt'], ['latin1.txt', 'UTF-8']),
+        'jsonl_field': ([tmp / 'nofield.jsonl'], ['nofield.jsonl:2', "'text'"]),
+        'too_small': ([tmp / 'small.txt', '--block_size=256'], ['too small', 'block_size']),
+    }
+
+
+def check_failed(p, words):
+    assert p.returncode != 0
+    assert 'Traceback' not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith('error:')]
+    assert len(errors) == 1 and lines[-1] == errors[0], p.stderr
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+def leftovers(tmp):
+    return sorted(n for n in os.listdir(tmp) if n.startswith('out'))
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty_dir', 'empty_file', 'binary', 'latin1', 'jsonl_field', 'too_small'])
+def test_bad_input(tmp_path, case):
+    args, words = bad_inputs(tmp_path)[case]
+    p = run_script('prepare/corpus.py', *args, '--tokenizer=char', '--name=x', f'--out_dir={tmp_path / "out"}')
+    check_failed(p, words)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('case', ['binary', 'too_small'])
+def test_failed_prepare_keeps_old_dataset(tmp_path, case):
+    out = tmp_path / 'out'
+    write(tmp_path / 'good.txt', make_text(500))
+    corpus.prepare([str(tmp_path / 'good.txt')], tokenizer='char', out_dir=str(out), block_size=8, quiet=True)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    args, words = bad_inputs(tmp_path)[case]
+    check_failed(run_script('prepare/corpus.py', *args, '--tokenizer=char', '--name=x', f'--out_dir={out}'), words)
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+    assert leftovers(tmp_path) == ['out']

@@ -1,0 +1,62 @@
+"""sample.py run as a script on a tiny trained checkpoint: seeds, long prompts, prompt files, bad prompts."""
+from conftest import run_script, write
+
+SEP = '\n---------------\n'
+
+
+def sample(out_dir, *args):
+    return run_script('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--max_new_tokens=60', *args)
+
+
+def test_seed_fixes_the_text(trained_out):
+    a = sample(trained_out, '--seed=1', '--start=the ')
+    b = sample(trained_out, '--seed=1', '--start=the ')
+    c = sample(trained_out, '--seed=2', '--start=the ')
+    for p in (a, b, c):
+        assert p.returncode == 0, p.stderr
+    assert a.stdout == b.stdout
+    assert a.stdout != c.stdout
+    # two samples, each the prompt then exactly 60 generated characters
+    parts = a.stdout.split(SEP)
+    assert len(parts) == 3 and parts[2] == ''
+    for part in parts[:2]:
+        assert part.startswith('the ') and len(part) == len('the ') + 60
+
+
+def test_cache_does_not_change_the_text(trained_out):
+    a = sample(trained_out, '--seed=3', '--use_cache=True', '--num_samples=1')
+    b = sample(trained_out, '--seed=3', '--use_cache=False', '--num_samples=1')
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout
+
+
+def test_long_prompt_and_prompt_file(trained_out, tmp_path):
+    prompt = 'the cat sat on a mat and then it ran to see why. ' * 3  # > block_size=16 characters
+    f = write(tmp_path / 'prompt.txt', prompt)
+    a = sample(trained_out, f'--start={prompt}', '--num_samples=1')
+    b = sample(trained_out, f'--start=FILE:{f}', '--num_samples=1')
+    assert a.returncode == 0, a.stderr
+    assert a.stdout.startswith(prompt) and len(a.stdout) == len(prompt) + 60 + len(SEP)
+    assert b.returncode == 0, b.stderr
+    assert b.stdout == a.stdout
+
+
+def one_line_error(p, *words):
+    assert p.returncode != 0
+    assert 'Traceback' not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error:'), p.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_prompt_outside_vocabulary(trained_out):
+    one_line_error(sample(trained_out, '--start=the ☃ snowman'), '☃', 'vocabulary')
+
+
+def test_missing_prompt_file(trained_out, tmp_path):
+    one_line_error(sample(trained_out, f'--start=FILE:{tmp_path / "nope.txt"}'), 'nope.txt')
+
+
+def test_missing_checkpoint(tmp_path):
+    one_line_error(sample(tmp_path / 'empty'), 'no checkpoint')

@@ -1,0 +1,68 @@
+"""Char and GPT-2 tokenizers: round trips, and GPT-2 ids against known reference values."""
+import numpy as np
+import pytest
+
+from common import EOT, CharTokenizer, GPT2Tokenizer, load_meta, load_tokenizer, load_tokens
+from conftest import write
+from prepare import corpus
+
+CHINESE = "你好，世界。机器学习很有趣！\n深度学习 (deep learning) 与 GPT 模型：2024 年。\n"
+
+
+@pytest.mark.parametrize('text', ["你好，世界。机器学习", CHINESE, "hello, world\n\ttabs ünïcödé 🙂 emoji"])
+def test_char_round_trip(text):
+    tok = CharTokenizer(sorted(set(text)))
+    ids = tok.encode(text)
+    assert len(ids) == len(text)  # one id per character, even outside the BMP
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == len(set(text))
+
+
+def test_char_unknown_character_names_it():
+    tok = CharTokenizer(sorted(set("你好")))
+    with pytest.raises(ValueError, match="'界'"):
+        tok.encode("你好界")
+
+
+def test_prepare_char_chinese_reproduces_corpus(tmp_path):
+    text = CHINESE * 40 + "最后一行，没有换行符"
+    src = write(tmp_path / 'zh.txt', text)
+    corpus.prepare([str(src)], tokenizer='char', out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
+    meta = load_meta(tmp_path / 'out')
+    tok = load_tokenizer(meta)
+    ids = np.concatenate([load_tokens(tmp_path / 'out', s, meta) for s in ('train', 'val')])
+    assert tok.decode(ids.tolist()) == text
+
+
+# GPT-2 ids as published by OpenAI's encoder.json / tiktoken.get_encoding('gpt2')
+GPT2_REFERENCE = {
+    "Hello world": [15496, 995],
+    " the": [262],
+    "Hello, world!": [15496, 11, 995, 0],
+    "The quick brown fox": [464, 2068, 7586, 21831],
+    "hello": [31373],
+    "\n": [198],
+    " ": [220],
+    "!": [0],
+}
+
+
+@pytest.mark.parametrize('text,ids', GPT2_REFERENCE.items())
+def test_gpt2_reference_ids(gpt2_enc, text, ids):
+    assert gpt2_enc.encode_ordinary(text) == ids
+    assert gpt2_enc.decode(ids) == text
+
+
+def test_gpt2_special_and_vocab(gpt2_enc):
+    assert gpt2_enc.n_vocab == 50257
+    assert gpt2_enc.eot_token == 50256
+    tok = GPT2Tokenizer()
+    assert tok.vocab_size == 50257 and tok.eot == 50256
+    assert tok.encode(EOT) == [50256]
+    assert tok.encode("a" + EOT + "b") == [64, 50256, 65]
+    assert tok.decode(tok.encode(CHINESE)) == CHINESE  # byte-level BPE round-trips any UTF-8
+
+
+def test_load_tokenizer_rejects_unknown():
+    with pytest.raises(SystemExit, match='^error:'):
+        load_tokenizer({'tokenizer': 'sentencepiece'})
