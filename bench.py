@@ -1,0 +1,390 @@
+"""
+Measure seedgpt on this machine, side by side with nanoGPT, and print the results as markdown tables.
+
+    python bench.py                                            # every section, seedgpt alone
+    python bench.py --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
+    python bench.py --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
+    python bench.py --only=train,sample --quick=True           # some sections, fewer and shorter rounds
+    python bench.py --help                                     # every setting
+
+Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +
+clip + AdamW step at two sizes, fp32 and bf16 autocast); sample (tokens/s with and without the KV
+cache, and a check that both give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus:
+MB/s, cores used, and peak memory for a corpus 10x larger). nanoGPT is imported at run time from the
+path given, never copied here. Progress goes to stderr, the tables to stdout.
+"""
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+import common
+import model as seedgpt
+from common import load_config, measured_matmul_flops, setup_runtime
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Config:
+    nanogpt: str = ''  # path to a nanoGPT checkout to compare against; '' measures seedgpt alone
+    only: str = 'peak,train,sample,prepare'  # sections to run, comma-separated
+    quick: bool = False  # 2 short rounds, 1 sampling run of 300 tokens, a 3x corpus: a smoke test only
+    rounds: int = 5  # each model trains once per round, in turn, so a change in load hits all alike
+    round_s: float = 4.0  # seconds each model trains per round (3 steps at least); the median round counts
+    sample_rounds: int = 3  # timed generations per sampling case, alternated like the training rounds
+    warmup: int = 3  # untimed steps first: oneDNN and the optimizer set themselves up
+    sample_tokens: int = 500  # tokens per sampling run; past 256 it crosses the baby model's block_size
+    copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda'; prepare always runs on the CPU
+    out: str = ''  # also write the tables to this markdown file
+
+
+SIZES = {  # name: (model shape, batch size); vocab 65 is tiny Shakespeare's characters
+    'cpu-recipe': (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12),  # nanoGPT's README CPU run
+    'baby': (dict(n_layer=6, n_head=6, n_embd=384, block_size=256), 8),  # nanoGPT's shakespeare_char model
+}
+VOCAB = 65
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+TARGETS = {'cpu-recipe': 1.2, 'baby': 1.5, 'sample': 10.0, 'rss_growth': 0.20}
+
+T0 = time.time()
+
+
+def log(msg):
+    print(f"[{time.time() - T0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class Others:
+    """Cores kept busy by other processes since the last reading: tests running beside us skew every number."""
+
+    def __init__(self):
+        self.last = self.read()
+
+    @staticmethod
+    def read():
+        try:
+            with open('/proc/stat') as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None  # not Linux
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf('SC_CLK_TCK')  # all but idle and iowait
+        own = sum(os.times()[:4])  # this process and the prepare subprocesses
+        return busy, own, time.time()
+
+    def cores(self):
+        now, last = self.read(), self.last
+        self.last = now
+        if now is None:
+            return float('nan')
+        return max(0.0, (now[0] - last[0]) - (now[1] - last[1])) / max(now[2] - last[2], 1e-9)
+
+
+_peaks = {}
+
+
+def peak(device, dtype):
+    """The best of five windows of common.measured_matmul_flops: other load only ever lowers a window."""
+    if dtype not in _peaks:
+        best = 0.0
+        for _ in range(5):
+            common._measured_peak.pop((str(device), dtype), None)  # else it returns its first window again
+            best = max(best, measured_matmul_flops(device, dtype, seconds=0.4))
+        _peaks[dtype] = best
+    return _peaks[dtype]
+
+
+def table(headers, rows):
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
+    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def load_nanogpt(path):
+    """nanoGPT's model.py as the module 'nanogpt_model', so it cannot shadow our own model.py."""
+    file = os.path.join(os.path.expanduser(path), 'model.py')
+    if not os.path.isfile(file):
+        raise SystemExit(f"error: no model.py in {path}; pass --nanogpt=/path/to/a/nanoGPT/checkout")
+    spec = importlib.util.spec_from_file_location('nanogpt_model', file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['nanogpt_model'] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+class Impl:
+    """One model family behind one interface: build a model and its optimizer, count its FLOPs."""
+
+    def __init__(self, name, module):
+        self.name, self.module = name, module
+
+    def build(self, shape, device):
+        torch.manual_seed(1337)  # the same weights for every run of a size
+        with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints parameter counts
+            model = self.module.GPT(self.module.GPTConfig(**shape, vocab_size=VOCAB, bias=False, dropout=0.0))
+            model.to(device)
+            opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device.split(':')[0])
+        return model, opt[0] if isinstance(opt, list) else opt
+
+    def flops_per_token(self, model):
+        if hasattr(model, 'flops_per_token'):
+            return model.flops_per_token()
+        # nanoGPT's estimate_mfu formula (PaLM appendix B), without its fixed A100 peak
+        cfg = model.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * model.get_num_params() + 12 * L * H * Q * T
+
+
+def make_sync(device):
+    return torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+
+
+# -----------------------------------------------------------------------------
+# sections; each returns markdown
+
+def bench_peak(cfg, rt):
+    rows = []
+    for name, dtype in DTYPES.items():
+        log(f"matmul peak {name}")
+        rows.append([name, f"{peak(rt.device, dtype) / 1e12:.3f}"])
+    return ("### matmul peak (2048x2048, best of 5 windows; the MFU denominator)\n\n" +
+            table(['dtype', 'TFLOP/s'], rows))
+
+
+def bench_train(cfg, rt, impls):
+    sync, others = make_sync(rt.device), Others()
+    rows, ratio_rows, busy = [], [], []
+    for size, (shape, batch) in SIZES.items():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(VOCAB, (batch, shape['block_size']), generator=g).to(rt.device)
+        y = torch.randint(VOCAB, (batch, shape['block_size']), generator=g).to(rt.device)
+        runs = []
+        for impl in impls:
+            for dname, dtype in DTYPES.items():
+                model, opt = impl.build(shape, rt.device)
+                ctx = (lambda d=dtype: torch.autocast(rt.device_type, dtype=d)) if dtype != torch.float32 \
+                    else contextlib.nullcontext  # fp32: what nanoGPT's train.py does on a CPU
+
+                def step(model=model, opt=opt, ctx=ctx):  # one training iteration, as train.py does it
+                    with ctx():
+                        _, loss = model(x, y)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+
+                log(f"train {size} {impl.name} {dname}: warm-up")
+                for _ in range(cfg.warmup):
+                    step()
+                sync()
+                runs.append(dict(impl=impl, model=model, dtype=dname, step=step, ms=[], steps=0))
+        others.cores()
+        for r in range(cfg.rounds):  # every run once per round, in turn
+            for run in runs:  # the same wall time each, so a burst of other load costs every run alike
+                sync()
+                t, steps = time.perf_counter(), 0
+                while steps < 3 or time.perf_counter() - t < cfg.round_s:
+                    run['step']()
+                    steps += 1
+                sync()
+                run['ms'].append((time.perf_counter() - t) * 1000 / steps)
+                run['steps'] += steps
+            busy.append(others.cores())
+            log(f"train {size} round {r + 1}/{cfg.rounds}: " +
+                ', '.join(f"{u['impl'].name} {u['dtype']} {u['ms'][-1]:.0f} ms" for u in runs) +
+                f" | other processes {busy[-1]:.1f} cores")
+        tokens = batch * shape['block_size']
+        for run in runs:
+            ms = statistics.median(run['ms'])
+            run['tok_s'], run['best'] = tokens / ms * 1000, tokens / min(run['ms']) * 1000
+            mfu = run['impl'].flops_per_token(run['model']) * run['tok_s'] / peak(rt.device, DTYPES[run['dtype']])
+            rows.append([size, run['impl'].name, run['dtype'], f"{run['steps']}", f"{ms:.1f}",
+                         f"{min(run['ms']):.1f}-{max(run['ms']):.1f}", f"{run['tok_s']:,.0f}", f"{mfu * 100:.1f}%"])
+            del run['model'], run['step']  # free the weights and optimizer state before the next size
+        if len(impls) > 1:
+            # on the medians, and on each run's fastest round: the one least disturbed by other processes
+            ours = [{u['dtype']: u[k] for u in runs if u['impl'] is impls[0]} for k in ('tok_s', 'best')]
+            theirs = [{u['dtype']: u[k] for u in runs if u['impl'] is impls[1]} for k in ('tok_s', 'best')]
+            pairs = [('best dtype vs best dtype', lambda o, t: max(o.values()) / max(t.values())),
+                     ('best dtype vs nanoGPT as its train.py runs on a CPU (fp32)', lambda o, t: max(o.values()) / t['fp32'])]
+            pairs += [(f"{d} vs {d}", lambda o, t, d=d: o[d] / t[d]) for d in DTYPES]
+            for i, (what, ratio) in enumerate(pairs):
+                med, fast = ratio(ours[0], theirs[0]), ratio(ours[1], theirs[1])
+                verdict = f"{'met' if med >= TARGETS[size] else 'MISSED'} (>= {TARGETS[size]}x)" if i < 2 else ''
+                ratio_rows.append([size, what, f"{med:.2f}x", f"{fast:.2f}x", verdict])
+    out = (f"### training: forward + backward + clip + AdamW step (median ms/iter of {cfg.rounds} rounds, "
+           f"bias=False, dropout 0, vocab {VOCAB}; other processes used {statistics.median(busy):.1f} cores "
+           f"in the median round, {max(busy):.1f} at most)\n\n" +
+           table(['size', 'model', 'dtype', 'steps', 'ms/iter', 'range', 'tokens/s', 'MFU'], rows))
+    if ratio_rows:
+        out += "\n\nseedgpt / nanoGPT tokens/s:\n\n" + table(
+            ['size', 'compared', 'ratio (medians)', 'ratio (fastest rounds)', 'target (on medians)'], ratio_rows)
+    return out
+
+
+def bench_sample(cfg, rt, impls):
+    shape, _ = SIZES['baby']
+    n = cfg.sample_tokens
+    sync, others = make_sync(rt.device), Others()
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)  # a 1-token prompt, batch 1
+    kw = dict(temperature=1.0, top_k=200)  # nanoGPT's sample.py defaults
+    cases = [(impls[0], 'cache', dict(use_cache=True)), (impls[0], 'no cache', dict(use_cache=False))]
+    cases += [(impl, '(its own)', {}) for impl in impls[1:]]
+    models = []
+    for impl, label, extra in cases:
+        model, _ = impl.build(shape, rt.device)
+        model.eval()
+        model.generate(prompt, 8, **kw, **extra)  # warm up
+        models.append(model)
+    times, busy = {(impl.name, label): [] for impl, label, _ in cases}, []
+    others.cores()
+    for r in range(cfg.sample_rounds):
+        for (impl, label, extra), model in zip(cases, models):
+            sync()
+            t = time.perf_counter()
+            out = model.generate(prompt, n, **kw, **extra)
+            sync()
+            assert out.shape == (1, n + 1)
+            times[(impl.name, label)].append(time.perf_counter() - t)
+        busy.append(others.cores())
+        log(f"sample round {r + 1}/{cfg.sample_rounds}, {n} tokens: " +
+            ', '.join(f"{name} {label} {n / ts[-1]:.1f} tok/s" for (name, label), ts in times.items()) +
+            f" | other processes {busy[-1]:.1f} cores")
+    speeds = {key: n / statistics.median(ts) for key, ts in times.items()}
+    base = speeds.get(('nanoGPT', '(its own)'))
+    rows = []
+    for (name, label), tok_s in speeds.items():
+        vs = f"{tok_s / base:.1f}x" if base else ''
+        target = ''
+        if base and label == 'cache':
+            target = f"{'met' if tok_s / base >= TARGETS['sample'] else 'MISSED'} (>= {TARGETS['sample']:.0f}x)"
+        rows.append([name, label, f"{tok_s:,.1f}", vs, target])
+    speedup = speeds[('seedgpt', 'cache')] / speeds[('seedgpt', 'no cache')]
+
+    # greedy decoding must not depend on the cache, also after the window jumps past block_size
+    log(f"sample: greedy check, cache vs no cache, {n} tokens")
+    a = models[0].generate(prompt, n, temperature=0.0, use_cache=True)
+    b = models[0].generate(prompt, n, temperature=0.0, use_cache=False)
+    same = torch.equal(a, b)
+    diff = '' if same else f", first difference at token {int((a != b).nonzero()[0, 1])}"
+    return (f"### sampling: baby model (random init, fp32), batch 1, 1-token prompt, {n} new tokens, "
+            f"temperature 1, top_k 200 (median of {cfg.sample_rounds} runs; other processes used "
+            f"{statistics.median(busy):.1f} cores in the median round)\n\n" +
+            table(['model', 'KV cache', 'tokens/s', 'vs nanoGPT', 'target'], rows) +
+            f"\n\nKV cache speedup over no cache: {speedup:.1f}x. Greedy (temperature 0) tokens with and without "
+            f"the cache, {n} tokens past block_size {shape['block_size']}: {'IDENTICAL' if same else 'DIFFERENT'}{diff}")
+
+
+# runs one prepare in a fresh process, so its peak RSS is its own; argv: out_dir, then 'stdlib' or dirs
+PREPARE_CHILD = r"""
+import json, os, sys, time
+sys.path[:0] = ['prepare', '.']
+from corpus import find_files, prepare
+from stdlib import stdlib_files
+out_dir, inputs = sys.argv[1], sys.argv[2:]
+files = stdlib_files()[1] if inputs == ['stdlib'] else find_files(inputs)
+nbytes = sum(os.path.getsize(f) for f in files)
+status = lambda key: next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key))
+base = status('VmRSS:')  # the imports alone
+wall, cpu = time.perf_counter(), time.process_time()
+meta = prepare(inputs, tokenizer='gpt2', out_dir=out_dir, files=files, source=['bench'], quiet=True)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps(dict(bytes=nbytes, files=len(files), wall=wall, cpu=cpu, tokens=meta['train_tokens'] + meta['val_tokens'], base=base,
+                      rss=status('VmHWM:'))))  # not ru_maxrss: it keeps the forking parent's peak across exec
+"""
+
+
+def bench_prepare(cfg, rt):
+    sys.path.insert(0, os.path.join(ROOT, 'prepare'))
+    from stdlib import stdlib_files
+    root, files = stdlib_files()
+
+    others = Others()
+
+    def run(label, inputs, tmp):
+        log(f"prepare {label}")
+        others.cores()
+        p = subprocess.run([sys.executable, '-c', PREPARE_CHILD, os.path.join(tmp, 'out'), *inputs],
+                           cwd=ROOT, capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(f"error: prepare {label} failed:\n{p.stderr}")
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r['others'] = others.cores()
+        log(f"prepare {label}: {r['bytes'] / 1e6:.1f} MB in {r['wall']:.1f} s, peak RSS {r['rss'] / 2**20:.0f} MiB"
+            f" | other processes {r['others']:.1f} cores")
+        return r
+
+    with tempfile.TemporaryDirectory() as tmp:
+        one = run('1x (stdlib)', ['stdlib'], tmp)
+        big_dir = os.path.join(tmp, 'big')
+        log(f"writing a {cfg.copies}x corpus: {cfg.copies} copies of {len(files)} stdlib files as .txt")
+        for c in range(cfg.copies):
+            os.makedirs(os.path.join(big_dir, f'copy{c}'))
+            for i, f in enumerate(files):
+                with open(f, 'rb') as src, open(os.path.join(big_dir, f'copy{c}', f'{i:05d}.txt'), 'wb') as dst:
+                    dst.write(src.read())
+        big = run(f'{cfg.copies}x', [big_dir], tmp)
+    rows = []
+    for label, r in [('1x (stdlib)', one), (f'{cfg.copies}x', big)]:
+        rows.append([label, f"{r['files']:,}", f"{r['bytes'] / 1e6:.1f}", f"{r['tokens'] / 1e6:.2f}M", f"{r['wall']:.1f}",
+                     f"{r['bytes'] / 1e6 / r['wall']:.2f}", f"{r['cpu'] / r['wall']:.2f} of {os.cpu_count()}",
+                     f"{r['base'] / 2**20:.0f}", f"{r['rss'] / 2**20:.0f}", f"{r['others']:.1f}"])
+    growth = big['rss'] / one['rss'] - 1
+    verdict = 'met' if growth < TARGETS['rss_growth'] else 'MISSED'
+    return ("### prepare: GPT-2 BPE of the stdlib corpus (each run in its own process)\n\n" +
+            table(['corpus', 'files', 'MB', 'tokens', 'seconds', 'MB/s', 'cores used (CPU s / wall s)',
+                   'RSS after imports MiB', 'peak RSS MiB', 'other processes (cores)'], rows) +
+            f"\n\nPeak RSS growth {cfg.copies}x vs 1x: {growth * 100:+.1f}% "
+            f"({verdict}: < {TARGETS['rss_growth'] * 100:.0f}%)")
+
+
+def main(cfg):
+    if cfg.quick:
+        cfg.rounds, cfg.round_s, cfg.warmup, cfg.sample_rounds = 2, 1.0, 2, 1
+        cfg.sample_tokens, cfg.copies = min(cfg.sample_tokens, 300), min(cfg.copies, 3)
+    sections = [s.strip() for s in cfg.only.split(',') if s.strip()]
+    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare'}
+    if unknown:
+        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare")
+    rt = setup_runtime(cfg.device, 'float32')
+    impls = [Impl('seedgpt', seedgpt)]
+    if cfg.nanogpt:
+        impls.append(Impl('nanoGPT', load_nanogpt(cfg.nanogpt)))
+    cpu = 'unknown CPU'
+    with contextlib.suppress(OSError):
+        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    device = torch.cuda.get_device_name(rt.device) if rt.device_type == 'cuda' else cpu
+    load0, others = os.getloadavg()[0], Others()
+    log(f"seedgpt bench | torch {torch.__version__} | {rt.device} ({device}) | {torch.get_num_threads()} threads | "
+        f"sections {','.join(sections)}" + (' | quick' if cfg.quick else ''))
+
+    parts = []
+    for name, fn in [('peak', lambda: bench_peak(cfg, rt)), ('train', lambda: bench_train(cfg, rt, impls)),
+                     ('sample', lambda: bench_sample(cfg, rt, impls)), ('prepare', lambda: bench_prepare(cfg, rt))]:
+        if name in sections:
+            parts.append(fn())
+    busy = others.cores()
+    warning = (f"\n\n**Other processes kept {busy:.1f} of {os.cpu_count()} cores busy on average during this run: "
+               f"the timings are skewed; rerun on an idle machine before quoting them.**" if busy > 0.1 else '')
+    head = (f"## seedgpt bench{' (quick)' if cfg.quick else ''}\n\n"
+            f"torch {torch.__version__} | {rt.device}: {device}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+            f"torch threads | {'vs nanoGPT' if cfg.nanogpt else 'seedgpt alone'} | load average {load0:.1f} at start, "
+            f"{os.getloadavg()[0]:.1f} at end | {time.time() - T0:.0f} s | {time.strftime('%Y-%m-%d %H:%M')}" + warning)
+    text = '\n\n'.join([head] + parts) + '\n'
+    print(text)
+    if cfg.out:
+        with open(cfg.out, 'w', encoding='utf-8') as f:
+            f.write(text)
+        log(f"wrote {cfg.out}")
+
+
+if __name__ == '__main__':
+    main(load_config(Config))
