@@ -60,19 +60,27 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, for one-token-at-a-time decoding."""
+    """Keys and values of the tokens seen so far, per layer, for one-token-at-a-time decoding.
 
-    def __init__(self, n_layer):
+    Buffers of the full context are allocated once and filled in place: growing them token by
+    token would allocate (and page-fault) new memory at every step.
+    """
+
+    def __init__(self, n_layer, block_size):
         self.layers = [None] * n_layer
+        self.block_size = block_size
         self.pos = 0  # how many tokens the cache holds
 
     def update(self, i, k, v):
         # k, v: (B, nh, T, hs) for the new tokens; returns all keys and values so far
-        if self.layers[i] is not None:
-            k = torch.cat([self.layers[i][0], k], dim=2)
-            v = torch.cat([self.layers[i][1], v], dim=2)
-        self.layers[i] = (k, v)
-        return k, v
+        if self.layers[i] is None:
+            B, nh, _, hs = k.shape
+            self.layers[i] = (k.new_empty(B, nh, self.block_size, hs), v.new_empty(B, nh, self.block_size, hs))
+        K, V = self.layers[i]
+        end = self.pos + k.size(2)
+        K[:, :, self.pos:end] = k
+        V[:, :, self.pos:end] = v
+        return K[:, :, :end], V[:, :, :end]  # (B, nh, pos + T, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -261,7 +269,7 @@ class GPT(nn.Module):
             if not use_cache:
                 logits, _ = self(idx[:, start:])
             elif window != start:  # (re)fill the cache with the whole window
-                cache, window = KVCache(self.config.n_layer), start
+                cache, window = KVCache(self.config.n_layer, bs), start
                 logits, _ = self(idx[:, start:], cache=cache)
             else:
                 logits, _ = self(idx[:, -1:], cache=cache)

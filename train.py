@@ -253,6 +253,7 @@ def main(cfg):
             return
         save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
             'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
+            'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
             'optimizers': optim_state, 'scaler': scaler.state_dict(),
             'iter_num': iter_num, 'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed,
             'rng': {'cpu': torch.get_rng_state(),
