@@ -13,6 +13,7 @@ Settings come from the defaults below, then each config file, then --key=value, 
 import json
 import math
 import os
+import sys
 import time
 import zlib
 from contextlib import nullcontext
@@ -336,3 +337,9 @@ def main(cfg):
 
 if __name__ == '__main__':
     main(load_config(Config))
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        # all work is done and saved; skip interpreter teardown, where gloo's worker threads can
+        # abort the process ("terminate called without an active exception") on CPU
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

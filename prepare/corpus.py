@@ -93,10 +93,15 @@ def iter_pieces(path):
 
 
 def iter_documents(files, text_field='text'):
-    """(name, pieces) for every document: a whole text file, or one line of a .jsonl file."""
+    """(name, pieces) for every document: a whole text file, or one line of a .jsonl file.
+
+    Names are relative to the corpus's top directory, so a corpus splits the same wherever it lies.
+    """
+    top = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
     for path in files:
+        name = os.path.relpath(os.path.abspath(path), top)
         if not path.endswith('.jsonl'):
-            yield path, iter_pieces(path)
+            yield name, iter_pieces(path)
             continue
         for lineno, line in enumerate(_lines(path), 1):
             if not line.strip():
@@ -108,7 +113,7 @@ def iter_documents(files, text_field='text'):
                                   f"fix the line or pass --text_field") from None
             if not isinstance(text, str):
                 raise CorpusError(f"{path}:{lineno}: '{text_field}' is not a string")
-            yield f"{path}:{lineno}", [_checked(text, f"{path}:{lineno}")]
+            yield f"{name}:{lineno}", [_checked(text, f"{path}:{lineno}")]
 
 
 def _lines(path):

@@ -6,10 +6,6 @@ from conftest import TINY, read_log, run_script, run_train, train_losses
 from model import GPT, GPTConfig
 
 
-# torch 2.13 + gloo: now and then a rank aborts at interpreter exit, after all its work is done, when a gloo
-# worker thread frees a tensor's PyObject during finalization (see pytorch/pytorch#179291). Only that, after a
-# complete run, is let through here; anything else, or the same abort before the run finished, still fails.
-EXIT_ABORT = 'terminate called without an active exception'
 
 
 def torchrun(out_dir, data_dir, *args):
@@ -17,7 +13,7 @@ def torchrun(out_dir, data_dir, *args):
                    f'--out_dir={out_dir}', f'--data_dir={data_dir}', *args, timeout=300)
     max_iters = next(a for a in reversed(args) if a.startswith('--max_iters=')).split('=')[1]
     finished = f'iter {max_iters}: train loss' in p.stdout and f'saved {out_dir}/ckpt.pt' in p.stdout
-    assert p.returncode == 0 or (finished and EXIT_ABORT in p.stderr), p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]  # train.py skips gloo's racy teardown
     assert finished and 'processes 2' in p.stdout
     return train_losses(out_dir)
 
