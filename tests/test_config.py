@@ -80,9 +80,13 @@ def test_missing_config_file(tmp_path):
     fails([str(tmp_path / 'nope.py')], 'nope.py', 'not found')
 
 
-def test_shipped_config_loads():
-    cfg = load_config(train.Config, [str(ROOT / 'config' / 'stdlib_char.py')])
-    assert cfg.max_time == 180.0 and cfg.n_layer == 4 and cfg.data_dir == 'data/stdlib_char'
+@pytest.mark.parametrize('name', sorted(p.name for p in (ROOT / 'config').glob('*.py')))
+def test_shipped_configs_load(name):
+    """Every shipped config holds only known keys of the right types, and changes something."""
+    path = ROOT / 'config' / name
+    cfg = load_config(train.Config, [str(path)])
+    assert cfg != train.Config() and cfg.data_dir.startswith('data/') and cfg.out_dir.startswith('out-')
+    assert isinstance(cfg.max_time, float) and isinstance(cfg.learning_rate, float)
 
 
 def test_help_lists_every_key_with_its_comment(capsys):
