@@ -9,11 +9,13 @@ Optional modern switches, each off by default (GPT-2 exactly):
 and a Muon optimizer for the hidden matrices (https://kellerjordan.github.io/posts/muon/).
 """
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -115,8 +117,12 @@ class CausalSelfAttention(nn.Module):
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        # on a CPU, the flash kernel's backward is slow on short sequences: plain math trains faster up
+        # to ~128 tokens (bench.py, cpu-recipe size), flash beyond (baby size)
+        short_cpu = x.device.type == 'cpu' and k.size(2) <= 128 and torch.is_grad_enabled()
+        with sdpa_kernel(SDPBackend.MATH) if short_cpu else nullcontext():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
