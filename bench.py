@@ -4,7 +4,7 @@ Measure seedgpt on this machine, side by side with nanoGPT, and print the result
     python bench.py                                            # every section, seedgpt alone
     python bench.py --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
     python bench.py --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
-    python bench.py --only=train,sample --quick=True           # some sections, fewer and shorter rounds
+    python bench.py --only=train,sample --quick                # some sections, fewer and shorter rounds
     python bench.py --help                                     # every setting
 
 Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +

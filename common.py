@@ -104,9 +104,9 @@ def load_config(cls, argv=None):
         if arg.startswith('--'):
             key, eq, text = arg[2:].partition('=')
             key = key.replace('-', '_')
-            if not eq:
+            if not eq and not (key in fields and fields[key].type in (bool, 'bool')):
                 raise SystemExit(f"error: write --{key}=VALUE, with an '='")
-            overrides = {key: _parse_value(text)}
+            overrides = {key: _parse_value(text) if eq else True}  # a bare --flag switches a bool on
         else:
             overrides = read_config_file(arg)
         for key, value in overrides.items():

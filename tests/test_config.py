@@ -51,6 +51,11 @@ def test_missing_equals():
     fails(['--n_layer', '3'], 'n_layer', '=')
 
 
+def test_bare_flag_switches_a_bool_on():
+    assert load_config(train.Config, ['--compile']).compile is True
+    assert load_config(train.Config, ['--compile', '--compile=False']).compile is False
+
+
 def test_config_file_with_expressions(tmp_path):
     f = write(tmp_path / 'c.py', '"""a docstring"""\n'
                                  'n_layer = 2  # a comment\n'
