@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-import common
 import model as seedgpt
 from common import load_config, measured_matmul_flops, setup_runtime
 
@@ -89,18 +88,9 @@ class Others:
         return max(0.0, (now[0] - last[0]) - (now[1] - last[1])) / max(now[2] - last[2], 1e-9)
 
 
-_peaks = {}
-
-
 def peak(device, dtype):
-    """The best of five windows of common.measured_matmul_flops: other load only ever lowers a window."""
-    if dtype not in _peaks:
-        best = 0.0
-        for _ in range(5):
-            common._measured_peak.pop((str(device), dtype), None)  # else it returns its first window again
-            best = max(best, measured_matmul_flops(device, dtype, seconds=0.4))
-        _peaks[dtype] = best
-    return _peaks[dtype]
+    """The best of five windows: other load only ever lowers a window."""
+    return measured_matmul_flops(device, dtype, seconds=0.4, windows=5)
 
 
 def table(headers, rows):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common import (fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops, print0,
-                    raw_model, save_checkpoint, setup_runtime)
+                    save_checkpoint, setup_runtime)
 from model import GPT, GPTConfig
 
 

@@ -135,6 +135,8 @@ class Progress:
         self.total, self.what, self.done, self.t0, self.shown = total, what, 0, time.time(), 0.0
 
     def update(self, n):
+        if not n:
+            return  # a separator: nothing read, nothing new to show
         self.done += n
         now = time.time()
         if now - self.shown > 0.5 or self.done >= self.total:
