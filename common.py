@@ -9,6 +9,7 @@ import inspect
 import io
 import json
 import os
+import re
 import sys
 import time
 import tokenize
@@ -145,6 +146,10 @@ class Runtime:
         return torch.autocast(device_type=self.device_type, dtype=self.ptdtype)
 
 def cpu_has_bf16():
+    """True where the CPU computes in bf16 natively (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16,
+    about 4x slower than fp32. SEEDGPT_CPU_BF16=0 makes every automatic choice as on a CPU without it."""
+    if os.environ.get('SEEDGPT_CPU_BF16') == '0':
+        return False
     try:
         with open('/proc/cpuinfo') as f:
             flags = f.read()
@@ -152,14 +157,24 @@ def cpu_has_bf16():
     except OSError:
         return False  # not Linux: plain fp32 is the safe choice on a CPU
 
+def fast_bf16(device_type):
+    """Whether bf16 matmuls run natively on this device. On GPUs: compute capability 8.0 (Ampere) and up;
+    torch.cuda.is_bf16_supported() also counts the emulated bf16 of older cards."""
+    if device_type == 'cuda':
+        return torch.cuda.get_device_capability() >= (8, 0)
+    return device_type == 'cpu' and cpu_has_bf16()
+
+def fast_matmul_dtype(device_type):
+    """The fastest dtype for matmuls that tolerate low precision (Muon's Newton-Schulz)."""
+    return torch.bfloat16 if fast_bf16(device_type) else torch.float32
+
 def pick_dtype(device_type, dtype='auto'):
+    """'auto': bf16 where native; fp16 with a gradient scaler on older GPUs; fp32 on other CPUs and MPS."""
     if dtype != 'auto':
         return dtype
-    if device_type == 'cuda':
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-    if device_type == 'cpu':
-        return 'bfloat16' if cpu_has_bf16() else 'float32'
-    return 'float32'
+    if fast_bf16(device_type):
+        return 'bfloat16'
+    return 'float16' if device_type == 'cuda' else 'float32'
 
 def setup_runtime(device='auto', dtype='auto', seed=1337):
     """Pick the device, join the DDP group when launched by torchrun, seed every rank."""
@@ -188,9 +203,19 @@ def print0(*args, **kwargs):
     if int(os.environ.get('RANK', 0)) == 0:
         print(*args, **kwargs, flush=True)
 
-# bf16 dense peaks from the vendors' data sheets, for MFU on GPUs we know
-GPU_PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'A10G': 125e12, 'L4': 121e12,
-                  'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'T4': 65e12}
+# dense bf16/fp16 tensor-core peaks from the vendors' data sheets (without sparsity), for MFU on GPUs we
+# know; fp32 training runs TF32 matmuls, at half these. Matched on whole words of the device name, so an
+# L40S is not taken for an L4; a GPU not listed gets no MFU rather than a wrong one.
+GPU_PEAK_FLOPS = [(r'\bH100\b.*\bPCIe\b', 756e12), (r'\bH100\b.*\bNVL\b', 835e12), (r'\bH100\b', 989e12),
+                  (r'\bH200\b', 989e12), (r'\bA100\b', 312e12), (r'\bL40S\b', 362e12), (r'\bL4\b', 121e12),
+                  (r'\bV100\b', 125e12), (r'\bT4\b', 65e12)]
+
+def gpu_peak_flops(name, dtype):
+    """The data-sheet peak of the GPU called `name` in `dtype` ('bfloat16', 'float16', 'float32'), or None."""
+    for pattern, flops in GPU_PEAK_FLOPS:
+        if re.search(pattern, name):
+            return flops if dtype != 'float32' else flops / 2
+    return None
 
 _measured_peak = {}
 
@@ -216,12 +241,9 @@ def measured_matmul_flops(device='cpu', dtype=torch.float32, n=2048, seconds=0.5
     return _measured_peak[key]
 
 def peak_flops(rt):
-    """Peak FLOP/s of the device in use: the data sheet for known GPUs, else measured."""
+    """Peak FLOP/s of the device in use: the data sheet for known GPUs (None for others), else measured."""
     if rt.device_type == 'cuda':
-        name = torch.cuda.get_device_name(rt.device)
-        for key, flops in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return flops if rt.dtype != 'float32' else flops / 2
+        return gpu_peak_flops(torch.cuda.get_device_name(rt.device), rt.dtype)
     return measured_matmul_flops(rt.device, rt.ptdtype)
 
 # -----------------------------------------------------------------------------
@@ -244,11 +266,13 @@ def atomic_write(path, write_fn):
 def save_checkpoint(path, ckpt):
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
-def load_checkpoint(out_dir, device='cpu'):
+def load_checkpoint(out_dir):
+    """out_dir/ckpt.pt on the CPU, memory-mapped: only the tensors a caller touches are read from disk (so
+    sampling never reads the optimizer's moments), and the caller moves what it needs to its device."""
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.isfile(path):
         raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) or pass --out_dir")
-    return torch.load(path, map_location=device, weights_only=True)
+    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
 
 # -----------------------------------------------------------------------------
 # tokenizers: char-level (table stored in meta.json) and GPT-2 BPE built offline

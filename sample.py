@@ -37,7 +37,7 @@ def load_model(out_dir, device, dtype=torch.float32):
     Casting once, not autocasting every step: one token at a time, sampling is bound by reading the
     weights, so half-size bf16 weights (which fit in a CPU's L3 cache at baby-GPT size) nearly double it.
     """
-    ckpt = load_checkpoint(out_dir, device)
+    ckpt = load_checkpoint(out_dir)  # memory-mapped: the optimizer state is never read
     model = GPT(GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])
     model.eval().to(device=device, dtype=dtype)

@@ -17,18 +17,20 @@ import sys
 import time
 import zlib
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
-from common import (fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops, print0,
-                    save_checkpoint, setup_runtime)
+from common import (fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops,
+                    print0, save_checkpoint, setup_runtime)
 from model import GPT, GPTConfig
 
 
 @dataclass
-class Config:
+class Config(GPTConfig):
+    """The model's settings (n_layer, n_head, n_embd, block_size, dropout, bias, pos, norm, qk_norm, mlp) come
+    from model.GPTConfig, with their defaults and comments there; vocab_size is always the dataset's."""
     # i/o
     out_dir: str = 'out'  # checkpoints and log.jsonl go here
     data_dir: str = 'data/stdlib_char'  # made by a prepare/ script: train.bin, val.bin, meta.json
@@ -38,17 +40,6 @@ class Config:
     log_interval: int = 10  # iterations between log lines
     always_save_checkpoint: bool = True  # else save only when val loss improves
     eval_only: bool = False  # estimate the losses once and exit
-    # model
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    block_size: int = 256  # context length in tokens
-    dropout: float = 0.0  # 0 for pretraining, 0.1+ to fight overfitting on small data
-    bias: bool = False  # biases in Linears and norms; GPT-2 has them
-    pos: str = 'learned'  # position encoding: 'learned' (GPT-2) or 'rope'
-    norm: str = 'layer'  # 'layer' (GPT-2's LayerNorm) or 'rms'
-    qk_norm: bool = False  # RMS-normalise queries and keys
-    mlp: str = 'gelu'  # MLP activation: 'gelu' (GPT-2) or 'relu2'
     # batch: tokens per iteration = batch_size * grad_accum * block_size, whatever the number of processes
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per iteration, over all processes together
@@ -145,8 +136,37 @@ def grad_sync(model, fsdp, last):
     return nullcontext()
 
 
+def build_model(model_args, state, rt, fsdp):
+    """The model on rt.device: with the weights in `state` (a full state dict), else freshly initialised.
+
+    Under FSDP no process ever holds the whole model on its GPU: each builds it on the meta device (shapes
+    only, no memory) and shards it, then rank 0 sends every rank its shards of the weights, which it read
+    from the checkpoint or initialised on the CPU from the same seed as a single process would.
+    """
+    config = GPTConfig(**model_args)
+    if not fsdp:
+        model = GPT(config)
+        if state is not None:
+            model.load_state_dict(state)
+        return model.to(rt.device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+    if rt.master and state is None:
+        state = GPT(config).state_dict()
+    with torch.device('meta'):
+        model = GPT(config)
+    for block in model.transformer.h:  # one unit per block, then the rest; tensors become DTensors
+        fully_shard(block)
+    fully_shard(model)
+    model.to_empty(device=rt.device)
+    model.init_buffers()  # the rope tables, which no state dict carries
+    set_model_state_dict(model, state if rt.master else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
 def full_state(model, optimizers, fsdp):
-    """Whole (unsharded) model and optimizer state dicts, on the CPU under FSDP."""
+    """Whole (unsharded) model and optimizer state dicts, gathered to the CPU under FSDP."""
     if not fsdp:
         return model.state_dict(), [opt.state_dict() for opt in optimizers]
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -156,14 +176,36 @@ def full_state(model, optimizers, fsdp):
                                                         for opt in optimizers]
 
 
-def set_optimizer_state(model, optimizers, states, fsdp):
+def set_optimizer_state(model, optimizers, states, rt, fsdp):
+    """Load full optimizer states; under FSDP rank 0 holds them and sends each rank its shards."""
     if not fsdp:
         for opt, state in zip(optimizers, states):
-            opt.load_state_dict(state)
+            opt.load_state_dict(state)  # moves the moments to the parameters' device
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     for opt, state in zip(optimizers, states):
-        set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, opt, state if rt.master else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def rng_states(rt):
+    """Every rank's RNG states (each draws its own dropout masks), gathered to rank 0 for the checkpoint."""
+    mine = {'cpu': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}
+    if not rt.ddp:
+        return [mine]
+    every = [None] * rt.world_size
+    torch.distributed.all_gather_object(every, mine)
+    return every
+
+
+def rank0_float(value, rt):
+    """rank 0's value of a float on every rank: one clock for all, so ranks agree on when to stop (one that
+    stopped alone would leave the others hanging in the next collective) and on the time-based learning rate."""
+    if not rt.ddp:
+        return value
+    t = torch.tensor(value, dtype=torch.float64, device=rt.device)
+    torch.distributed.broadcast(t, 0)
+    return t.item()
 
 
 class Logger:
@@ -183,53 +225,66 @@ class Logger:
         if self.wandb:
             self.wandb.log(row, step=row['iter'])
 
+    def close(self):
+        if self.file:
+            self.file.close()
+        if self.wandb:
+            self.wandb.finish()  # uploads what is left; skipped, a run's last rows can be lost
+
 
 def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    try:
+        train(cfg, rt)
+    finally:
+        if rt.ddp and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def train(cfg, rt):
     if cfg.grad_accum % rt.world_size:
         raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
-    micro_steps = cfg.grad_accum // rt.world_size
+    if cfg.init_from not in ('scratch', 'resume'):
+        raise SystemExit(f"error: init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+    if cfg.vocab_size != GPTConfig.vocab_size:
+        raise SystemExit("error: vocab_size is read from the dataset's meta.json; leave it out")
+    if cfg.fsdp and (not rt.ddp or cfg.muon_lr > 0):
+        raise SystemExit("error: fsdp=True needs torchrun and AdamW (muon_lr=0)")
+    micro_steps = cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes together
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
     meta = load_meta(cfg.data_dir)
     batches = Batches(cfg, meta, rt.device)
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
 
-    # model, optimizer and state: from scratch or from the last checkpoint
-    ckpt = load_checkpoint(cfg.out_dir, rt.device) if cfg.init_from == 'resume' else None
-    if cfg.init_from not in ('scratch', 'resume'):
-        raise SystemExit(f"error: init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
-    if ckpt:
-        model_args = ckpt['model_args']
-    else:
-        model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                          bias=cfg.bias, vocab_size=meta['vocab_size'], dropout=cfg.dropout, pos=cfg.pos,
-                          norm=cfg.norm, qk_norm=cfg.qk_norm, mlp=cfg.mlp)
-    model = GPT(GPTConfig(**model_args))
-    if ckpt:
-        model.load_state_dict(ckpt['model'])
-    model.to(rt.device)
-    if cfg.fsdp:  # shard each block, then the rest; the model object stays the same, its tensors become DTensors
-        if not rt.ddp or cfg.muon_lr > 0:
-            raise SystemExit("error: fsdp=True needs torchrun and AdamW (muon_lr=0)")
-        from torch.distributed.fsdp import fully_shard
-        for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
+    # model, optimizer and state: from scratch or from the last checkpoint, read on the CPU: the RNG states
+    # must stay there, and only what the model and optimizer need moves to the device
+    ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
+    model_args = ckpt['model_args'] if ckpt else {**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)},
+                                                  'vocab_size': meta['vocab_size']}
+    model = build_model(model_args, ckpt['model'] if ckpt else None, rt, cfg.fsdp)
+    # the hidden matrices' Newton-Schulz runs in bf16 only where the hardware has it
     optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                            rt.device_type, cfg.muon_lr)
+                                            rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
     for opt in optimizers:
         for group in opt.param_groups:
             group['base_lr'] = group['lr']  # the schedule scales each optimizer's own peak
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
     iter_num, best_val_loss, elapsed = 0, float('inf'), 0.0
+    torch.manual_seed(cfg.seed + rt.rank)  # the same weights everywhere, but each rank its own dropout masks
     if ckpt:
-        set_optimizer_state(model, optimizers, ckpt['optimizers'], cfg.fsdp)
+        set_optimizer_state(model, optimizers, ckpt['optimizers'], rt, cfg.fsdp)
         scaler.load_state_dict(ckpt['scaler'])
         iter_num, best_val_loss, elapsed = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['elapsed']
-        torch.set_rng_state(ckpt['rng']['cpu'])
-        if rt.device_type == 'cuda' and ckpt['rng']['cuda'] is not None:
-            torch.cuda.set_rng_state(ckpt['rng']['cuda'].cpu(), rt.device)
+        if len(ckpt['rng']) == rt.world_size:
+            rng = ckpt['rng'][rt.rank]
+            torch.set_rng_state(rng['cpu'])
+            if rt.device_type == 'cuda' and rng['cuda'] is not None:
+                torch.cuda.set_rng_state(rng['cuda'], rt.device)
+        else:
+            torch.manual_seed(cfg.seed + rt.rank + 1000 * iter_num)
+            print0(f"note: saved by {len(ckpt['rng'])} processes, resumed on {rt.world_size}: dropout masks "
+                   "differ from an uninterrupted run")
     del ckpt
 
     orig_model = model  # unwrapped and uncompiled: what gets saved and evaluated
@@ -241,7 +296,7 @@ def main(cfg):
     flops_peak = peak_flops(rt)
 
     print0(f"seedgpt train | torch {torch.__version__} | device {rt.device} | dtype {rt.dtype} | "
-           f"processes {rt.world_size} | peak {flops_peak / 1e12:.2f} TFLOP/s")
+           f"processes {rt.world_size} | peak {'unknown' if flops_peak is None else f'{flops_peak / 1e12:.2f} TFLOP/s'}")
     print0("config: " + json.dumps(asdict(cfg)))
     print0(f"model: {orig_model.num_params() / 1e6:.2f}M parameters | {tokens_per_iter:,} tokens per iteration | "
            f"data {cfg.data_dir} ({meta['tokenizer']}, vocab {meta['vocab_size']:,})"
@@ -249,16 +304,15 @@ def main(cfg):
     logger = Logger(cfg, rt)
 
     def save(val_loss):
-        model_state, optim_state = full_state(orig_model, optimizers, cfg.fsdp)  # every rank takes part under FSDP
+        model_state, optim_state = full_state(orig_model, optimizers, cfg.fsdp)  # every rank takes part
+        rng = rng_states(rt)
         if not rt.master:
             return
         save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
             'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
             'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
-            'optimizers': optim_state, 'scaler': scaler.state_dict(),
-            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed,
-            'rng': {'cpu': torch.get_rng_state(),
-                    'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}})
+            'optimizers': optim_state, 'scaler': scaler.state_dict(), 'iter_num': iter_num,
+            'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed, 'rng': rng})
 
     def evaluate():
         nonlocal best_val_loss
@@ -272,67 +326,70 @@ def main(cfg):
             print0(f"saved {cfg.out_dir}/ckpt.pt")
         return losses
 
-    if cfg.eval_only:
-        evaluate()
-        return
-    t_start = time.time() - elapsed
-    t_last, iters_timed, time_timed, last_eval = time.time(), 0, 0.0, None
-    while True:
-        elapsed = time.time() - t_start
-        out_of_time = cfg.max_time > 0 and elapsed >= cfg.max_time
-        done = iter_num >= cfg.max_iters or out_of_time
-        if (iter_num % cfg.eval_interval == 0 or done) and last_eval != iter_num:
+    try:
+        if cfg.eval_only:
             evaluate()
-            last_eval = iter_num
-            t_last = time.time()  # leave the eval out of the step timing
-        if done:
-            break
-
-        lr = lr_at(cfg, iter_num, elapsed)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group['lr'] = lr * group['base_lr'] / cfg.learning_rate
-        loss_sum = torch.zeros((), device=rt.device)
-        for micro in range(micro_steps):
-            x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
-            with grad_sync(model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
-                with rt.autocast():
-                    _, loss = model(x, y)
-                scaler.scale(loss / micro_steps).backward()
-            loss_sum += loss.detach()
-        if cfg.grad_clip > 0:
-            for opt in optimizers:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(orig_model.parameters(), cfg.grad_clip)
-        for opt in optimizers:
-            scaler.step(opt)
-        scaler.update()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        iter_num += 1
-
-        if iter_num % cfg.log_interval == 0:
-            if rt.ddp:
-                torch.distributed.all_reduce(loss_sum)
-            loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the device, so time after it
-            now = time.time()
-            if iter_num > cfg.log_interval or iter_num == cfg.max_iters:  # the first steps include warm-up costs
-                iters_timed, time_timed = iters_timed + cfg.log_interval, time_timed + now - t_last
-            dt = (now - t_last) / cfg.log_interval
-            tok_s = tokens_per_iter / dt
-            mfu = orig_model.estimate_mfu(tok_s, flops_peak)
-            per_iter = time_timed / iters_timed if iters_timed else dt
-            left = (cfg.max_iters - iter_num) * per_iter
+            return
+        t_start = time.time() - elapsed
+        t_last, iters_timed, time_timed, last_eval = time.time(), 0, 0.0, None
+        while True:
+            elapsed = time.time() - t_start
             if cfg.max_time > 0:
-                left = min(left, cfg.max_time - (now - t_start))
-            print0(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
-                   f"mfu {mfu * 100:.1f}%, eta {fmt_time(max(left, 0))}")
-            logger.log(iter=iter_num, loss=loss, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s), mfu=round(mfu, 4),
-                       time=round(now - t_start, 3))
-            t_last = now
+                elapsed = rank0_float(elapsed, rt)
+            done = iter_num >= cfg.max_iters or (cfg.max_time > 0 and elapsed >= cfg.max_time)
+            if (iter_num % cfg.eval_interval == 0 or done) and last_eval != iter_num:
+                evaluate()
+                last_eval = iter_num
+                t_last = time.time()  # leave the eval out of the step timing
+            if done:
+                break
 
-    if rt.ddp:
-        torch.distributed.destroy_process_group()
+            lr = lr_at(cfg, iter_num, elapsed)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group['lr'] = lr * group['base_lr'] / cfg.learning_rate
+            loss_sum = torch.zeros((), device=rt.device)
+            for micro in range(micro_steps):
+                x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
+                with grad_sync(model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
+                    with rt.autocast():
+                        _, loss = model(x, y)
+                    # dividing by the micro-steps makes the summed gradients those of the mean loss over the
+                    # whole batch; DDP then averages over the processes, which together make grad_accum
+                    scaler.scale(loss / micro_steps).backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip > 0:
+                for opt in optimizers:
+                    scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(orig_model.parameters(), cfg.grad_clip)
+            for opt in optimizers:
+                scaler.step(opt)  # skipped when fp16 gradients overflowed
+            scaler.update()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            iter_num += 1
+
+            if iter_num % cfg.log_interval == 0:
+                if rt.ddp:
+                    torch.distributed.all_reduce(loss_sum)
+                loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the device, so time after it
+                now = time.time()
+                if iter_num > cfg.log_interval or iter_num == cfg.max_iters:  # the first steps include warm-up costs
+                    iters_timed, time_timed = iters_timed + cfg.log_interval, time_timed + now - t_last
+                dt = (now - t_last) / cfg.log_interval
+                tok_s = tokens_per_iter / dt
+                mfu = orig_model.estimate_mfu(tok_s, flops_peak) if flops_peak else None
+                per_iter = time_timed / iters_timed if iters_timed else dt
+                left = (cfg.max_iters - iter_num) * per_iter
+                if cfg.max_time > 0:
+                    left = min(left, cfg.max_time - (now - t_start))
+                print0(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
+                       f"mfu {'n/a' if mfu is None else f'{mfu * 100:.1f}%'}, eta {fmt_time(max(left, 0))}")
+                logger.log(iter=iter_num, loss=loss, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s),
+                           mfu=None if mfu is None else round(mfu, 4), time=round(now - t_start, 3))
+                t_last = now
+    finally:
+        logger.close()
 
 
 if __name__ == '__main__':

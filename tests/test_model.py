@@ -12,7 +12,7 @@ VARIANTS = {
 }
 
 
-def tiny_model(seed=0, **kwargs):
+def tiny_model(seed=4, **kwargs):  # a seed whose greedy text is varied (see the last assert below)
     torch.manual_seed(seed)
     cfg = dict(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     model = GPT(GPTConfig(**{**cfg, **kwargs}))

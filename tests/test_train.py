@@ -52,7 +52,7 @@ def test_checkpoint_contents(trained_out, char_data):
     assert ckpt['iter_num'] == 30
     assert ckpt['config']['max_iters'] == 30 and ckpt['config']['data_dir'] == str(char_data)
     assert ckpt['meta'] == common.load_meta(char_data)
-    assert isinstance(ckpt['rng']['cpu'], torch.Tensor)
+    assert len(ckpt['rng']) == 1 and isinstance(ckpt['rng'][0]['cpu'], torch.Tensor)  # one state per process
     assert len(ckpt['optimizers']) == 1 and ckpt['optimizers'][0]['state']
     model = GPT(GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])  # strict: every name matches
