@@ -67,8 +67,8 @@ def _checked(text, where):
     return text
 
 
-# in reversed text: an ASCII space, tab or newline just after a non-space (by both python's and GPT-2's
-# rules); the last place in the text where a space follows a non-space
+# searched for in reversed text, so the first match is the last cut point: a space, tab, CR or LF whose
+# preceding character is not whitespace (python's whitespace includes all of GPT-2's, so \S is safe)
 CUT = re.compile(r'[ \t\n\r](?=\S)')
 
 
@@ -76,7 +76,7 @@ def iter_pieces(path):
     """A text file in pieces of about PIECE characters, each cut just before a whitespace character that
     follows a non-space (LF, CRLF or a space between words). GPT-2's pre-tokenizer never joins across such
     a cut: no pre-token holds a non-space then a space, and to the tokens before it that space reads
-    like the end of the text. (A cut after whitespace is not safe: a run of spaces before a word
+    like the end of the text. (A cut after whitespace is not safe: a run of whitespace before a word
     tokenizes differently whole and cut in two.)"""
     try:
         with open(path, encoding='utf-8', newline='') as f:
@@ -87,7 +87,7 @@ def iter_pieces(path):
                 m = CUT.search(buf[max(start, 1) - 1:][::-1])
                 cut = len(buf) - 1 - m.start() if m else 0
                 if not cut and len(buf) >= 4 * PIECE:
-                    # no whitespace in megabytes: a pathological pre-token; cut it anyway to bound memory
+                    # megabytes without whitespace are one pathological pre-token: cut it anyway, memory stays bounded
                     cut = len(buf)
                 if cut:
                     yield _checked(buf[:cut], path)
