@@ -8,6 +8,7 @@ import difflib
 import inspect
 import io
 import json
+import operator
 import os
 import re
 import sys
@@ -22,32 +23,57 @@ import torch
 # config: a dataclass of defaults, overridden by config files and --key=value
 
 def _field_comments(cls):
-    """Map each field of a dataclass to the comment written after it in the source."""
-    comments, src = {}, inspect.getsource(cls)
-    lines = src.splitlines()
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type == tokenize.COMMENT:
-            name = lines[tok.start[0] - 1].split(':')[0].strip()
-            comments[name] = tok.string.lstrip('#').strip()
+    """Map each field of a dataclass, inherited ones included, to the comment written after it in the source."""
+    comments = {}
+    for base in reversed(cls.__mro__):  # a subclass's comment wins over its base's
+        if not dataclasses.is_dataclass(base):
+            continue
+        src = inspect.getsource(base)
+        lines = src.splitlines()
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT:
+                name = lines[tok.start[0] - 1].split(':')[0].strip()
+                comments[name] = tok.string.lstrip('#').strip()
     return comments
 
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
+_MAX_BITS = 1000  # no setting needs an integer past 2**1000, and every one below it converts to a float
+
 def _eval_node(node, env):
-    """Evaluate a literal or simple arithmetic on literals and earlier names; nothing else."""
+    """Evaluate a literal or simple arithmetic on literals and earlier names; nothing else.
+
+    Python's own operators on the real values: int op int stays an exact int, int ** negative int is a float.
+    """
     if isinstance(node, ast.Name):
         if node.id not in env:
             raise ValueError(f"'{node.id}' is not defined above")
         return env[node.id]
-    if isinstance(node, ast.BinOp):
-        ops = {ast.Add: float.__add__, ast.Sub: float.__sub__, ast.Mult: float.__mul__,
-               ast.Div: float.__truediv__, ast.FloorDiv: float.__floordiv__, ast.Pow: float.__pow__}
-        a, b = _eval_node(node.left, env), _eval_node(node.right, env)
-        if type(node.op) not in ops or not all(isinstance(v, (int, float)) for v in (a, b)):
-            raise ValueError("only + - * / // ** on numbers are allowed")
-        out = ops[type(node.op)](float(a), float(b))
-        both_int = isinstance(a, int) and isinstance(b, int) and not isinstance(node.op, ast.Div)
-        return int(out) if both_int else out
+    numbers = "only + - * / // ** on numbers are allowed"
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_eval_node(node.operand, env)
+        value = _eval_node(node.operand, env)
+        if not isinstance(value, (int, float)):
+            raise ValueError(numbers)
+        return -value
+    if isinstance(node, ast.BinOp):
+        a, b = _eval_node(node.left, env), _eval_node(node.right, env)
+        if type(node.op) not in _OPS or not all(isinstance(v, (int, float)) for v in (a, b)):
+            raise ValueError(numbers)
+        # an exact power is refused before it is computed: 10 ** 10 ** 10 would hang the loader
+        if (isinstance(node.op, ast.Pow) and isinstance(a, int) and isinstance(b, int)
+                and b * (abs(a).bit_length() - 1) > _MAX_BITS):
+            raise ValueError("the result is too large")
+        try:
+            out = _OPS[type(node.op)](a, b)
+        except ZeroDivisionError:
+            raise ValueError("division by zero") from None
+        except OverflowError:
+            raise ValueError("the result is too large") from None
+        if isinstance(out, complex):
+            raise ValueError("the result is a complex number")
+        if isinstance(out, int) and out.bit_length() > _MAX_BITS:
+            raise ValueError("the result is too large")
+        return out
     return ast.literal_eval(node)
 
 def read_config_file(path):
@@ -68,7 +94,9 @@ def read_config_file(path):
             raise SystemExit(f"error: {path}:{stmt.lineno}: cannot read the value ({e})")
     return env
 
-def _parse_value(text):
+def _parse_value(text, typ):
+    if typ is str:
+        return text  # verbatim: '3.10' and '0x10' are names, not numbers
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -79,10 +107,9 @@ def _check_type(key, value, typ):
         return float(value)
     if typ is bool and value in (0, 1) and not isinstance(value, float):
         return bool(value)
-    if typ is str and isinstance(value, (int, float)):
-        return str(value)
     if type(value) is not typ:
-        raise SystemExit(f"error: {key} must be a {typ.__name__}, got {value!r}")
+        hint = "; write it in quotes" if typ is str else ""  # str(3.10) would be '3.1'
+        raise SystemExit(f"error: {key} must be a {typ.__name__}, got {value!r}{hint}")
     return value
 
 def config_help(cls):
@@ -99,24 +126,23 @@ def load_config(cls, argv=None):
     if '-h' in argv or '--help' in argv:
         print(config_help(cls))
         raise SystemExit(0)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = {f.name: f.type if isinstance(f.type, type) else type(f.default) for f in dataclasses.fields(cls)}
     values = {}
     for arg in argv:
         if arg.startswith('--'):
             key, eq, text = arg[2:].partition('=')
             key = key.replace('-', '_')
-            if not eq and not (key in fields and fields[key].type in (bool, 'bool')):
+            if not eq and types.get(key) is not bool:
                 raise SystemExit(f"error: write --{key}=VALUE, with an '='")
-            overrides = {key: _parse_value(text) if eq else True}  # a bare --flag switches a bool on
+            overrides = {key: _parse_value(text, types.get(key)) if eq else True}  # a bare --flag switches a bool on
         else:
             overrides = read_config_file(arg)
         for key, value in overrides.items():
-            if key not in fields:
-                near = difflib.get_close_matches(key, list(fields), n=1)
+            if key not in types:
+                near = difflib.get_close_matches(key, list(types), n=1)
                 hint = f"; did you mean '{near[0]}'?" if near else "; see --help for the list"
                 raise SystemExit(f"error: unknown setting '{key}'{hint}")
-            values[key] = _check_type(key, value, fields[key].type if isinstance(fields[key].type, type)
-                                      else type(fields[key].default))
+            values[key] = _check_type(key, value, types[key])
     return cls(**values)
 
 # -----------------------------------------------------------------------------

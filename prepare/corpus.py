@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -66,24 +67,29 @@ def _checked(text, where):
     return text
 
 
+# searched for in reversed text, so the first match is the last cut point: a space, tab, CR or LF whose
+# preceding character is not whitespace (python's whitespace includes all of GPT-2's, so \S is safe)
+CUT = re.compile(r'[ \t\n\r](?=\S)')
+
+
 def iter_pieces(path):
-    """A text file in pieces of about PIECE characters, each cut just after a lone newline (one with
-    no whitespace before it) that is followed by a non-space: GPT-2's pre-tokenizer never joins
-    across such a cut (after a longer run of whitespace it would: a blank line then text tokenizes
-    differently whole and cut in two)."""
+    """A text file in pieces of about PIECE characters, each cut just before a whitespace character that
+    follows a non-space (LF, CRLF or a space between words). GPT-2's pre-tokenizer never joins across such
+    a cut: no pre-token holds a non-space then a space, and to the tokens before it that space reads
+    like the end of the text. (A cut after whitespace is not safe: a run of whitespace before a word
+    tokenizes differently whole and cut in two.)"""
     try:
         with open(path, encoding='utf-8', newline='') as f:
             buf = ''
-            while True:
-                chunk = f.read(PIECE)
-                buf += chunk
-                if not chunk:
-                    break
-                cut = len(buf) - 1
-                while cut > 0 and not (buf[cut - 1] == '\n' and not buf[cut].isspace()
-                                       and (cut == 1 or not buf[cut - 2].isspace())):
-                    cut = buf.rfind('\n', 0, cut - 1) + 1
-                if cut > 0:
+            while chunk := f.read(PIECE):
+                start, buf = len(buf), buf + chunk
+                # search the new chunk only: what is left of buf after the last cut holds no cut point
+                m = CUT.search(buf[max(start, 1) - 1:][::-1])
+                cut = len(buf) - 1 - m.start() if m else 0
+                if not cut and len(buf) >= 4 * PIECE:
+                    # megabytes without whitespace are one pathological pre-token: cut it anyway, memory stays bounded
+                    cut = len(buf)
+                if cut:
                     yield _checked(buf[:cut], path)
                     buf = buf[cut:]
             if buf:
@@ -206,16 +212,12 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
         lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint32)
         lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint32)
         vocab_size = len(chars)
-        encode_batch = lambda texts: [lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)] for t in texts]
+        encode = lambda t: lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)]
     else:
         sep, enc = EOT, gpt2_encoding()
         vocab_size = enc.n_vocab
         # `is`: only the separator itself, not a document whose text happens to read <|endoftext|>
-        encode_batch = lambda texts: [np.array([enc.eot_token] if t is sep else enc.encode_ordinary(t),
-                                               dtype=np.uint32) for t in texts]
-        if os.cpu_count() > 1:  # tiktoken releases the GIL, so threads use every core
-            pool = ThreadPoolExecutor(os.cpu_count())
-            encode_batch = lambda texts, _one=encode_batch: [a for (a,) in pool.map(lambda t: _one([t]), texts)]
+        encode = lambda t: np.array([enc.eot_token] if t is sep else enc.encode_ordinary(t), dtype=np.uint32)
     dtype = np.uint16 if vocab_size <= 65536 else np.uint32
 
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
@@ -223,27 +225,28 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
     os.makedirs(tmp_dir)
     try:
         counts = {'train': 0, 'val': 0}
-        outs = {s: open(os.path.join(tmp_dir, f'{s}.bin'), 'wb') for s in counts}
         progress = Progress(sum(os.path.getsize(f) for f in files), f"tokenizing ({tokenizer})") if not quiet else None
         batch, batch_chars = [], 0
+        # tiktoken releases the GIL, so threads use every core; `with` closes the pool and files on any error
+        with ThreadPoolExecutor(os.cpu_count()) as pool, open(os.path.join(tmp_dir, 'train.bin'), 'wb') as train, \
+                open(os.path.join(tmp_dir, 'val.bin'), 'wb') as val:
+            outs = {'train': train, 'val': val}
 
-        def flush():
-            for (split, text), ids in zip(batch, encode_batch([t for _, t in batch])):
-                outs[split].write(ids.astype(dtype).tobytes())
-                counts[split] += len(ids)
-                if progress:
-                    progress.update(len(text.encode('utf-8')) if text != sep else 0)
-            batch.clear()
+            def flush():
+                for (split, text), ids in zip(batch, pool.map(encode, [t for _, t in batch])):
+                    outs[split].write(ids.astype(dtype).tobytes())
+                    counts[split] += len(ids)
+                    if progress:
+                        progress.update(len(text.encode('utf-8')) if text != sep else 0)
+                batch.clear()
 
-        for split, text in split_stream(files, text_field, val_fraction, info, sep):
-            batch.append((split, text))
-            batch_chars += len(text)
-            if batch_chars >= 4 * PIECE:  # a few MB in flight at most
-                flush()
-                batch_chars = 0
-        flush()
-        for f in outs.values():
-            f.close()
+            for split, text in split_stream(files, text_field, val_fraction, info, sep):
+                batch.append((split, text))
+                batch_chars += len(text)
+                if batch_chars >= 4 * PIECE:  # a few MB in flight at most
+                    flush()
+                    batch_chars = 0
+            flush()
         if progress:
             progress.close()
         for split, n in counts.items():

@@ -4,15 +4,16 @@ import re
 
 import pytest
 
+import sample
 import train
-from common import load_config
+from common import _field_comments, config_help, load_config, read_config_file
 from conftest import ROOT, write
 
 
-def fails(argv, *words):
+def fails(argv, *words, cls=train.Config):
     """load_config must exit with a one-line 'error: ...' naming each of `words`."""
     with pytest.raises(SystemExit) as e:
-        load_config(train.Config, argv)
+        load_config(cls, argv)
     msg = str(e.value.code)
     assert msg.startswith('error:') and '\n' not in msg, msg
     for w in words:
@@ -69,6 +70,37 @@ def test_config_file_with_expressions(tmp_path):
     assert cfg.out_dir == 'out-test'
 
 
+@pytest.mark.parametrize('expr', ['6 * 10 ** -4', '3 ** 40', '2 ** 62 + 1', '3 ** 40 // 7', '3 ** 40 / 7', '-7 // 2',
+                                  '2 ** -1', '10 ** 18 * 3 - 1', '1.5 ** 2', '2 ** 0.5', '-2 ** 2'])
+def test_config_file_arithmetic_is_pythons(tmp_path, expr):
+    """Exactly what Python computes, type included: ints stay exact, int ** negative int is a float."""
+    got = read_config_file(str(write(tmp_path / 'c.py', f'x = {expr}\n')))['x']
+    want = eval(expr)
+    assert got == want and type(got) is type(want), expr
+
+
+def test_config_file_learning_rate_as_a_power(tmp_path):
+    cfg = load_config(train.Config, [str(write(tmp_path / 'c.py', 'learning_rate = 6 * 10 ** -4\n'))])
+    assert cfg.learning_rate == 6 * 10 ** -4 and type(cfg.learning_rate) is float
+
+
+@pytest.mark.parametrize('expr,word', [('1 / 0', 'zero'), ('1 // 0', 'zero'), ('0 ** -1', 'zero'),
+                                       ('10 ** 10 ** 10', 'large'), ('2 ** 100000', 'large'),
+                                       ('2 ** 999 * 2 ** 999', 'large'), ('10.0 ** 400', 'large'),
+                                       ('(-8) ** 0.5', 'complex'), ('-"a"', 'numbers')])
+def test_config_file_bad_arithmetic_rejected(tmp_path, expr, word):
+    fails([str(write(tmp_path / 'c.py', f'n_layer = 2\nn_embd = {expr}\n'))], 'c.py:2', word)
+
+
+@pytest.mark.parametrize('text', ['3.10', '0x10', '1e3', '007', 'True', "'quoted'", '[1, 2]', ''])
+def test_str_setting_keeps_command_line_text(text):
+    assert load_config(sample.Config, [f'--start={text}']).start == text
+
+
+def test_number_for_a_str_setting_in_a_file_rejected(tmp_path):
+    fails([str(write(tmp_path / 'c.py', 'start = 3.10\n'))], 'start', 'quotes', cls=sample.Config)
+
+
 def test_config_file_typo_rejected(tmp_path):
     fails([str(write(tmp_path / 'c.py', 'learnig_rate = 1e-3\n'))], 'learning_rate')
 
@@ -108,3 +140,27 @@ def test_help_lists_every_key_with_its_comment(capsys):
         if m:
             assert m.group(1).strip() in line, f.name
     assert re.search(r'^\s+learning_rate: \w+ = .*  # ', src, re.M)  # the regex does find comments
+
+
+@dataclasses.dataclass
+class BaseSettings:
+    n_layer: int = 2  # layers, from the base class
+    width: int = 8  # the base's width, overridden below
+
+
+@dataclasses.dataclass
+class MoreSettings(BaseSettings):
+    width: int = 16  # the subclass's own width
+    name: str = 'x'  # a field of the subclass only
+    plain: int = 0
+
+
+def test_help_shows_comments_of_inherited_fields():
+    assert {k: v for k, v in _field_comments(MoreSettings).items() if not k.startswith('#')} == {
+        'n_layer': 'layers, from the base class', 'width': "the subclass's own width",
+        'name': 'a field of the subclass only'}
+    lines = config_help(MoreSettings).splitlines()
+    for flag, comment in [('--n_layer=2', 'layers, from the base class'), ('--width=16', "the subclass's own width"),
+                          ("--name='x'", 'a field of the subclass only')]:
+        assert any(line.split() == [flag, *comment.split()] for line in lines), (flag, lines)
+    assert any(line.split() == ['--plain=0'] for line in lines)

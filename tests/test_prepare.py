@@ -1,6 +1,10 @@
 """prepare/corpus.py: meta.json, a deterministic split on document boundaries, nanoGPT parity, bad input."""
+import itertools
 import json
 import os
+import random
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,6 +146,104 @@ def test_gpt2_pieces_tokenize_like_the_whole_file(tmp_path, gpt2_enc, monkeypatc
     meta = corpus.prepare([str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')], tokenizer='gpt2',
                           out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
     assign(docs, read_split(tmp_path / 'out', meta), gpt2_enc.encode_ordinary, [EOT_ID])
+
+
+def test_cut_rule_on_every_short_text(gpt2_enc):
+    """Every cut iter_pieces would make in every 5-character text over characters that matter to GPT-2's
+    pre-tokenizer (letters, contractions, digits, punctuation, spaces, CR, LF) tokenizes like the whole text."""
+    n = 0
+    for chars in itertools.product("al's1. \t\n\r", repeat=5):
+        text = ''.join(chars)
+        whole = gpt2_enc.encode_ordinary(text)
+        for m in corpus.CUT.finditer(text[::-1]):
+            cut = len(text) - 1 - m.start()
+            n += 1
+            assert gpt2_enc.encode_ordinary(text[:cut]) + gpt2_enc.encode_ordinary(text[cut:]) == whole, (text, cut)
+    assert n > 10_000
+
+
+def tricky_text(n_lines, seed=0):
+    """Lines that stress GPT-2's pre-tokenizer where pieces are cut: blank, indented and whitespace-only
+    lines, trailing spaces, contractions, digits, runs of punctuation, non-ASCII letters and spaces."""
+    rnd = random.Random(seed)
+    bits = ['line', "it's", "we'll", ' ', '  ', '\t', '42', '3.10', '...', '!?', '"', "'", '中文', 'é', '\xa0',
+            '\u3000', '\x1c', '-', 'A', '😀']
+    return ''.join(''.join(rnd.choice(bits) for _ in range(rnd.randint(0, 8))) + '\n' * rnd.randint(1, 3)
+                   for _ in range(n_lines))
+
+
+def pieces_of(tmp_path, text):
+    pieces = list(corpus.iter_pieces(str(write(tmp_path / 'a.txt', text))))
+    assert ''.join(pieces) == text
+    assert max(map(len, pieces)) <= 5 * corpus.PIECE  # memory stays bounded
+    return pieces
+
+
+@pytest.mark.parametrize('newline', ['\n', '\r\n', '\r', ' ', ''])
+def test_pieces_tokenize_like_the_whole_text(tmp_path, gpt2_enc, monkeypatch, newline):
+    """LF, CRLF, CR and text without newlines, cut in many small pieces: the same GPT-2 tokens as whole."""
+    monkeypatch.setattr(corpus, 'PIECE', 16)
+    text = tricky_text(400).replace('\n', newline)
+    pieces = pieces_of(tmp_path, text)
+    assert len(pieces) > len(text) / 40
+    assert [t for p in pieces for t in gpt2_enc.encode_ordinary(p)] == gpt2_enc.encode_ordinary(text)
+
+
+def test_text_without_whitespace_is_cut_anyway(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, 'PIECE', 16)
+    pieces_of(tmp_path, 'x' * 1000)
+
+
+# prepare's peak RSS (KiB) in a fresh process after the small corpora, then after each large one: a peak
+# only grows, so one process compares them all and imports torch once
+PEAK_CHILD = r"""
+import sys
+sys.path[:0] = ['prepare', '.']
+import corpus
+corpus.PIECE = 1 << 13
+peak = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+out, small, large = sys.argv[1], sys.argv[2::2], sys.argv[3::2]
+for path in small:
+    corpus.prepare([path], tokenizer='char', out_dir=out, block_size=8, quiet=True)
+print(peak())
+for path in large:
+    corpus.prepare([path], tokenizer='char', out_dir=out, block_size=8, quiet=True)
+    print(peak())
+"""
+
+
+def test_peak_memory_is_flat(tmp_path):
+    """A corpus 10x larger must not raise prepare's peak memory: CRLF text, text without newlines and
+    text without any whitespace (a single huge pre-token, cut hard)."""
+    kinds = {'crlf': lambda t: t.replace('\n', '\r\n'), 'no newlines': lambda t: t.replace('\n', ' '),
+             'no whitespace': lambda t: ''.join(t.split())}
+    text = make_text(40_000, seed=11)  # about 200 KB
+    args = []
+    for i, kind in enumerate(kinds.values()):
+        args += [write(tmp_path / f'small{i}.txt', kind(text)), write(tmp_path / f'large{i}.txt', kind(text * 10))]
+    p = run_script('-c', PEAK_CHILD, tmp_path / 'out', *args)
+    assert p.returncode == 0, p.stderr
+    small, *large = map(int, p.stdout.split())
+    for kind, peak in zip(kinds, large):
+        assert peak - small < 4 * 1024, f"{kind}: peak RSS {small} KiB for the small corpus, {peak} KiB for 10x"
+
+
+def failing_encode(text):
+    raise RuntimeError('the encoder failed')
+
+
+@pytest.mark.parametrize('case', ['encoder_fails', 'too_small'])
+def test_failed_prepare_leaves_no_thread_file_or_directory(tmp_path, gpt2_enc, monkeypatch, case):
+    """An error mid-way closes the BPE thread pool and the output files and removes the partial output."""
+    failing = SimpleNamespace(n_vocab=gpt2_enc.n_vocab, eot_token=EOT_ID, encode_ordinary=failing_encode)
+    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: failing if case == 'encoder_fails' else gpt2_enc)
+    inputs = [str(write(tmp_path / f'{c}.txt', make_text(500, seed=i))) for i, c in enumerate('abc')]
+    threads, fds = set(threading.enumerate()), len(os.listdir('/proc/self/fd'))
+    with pytest.raises(RuntimeError if case == 'encoder_fails' else corpus.CorpusError):
+        corpus.prepare(inputs, tokenizer='gpt2', out_dir=str(tmp_path / 'out'), block_size=10 ** 6, quiet=True)
+    assert not set(threading.enumerate()) - threads  # the pool's threads are gone
+    assert len(os.listdir('/proc/self/fd')) == fds  # train.bin and val.bin are closed
+    assert leftovers(tmp_path) == []
 
 
 # ---- bad input: a one-line error, exit code 1, and nothing written
