@@ -131,8 +131,8 @@ def test_help_lists_every_key_with_its_comment(capsys):
         load_config(train.Config, ['--help'])
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
-    # each field's comment, read straight from train.py's source
-    src = (ROOT / 'train.py').read_text(encoding='utf-8')
+    # each field's comment, read straight from the source: train.py's own, and the model's from model.py
+    src = (ROOT / 'train.py').read_text(encoding='utf-8') + (ROOT / 'model.py').read_text(encoding='utf-8')
     for f in dataclasses.fields(train.Config):
         line = next(line for line in out.splitlines() if line.strip().startswith(f'--{f.name}='))
         assert repr(f.default) in line
