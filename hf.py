@@ -164,9 +164,9 @@ def load_gpt2(name='gpt2', hf_dir='', dropout=0.0):
                              f"on a machine with internet run `hf download openai-community/{short} --local-dir {short}` "
                              f"(huggingface-cli download in older versions), copy the folder here and pass --hf_dir={short}")
         where = d
-    with open(os.path.join(d, 'config.json'), encoding='utf-8') as f:
-        model_args = model_args_from_hf(json.load(f), dropout)
     try:
+        with open(os.path.join(d, 'config.json'), encoding='utf-8') as f:
+            model_args = model_args_from_hf(json.load(f), dropout)
         sd = state_dict_from_hf(read_weights(weight_files(d)), model_args)
     except SystemExit as e:
         raise SystemExit(f"{e} (in {where})") from None

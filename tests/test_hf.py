@@ -142,10 +142,11 @@ def test_export_loads_in_transformers(tmp_path):
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'out', local_files_only=True).eval()
     assert theirs.config.activation_function == 'gelu_new'
     assert max_logit_diff(ours, theirs, 300) < 1e-4
-    # and back in: the same weights
+    # and back in: the same weights (the real vocabulary rows of the tables: padding rows come back zero)
     _, sd = hf.load_gpt2(hf_dir=str(tmp_path / 'out'))
     for k, v in ours.state_dict().items():
-        assert torch.equal(sd[k], v), k
+        rows = 300 if k in ('transformer.wte.weight', 'lm_head.weight') else None
+        assert torch.equal(sd[k][:rows], v[:rows]), k
 
 
 def fake_cache(cache, repo, model):
