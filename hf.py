@@ -141,35 +141,36 @@ def state_dict_from_hf(hf_sd, model_args):
         sd['transformer.wte.weight'] = sd['lm_head.weight'] = wte
     missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     if missing or extra:
-        raise SystemExit(f"error: the weights do not match the config: missing {missing[:4]}, unexpected {extra[:4]}")
+        raise SystemExit(f"error: the weights do not match the config: missing {missing[:4]}, "
+                         f"unexpected {extra[:4]}")
     for k, v in sd.items():
         if v.shape != want[k].shape:
-            raise SystemExit(f"error: {k} has shape {tuple(v.shape)} in the weights, {tuple(want[k].shape)} in the model")
+            raise SystemExit(f"error: {k} has shape {tuple(v.shape)} in the weights, "
+                             f"{tuple(want[k].shape)} in the model")
     return sd
 
 
 def load_gpt2(name='gpt2', hf_dir='', dropout=0.0):
     """(model_args, state_dict) of a GPT-2 from hf_dir if given, else from the local hub cache. No network."""
+    short = name.split('/')[-1]
+    get = f"`hf download openai-community/{short} --local-dir {hf_dir or short}` on a machine with internet"
     if hf_dir:
-        d, where = hf_dir, hf_dir
+        d = hf_dir
         if not os.path.isfile(os.path.join(d, 'config.json')) or not weight_files(d):
             raise SystemExit(f"error: {d} holds no Hugging Face model (config.json and model.safetensors or "
-                             f"pytorch_model.bin); download one with `hf download openai-community/{name.split('/')[-1]}"
-                             f" --local-dir {d}` on a machine with internet")
+                             f"pytorch_model.bin); get one with {get}")
     else:
         d, looked = find_cached(name)
         if d is None:
-            short = name.split('/')[-1]
             raise SystemExit(f"error: no {short} weights in the Hugging Face cache (looked in {', '.join(looked)}); "
-                             f"on a machine with internet run `hf download openai-community/{short} --local-dir {short}` "
-                             f"(huggingface-cli download in older versions), copy the folder here and pass --hf_dir={short}")
-        where = d
+                             f"get them with {get} (huggingface-cli download in older versions), copy {short}/ here "
+                             f"and pass --hf_dir={short}")
     try:
         with open(os.path.join(d, 'config.json'), encoding='utf-8') as f:
             model_args = model_args_from_hf(json.load(f), dropout)
         sd = state_dict_from_hf(read_weights(weight_files(d)), model_args)
     except SystemExit as e:
-        raise SystemExit(f"{e} (in {where})") from None
+        raise SystemExit(f"{e} (in {d})") from None
     return model_args, sd
 
 # -----------------------------------------------------------------------------
