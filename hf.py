@@ -35,19 +35,12 @@ def hub_cache():
     return os.path.join(home, 'hub')
 
 
-def weight_files(d):
-    """The weight files of a model directory, one or several shards; [] when there are none."""
+def weight_file(d):
+    """The weights file of a model directory (the hub's GPT-2 repos hold one, unsharded), or None."""
     for name in ('model.safetensors', 'pytorch_model.bin'):
         if os.path.isfile(os.path.join(d, name)):
-            return [os.path.join(d, name)]
-        index = os.path.join(d, name + '.index.json')
-        if os.path.isfile(index):  # sharded: the index maps each tensor to its file
-            with open(index, encoding='utf-8') as f:
-                shards = sorted(set(json.load(f)['weight_map'].values()))
-            paths = [os.path.join(d, s) for s in shards]
-            if all(os.path.isfile(p) for p in paths):
-                return paths
-    return []
+            return os.path.join(d, name)
+    return None
 
 
 def find_cached(name):
@@ -72,24 +65,20 @@ def find_cached(name):
             pass
         for rev in revs:
             d = os.path.join(snapshots, rev)
-            if os.path.isfile(os.path.join(d, 'config.json')) and weight_files(d):
+            if os.path.isfile(os.path.join(d, 'config.json')) and weight_file(d):
                 return d, looked
     return None, looked
 
 
-def read_weights(paths):
-    """All tensors of the given .safetensors or .bin files, on the CPU, as stored."""
-    sd = {}
-    for path in paths:
-        if path.endswith('.safetensors'):
-            try:
-                from safetensors.torch import load_file
-            except ImportError:
-                raise SystemExit(f"error: reading {path} needs the safetensors package (pip install safetensors)")
-            sd.update(load_file(path, device='cpu'))
-        else:
-            sd.update(torch.load(path, map_location='cpu', weights_only=True))
-    return sd
+def read_weights(path):
+    """All tensors of a .safetensors or .bin file, on the CPU, as stored."""
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise SystemExit(f"error: reading {path} needs the safetensors package (pip install safetensors)")
+        return load_file(path, device='cpu')
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 # -----------------------------------------------------------------------------
 # Hugging Face -> seedgpt
@@ -156,7 +145,7 @@ def load_gpt2(name='gpt2', hf_dir='', dropout=0.0):
     get = f"`hf download openai-community/{short} --local-dir {hf_dir or short}` on a machine with internet"
     if hf_dir:
         d = hf_dir
-        if not os.path.isfile(os.path.join(d, 'config.json')) or not weight_files(d):
+        if not os.path.isfile(os.path.join(d, 'config.json')) or not weight_file(d):
             raise SystemExit(f"error: {d} holds no Hugging Face model (config.json and model.safetensors or "
                              f"pytorch_model.bin); get one with {get}")
     else:
@@ -168,7 +157,7 @@ def load_gpt2(name='gpt2', hf_dir='', dropout=0.0):
     try:
         with open(os.path.join(d, 'config.json'), encoding='utf-8') as f:
             model_args = model_args_from_hf(json.load(f), dropout)
-        sd = state_dict_from_hf(read_weights(weight_files(d)), model_args)
+        sd = state_dict_from_hf(read_weights(weight_file(d)), model_args)
     except SystemExit as e:
         raise SystemExit(f"{e} (in {d})") from None
     return model_args, sd
