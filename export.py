@@ -1,0 +1,46 @@
+"""
+Export a checkpoint with GPT-2's architecture as a Hugging Face GPT2LMHeadModel directory.
+
+    python export.py --out_dir=out-gpt2-arch --hf_dir=hf-out
+    python export.py --out_dir=out-gpt2-arch --hf_dir=hf-out --force   # replace an existing hf-out
+
+Writes config.json and model.safetensors (plus vocab.json, merges.txt and tokenizer_config.json when the
+model uses the GPT-2 tokenizer), then, with transformers installed:
+
+    GPT2LMHeadModel.from_pretrained('hf-out')
+
+Needs the safetensors package (pip install safetensors). Models with rope, rms norm, qk_norm, relu2 or
+bias=False are not GPT-2 and are refused.
+"""
+from dataclasses import dataclass
+
+from common import load_checkpoint, load_config
+from hf import gpt2_tokenizer_files, save_hf_dir, to_hf
+
+
+@dataclass
+class Config:
+    out_dir: str = 'out'  # the training run's directory, holding ckpt.pt
+    hf_dir: str = 'hf-out'  # the Hugging Face directory to write
+    force: bool = False  # replace hf_dir if it exists and is not empty
+
+
+def main(cfg):
+    ckpt = load_checkpoint(cfg.out_dir, 'cpu')
+    meta = ckpt.get('meta') or {}
+    config, tensors = to_hf(ckpt['model_args'], ckpt['model'], meta)
+    extra = {}
+    if meta.get('tokenizer') == 'gpt2':
+        extra = gpt2_tokenizer_files(config['n_positions'])
+    elif meta.get('tokenizer'):
+        print(f"note: the model uses a {meta['tokenizer']} tokenizer; Hugging Face tokenizer files are written "
+              f"only for GPT-2's, so encode text yourself (its vocabulary is in {cfg.out_dir}/ckpt.pt's meta)")
+    save_hf_dir(cfg.hf_dir, config, tensors, extra, cfg.force)
+    n_params = sum(t.numel() for t in tensors.values())
+    print(f"wrote {cfg.hf_dir}: GPT-2 with {config['n_layer']} layers, {config['n_embd']} wide, "
+          f"{n_params / 1e6:.2f}M parameters, vocab {config['vocab_size']:,} "
+          f"({', '.join(['config.json', 'model.safetensors', *extra])})")
+
+
+if __name__ == '__main__':
+    main(load_config(Config))
