@@ -1,0 +1,149 @@
+"""Device, dtype and process handling that the CPU training tests do not reach: GPU dtype and peak rules,
+vocabulary padding, the logger's teardown, one clock and per-rank randomness under torchrun."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import common
+import train
+from conftest import TINY, ROOT, read_log, run_script, run_train
+from model import GPT, GPTConfig, newton_schulz, padded_vocab
+
+
+@pytest.mark.parametrize('name,dtype,flops', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989e12), ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+    ('NVIDIA H200', 'bfloat16', 989e12), ('NVIDIA A100-SXM4-80GB', 'float32', 156e12),
+    ('NVIDIA L40S', 'bfloat16', 362e12), ('NVIDIA L4', 'bfloat16', 121e12), ('Tesla T4', 'float16', 65e12),
+    ('NVIDIA GeForce GTX 1080', 'float16', None), ('NVIDIA L40', 'bfloat16', None)])
+def test_gpu_peak_matches_whole_names(name, dtype, flops):
+    assert common.gpu_peak_flops(name, dtype) == flops
+
+
+@pytest.mark.parametrize('capability,dtype', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),
+                                              ((9, 0), 'bfloat16')])
+def test_gpu_auto_dtype_by_compute_capability(monkeypatch, capability, dtype):
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # it counts emulation too
+    assert common.pick_dtype('cuda') == dtype
+    assert common.fast_matmul_dtype('cuda') == (torch.bfloat16 if dtype == 'bfloat16' else torch.float32)
+
+
+def test_cpu_without_bf16_gets_fp32_everywhere(monkeypatch):
+    monkeypatch.setenv('SEEDGPT_CPU_BF16', '0')
+    assert common.pick_dtype('cpu') == 'float32' and common.fast_matmul_dtype('cpu') == torch.float32
+
+
+def test_newton_schulz_dtype_and_batching():
+    g = torch.randn(3, 48, 16, generator=torch.Generator().manual_seed(0))
+    batched = newton_schulz(g, dtype=torch.float32)
+    for i in range(3):  # one batched call equals one call per matrix
+        torch.testing.assert_close(batched[i], newton_schulz(g[i], dtype=torch.float32), rtol=1e-4, atol=1e-5)
+    # close to orthogonal: singular values pushed into roughly [0.7, 1.2] (the quintic does not converge exactly)
+    s = torch.linalg.svdvals(batched)
+    assert s.min() > 0.5 and s.max() < 1.3
+    # in fp32 it really computes in fp32: far closer to the fp32 iteration than a bf16 one is
+    bf16 = newton_schulz(g, dtype=torch.bfloat16)
+    assert batched.dtype == bf16.dtype == torch.float32
+    assert (bf16 - batched).abs().max() > 10 * (newton_schulz(g.double(), dtype=torch.float64).float() - batched).abs().max()
+
+
+def test_vocab_padded_but_never_predicted():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=70))
+    assert padded_vocab(70) == 128 and padded_vocab(50257) == 50304 and padded_vocab(64) == 64
+    assert model.lm_head.weight.shape == (128, 16)
+    with torch.no_grad():
+        model.lm_head.weight[70:] = 100.0  # padding rows that would win every argmax if they counted
+    idx = torch.randint(70, (2, 8))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 8, 70) and loss.item() < 20
+    out = model.generate(idx[:, :2], 6, temperature=1.0)
+    assert out.max() < 70
+    assert model(idx)[0].shape == (2, 1, 70)
+
+
+def test_vocab_size_comes_from_the_data(tmp_path, char_data):
+    with pytest.raises(SystemExit, match='^error: vocab_size'):
+        run_train(tmp_path / 'v', char_data, '--vocab_size=100')
+
+
+def test_logger_closes_its_file_and_finishes_wandb(tmp_path, char_data, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        def log(self, row, step):
+            calls.append(('log', step))
+
+        def finish(self):
+            calls.append(('finish', None))
+
+    fake = type(sys)('wandb')
+    fake.init = lambda **kw: FakeRun()
+    monkeypatch.setitem(sys.modules, 'wandb', fake)
+    before = set(os.listdir('/proc/self/fd'))
+    run_train(tmp_path / 'w', char_data, '--max_iters=3', '--wandb_log=True')
+    assert calls and calls[-1] == ('finish', None)
+    log_path = str(tmp_path / 'w' / 'log.jsonl')
+    still_open = [os.readlink(f'/proc/self/fd/{fd}') for fd in set(os.listdir('/proc/self/fd')) - before
+                  if os.path.exists(f'/proc/self/fd/{fd}')]
+    assert log_path not in still_open
+
+
+def test_eval_only_leaves_no_process_group(tmp_path, char_data, monkeypatch):
+    """A 1-process group set up the way torchrun would: eval_only must tear it down like a training run."""
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT='29517').items():
+        monkeypatch.setenv(key, value)
+    try:
+        run_train(tmp_path / 'e', char_data, '--eval_only=True')
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# rank 1's clock runs 1000 s ahead: it alone would think the time budget spent at once
+SKEWED = r"""
+import os, sys, time
+sys.path.insert(0, os.getcwd())
+if os.environ['RANK'] == '1':
+    real = time.time
+    time.time = lambda: real() + 1000.0
+import common, train
+train.main(common.load_config(train.Config, sys.argv[1:]))
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_share_one_clock(tmp_path, char_data):
+    script = tmp_path / 'skewed.py'
+    script.write_text(SKEWED)
+    p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *TINY,
+                   f'--out_dir={tmp_path / "o"}', f'--data_dir={char_data}', '--grad_accum=2', '--max_time=4',
+                   '--max_iters=100000', timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    iters = [row['iter'] for row in read_log(tmp_path / 'o') if 'loss' in row]
+    assert iters and iters[-1] > 5  # rank 0's 4 s, not rank 1's none
+
+
+@pytest.mark.slow
+def test_two_processes_resume_exactly_with_dropout(tmp_path, char_data):
+    """Each rank draws its own dropout masks, and each gets its own RNG state back on resume."""
+    def torchrun(out, *args):
+        p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py', *TINY,
+                       f'--out_dir={out}', f'--data_dir={char_data}', '--grad_accum=2', '--dropout=0.2',
+                       '--lr_decay_iters=8', *args, timeout=300)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        return {row['iter']: row['loss'] for row in read_log(out) if 'loss' in row}
+
+    full = torchrun(tmp_path / 'full', '--max_iters=8')
+    torchrun(tmp_path / 'half', '--max_iters=4')
+    ckpt = torch.load(tmp_path / 'half' / 'ckpt.pt', weights_only=True)
+    assert len(ckpt['rng']) == 2 and not torch.equal(ckpt['rng'][0]['cpu'], ckpt['rng'][1]['cpu'])
+    resumed = torchrun(tmp_path / 'half', '--max_iters=8', '--init_from=resume')
+    for it in range(5, 9):
+        assert resumed[it] == pytest.approx(full[it], abs=1e-6), it
