@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import load_config, setup_runtime, stream_reply
+from common import chat_ids, load_config, setup_runtime, stream_reply
 from prepare.tasks import check
 from sample import load_model
 
@@ -74,6 +74,7 @@ def table(result):
 def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
+    chat_ids(tok)  # a base model stops here, with a one-line error
     records = load_records(cfg.data_dir, cfg.split, cfg.max_examples)
     g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     answers, correct = [], 0
