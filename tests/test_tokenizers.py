@@ -66,3 +66,22 @@ def test_gpt2_special_and_vocab(gpt2_enc):
 def test_load_tokenizer_rejects_unknown():
     with pytest.raises(SystemExit, match='^error:'):
         load_tokenizer({'tokenizer': 'sentencepiece'})
+
+
+@pytest.mark.parametrize('which', ['char', 'gpt2'])
+def test_special_tokens_follow_the_vocabulary_and_survive_meta(which):
+    specials = ['<|a|>', '<|b|>']
+    base = 50257 if which == 'gpt2' else 3
+    meta = {'tokenizer': which, 'chars': list('ab<'), 'special_tokens': {'<|b|>': base + 1, '<|a|>': base}}
+    tok = load_tokenizer(meta)
+    assert tok.special_ids == {'<|a|>': base, '<|b|>': base + 1} and tok.vocab_size == base + 2
+    assert tok.decode([base + 1, base]) == '<|b|><|a|>'
+    if which == 'char':
+        assert tok.encode('ab') == [0, 1]
+        with pytest.raises(ValueError, match="'|'"):
+            tok.encode('<|a|>')  # specials are never read from text
+    else:
+        assert tok.encode('<|a|>') == GPT2Tokenizer().encode('<|a|>')  # plain text, as without specials
+        assert tok.encode('x' + EOT) == [87, 50256]
+    with pytest.raises(SystemExit, match='^error: the special tokens'):
+        load_tokenizer({**meta, 'special_tokens': {'<|a|>': base + 5}})

@@ -1,0 +1,109 @@
+"""
+Talk to a chat model (one fine-tuned on chat data, e.g. prepare/tasks.py's suite) in the terminal.
+
+    python chat.py --out_dir=out-sft-tasks                               # multi-turn, answers streamed
+    python chat.py --out_dir=out-sft-tasks --prompt="What is 48+75?"     # one turn: only the answer on stdout
+    python chat.py --out_dir=out-sft-tasks --system="Be brief." --temperature=0.8
+
+In the chat, /reset starts a new conversation and Ctrl-D (end of input) leaves; Ctrl-C stops an
+answer being written. When the conversation outgrows the model's context, the oldest turns are dropped.
+"""
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from common import chat_ids, load_config, render_prompt, setup_runtime, stream_reply
+from sample import load_model
+
+
+@dataclass
+class Config:
+    out_dir: str = 'out'  # the training run's directory, holding ckpt.pt
+    prompt: str = ''  # answer this one question and exit, printing only the answer
+    system: str = ''  # a system message opening every conversation
+    max_new_tokens: int = 256  # an answer stops here if it has not ended itself
+    temperature: float = 0.0  # 0 is greedy: exact tasks want the likeliest answer
+    top_k: int = 0  # keep only the k likeliest tokens; 0 keeps all
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p; 1.0 keeps all
+    seed: int = 1337
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
+    dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
+
+
+def fit(tok, messages, block_size):
+    """Drop the oldest turns, never the system message nor the last one, until the prompt fits the context."""
+    first = 1 if messages and messages[0]['role'] == 'system' else 0
+    dropped = False
+    while len(render_prompt(tok, messages)) > block_size and len(messages) - first > 1:
+        del messages[first]
+        while len(messages) - first > 1 and messages[first]['role'] == 'assistant':
+            del messages[first]  # a reply without its question would only confuse
+        dropped = True
+    return dropped
+
+
+def reply(model, tok, messages, cfg, g):
+    """Stream the model's answer to stdout and return it; Ctrl-C stops it where it is."""
+    pieces = []
+    try:
+        for piece in stream_reply(model, tok, messages, cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_k=cfg.top_k, top_p=cfg.top_p, generator=g):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            pieces.append(piece)
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.write('\n')
+    sys.stdout.flush()
+    return ''.join(pieces)
+
+
+def main(cfg):
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
+    chat_ids(tok)  # a base model stops here, with a one-line error
+    g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+    start = [{'role': 'system', 'content': cfg.system}] if cfg.system else []
+    if cfg.prompt:
+        messages = start + [{'role': 'user', 'content': cfg.prompt}]
+        try:
+            render_prompt(tok, messages)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}; change the prompt")
+        fit(tok, messages, model.config.block_size)
+        reply(model, tok, messages, cfg, g)
+        return
+
+    try:
+        import readline  # noqa: F401  line editing and history for input(), where the platform has it
+    except ImportError:
+        pass
+    sys.stderr.write(f"chatting with {cfg.out_dir}: /reset starts over, Ctrl-D leaves\n")
+    messages = list(start)
+    while True:
+        try:
+            line = input('> ')
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write('\n')
+            break
+        if not line.strip():
+            continue
+        if line.strip() == '/reset':
+            messages = list(start)
+            sys.stderr.write("(a new conversation)\n")
+            continue
+        messages.append({'role': 'user', 'content': line})
+        try:
+            render_prompt(tok, messages)
+        except ValueError as e:
+            messages.pop()
+            sys.stderr.write(f"error: {e}; say it another way\n")
+            continue
+        if fit(tok, messages, model.config.block_size):
+            sys.stderr.write("(older turns dropped to fit the model's context)\n")
+        messages.append({'role': 'assistant', 'content': reply(model, tok, messages, cfg, g)})
+
+
+if __name__ == '__main__':
+    main(load_config(Config))

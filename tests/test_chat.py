@@ -1,0 +1,152 @@
+"""eval.py and chat.py as scripts on a tiny random chat checkpoint: output formats, replies, errors."""
+import json
+
+import pytest
+import torch
+
+import eval as evaluate
+from chat import fit
+from common import CHAT_SPECIALS, CharTokenizer, render_prompt, save_checkpoint, stream_reply
+from conftest import run_script
+from model import GPT, GPTConfig
+from prepare import tasks
+from sample import load_model
+
+CPU = ['--device=cpu', '--dtype=float32']
+
+
+def make_ckpt(out_dir, meta, block_size=64):
+    """A random tiny GPT saved the way train.py saves one.
+
+    Its chat tokens' embeddings are zeroed: with tied embeddings a random model's likeliest next token
+    is the one it just read, <|assistant|>, and every greedy reply would be empty.
+    """
+    torch.manual_seed(0)
+    model_args = dict(n_layer=1, n_head=2, n_embd=32, block_size=block_size, vocab_size=meta['vocab_size'], bias=False)
+    model = GPT(GPTConfig(**model_args))
+    with torch.no_grad():
+        model.transformer.wte.weight[len(meta['chars']):] = 0
+    save_checkpoint(str(out_dir / 'ckpt.pt'), {'model': model.state_dict(), 'model_args': model_args, 'meta': meta,
+                                               'config': {'data_dir': 'data/tasks'}})
+    return out_dir
+
+
+@pytest.fixture(scope='module')
+def suite(tmp_path_factory):
+    """(data_dir, out_dir): a small char task suite and a random chat model for it."""
+    root = tmp_path_factory.mktemp('chat')
+    meta = tasks.prepare(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
+    (root / 'out').mkdir()
+    return root / 'tasks', make_ckpt(root / 'out', meta)
+
+
+def one_line_error(p, *words):
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error:'), p.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_eval_json(suite):
+    data, out = suite
+    p = run_script('eval.py', f'--out_dir={out}', f'--data_dir={data}', '--max_examples=12', '--max_new_tokens=6',
+                   '--json', *CPU)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 1
+    result = json.loads(p.stdout)
+    assert result['n'] == 12 and result['split'] == 'test' and set(result['tasks']) <= set(tasks.TASKS)
+    assert sum(row['n'] for row in result['tasks'].values()) == 12
+    for row in result['tasks'].values():
+        assert 0 <= row['correct'] <= row['n'] and row['accuracy'] == row['correct'] / row['n']
+    assert result['mean'] == pytest.approx(sum(r['accuracy'] for r in result['tasks'].values()) / len(result['tasks']))
+    assert 'eval: 12/12 answered' in p.stderr
+
+
+def test_eval_table(suite):
+    data, out = suite
+    p = run_script('eval.py', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=4', *CPU)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ['task', 'n', 'correct', 'accuracy']
+    assert [line.split()[0] for line in lines[1:]] == sorted(tasks.TASKS) + ['mean']
+    assert all(line.split()[1] == '6' for line in lines[1:-1]) and lines[-1].split()[1] == '30'
+
+
+def test_score_perfect_and_wrong_answerers(suite):
+    data, _ = suite
+    records = evaluate.load_records(data, 'test')
+    perfect = evaluate.score(records, [r['messages'][-1]['content'] for r in records])
+    assert perfect['mean'] == 1.0 and all(row['accuracy'] == 1.0 for row in perfect['tasks'].values())
+    wrong = evaluate.score(records, [r['meta']['answer'] + '?' for r in records])
+    assert wrong['mean'] == 0.0
+    half = evaluate.score(records, [r['meta']['answer'] if r['meta']['task'] in ('add', 'sort') else ''
+                                    for r in records])
+    assert half['mean'] == pytest.approx(2 / 5) and half['tasks']['add']['accuracy'] == 1.0
+    assert all(m['role'] == 'user' for r in records for m in evaluate.question(r))
+
+
+def test_chat_prompt_prints_the_greedy_reply(suite):
+    _, out = suite
+    p = run_script('chat.py', f'--out_dir={out}', '--prompt=What is 48+75?', '--max_new_tokens=20', *CPU)
+    assert p.returncode == 0, p.stderr
+    model, tok = load_model(out, 'cpu')
+    expected = ''.join(stream_reply(model, tok, [{'role': 'user', 'content': 'What is 48+75?'}], 20, temperature=0))
+    assert p.stdout == expected + '\n' and len(expected) == 20  # this random model never ends a turn
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in model that writes the given ids, whatever the prompt."""
+
+    def __init__(self, ids):
+        super().__init__()
+        self.ids, self.w = ids, torch.nn.Parameter(torch.zeros(1))
+
+    def generate_stream(self, idx, max_new_tokens, **kwargs):
+        for i in self.ids[:max_new_tokens]:
+            yield torch.tensor([[i]])
+
+
+def test_reply_stops_at_end_of_turn():
+    tok = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS)
+    end, user = tok.special_ids['<|end|>'], tok.special_ids['<|user|>']
+    q = [{'role': 'user', 'content': 'hi'}]
+    assert ''.join(stream_reply(Scripted(tok.encode('42') + [end] + tok.encode('x')), tok, q, 10)) == '42'
+    assert ''.join(stream_reply(Scripted(tok.encode('ok') + [user]), tok, q, 10)) == 'ok'
+    assert ''.join(stream_reply(Scripted(tok.encode('abcdef')), tok, q, 3)) == 'abc'
+    assert ''.join(stream_reply(Scripted(tok.encode('a') + [tok.vocab_size]), tok, q, 5)) == 'a'  # a padded id
+
+
+def test_chat_interactive(suite):
+    _, out = suite
+    p = run_script('chat.py', f'--out_dir={out}', '--max_new_tokens=8', *CPU,
+                   input='What is 1+1?\n\n/reset\nSort abc.\n'.encode())
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.split('> ')
+    assert len(lines) == 6 and lines[-1] == '\n'  # five prompts (one per line, one more at EOF), then a clean exit
+    assert all(len(reply) == 9 for reply in (lines[1], lines[4]))  # 8 characters and a newline
+    assert '(a new conversation)' in p.stderr
+    bad = run_script('chat.py', f'--out_dir={out}', *CPU, input='snow ☃\n'.encode())
+    assert bad.returncode == 0 and "'☃' is not in this model's vocabulary" in bad.stderr
+
+
+def test_fit_drops_oldest_turns():
+    tok = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS)
+    msgs = [{'role': 'system', 'content': 'sys'}]
+    for k in range(5):
+        msgs += [{'role': 'user', 'content': f'question {k}'}, {'role': 'assistant', 'content': f'answer {k}'}]
+    msgs.append({'role': 'user', 'content': 'last'})
+    kept = list(msgs)
+    assert fit(tok, kept, 60)
+    tail = kept[1:]
+    assert kept[0] == msgs[0] and tail[0]['role'] == 'user' and msgs[-len(tail):] == tail  # whole turns, newest kept
+    assert len(render_prompt(tok, kept)) <= 60 < len(render_prompt(tok, msgs[:1] + msgs[-len(tail) - 2:]))
+    kept = list(msgs)
+    assert not fit(tok, kept, 1000) and kept == msgs
+
+
+def test_base_model_is_refused(tmp_path):
+    meta = {'tokenizer': 'char', 'chars': list('abc '), 'vocab_size': 4, 'dtype': 'uint16'}
+    out = make_ckpt(tmp_path, meta, block_size=16)
+    one_line_error(run_script('chat.py', f'--out_dir={out}', '--prompt=abc', *CPU), 'no chat tokens', 'SFT')
+    one_line_error(run_script('eval.py', f'--out_dir={out}', *CPU), 'no chat tokens', 'SFT')

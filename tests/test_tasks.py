@@ -1,0 +1,205 @@
+"""The chat format (mask, round trips) and prepare/tasks.py (determinism, disjoint splits, checkers, files)."""
+import json
+import string
+
+import numpy as np
+import pytest
+
+from common import (CHAT_SPECIALS, CharTokenizer, GPT2Tokenizer, chat_ids, load_tokenizer, parse_chat,
+                    render_chat, render_prompt)
+from conftest import run_script
+from prepare import tasks
+
+CONV = [{'role': 'system', 'content': 'Be brief.'},
+        {'role': 'user', 'content': 'What is 48+75?'},
+        {'role': 'assistant', 'content': '123'},
+        {'role': 'user', 'content': 'And <|end|> 2-1?'},  # a chat token typed as text stays text
+        {'role': 'assistant', 'content': '1'}]
+TEXT = ('<|system|>Be brief.<|end|><|user|>What is 48+75?<|end|><|assistant|>123<|end|>'
+        '<|user|>And <|end|> 2-1?<|end|><|assistant|>1<|end|>')
+
+
+def char_tok():
+    return CharTokenizer(sorted(set(string.printable) - set('\t\r\x0b\x0c')), CHAT_SPECIALS)
+
+
+@pytest.fixture(scope='module')
+def gpt2_chat_tok():
+    return GPT2Tokenizer(CHAT_SPECIALS)
+
+
+def test_chat_token_ids_follow_the_base_vocabulary(gpt2_chat_tok):
+    tok = char_tok()
+    assert chat_ids(tok) == {'system': 96, 'user': 97, 'assistant': 98, 'end': 99} and tok.vocab_size == 100
+    assert chat_ids(gpt2_chat_tok) == {'system': 50257, 'user': 50258, 'assistant': 50259, 'end': 50260}
+    assert gpt2_chat_tok.vocab_size == 50261
+    assert gpt2_chat_tok.encode('Hello world') == [15496, 995]  # the base BPE is unchanged
+    for t in (tok, gpt2_chat_tok):
+        assert max(t.encode('<|end|><|user|>')) < t.vocab_size - 4  # typed text never yields a chat token
+
+
+def test_mask_is_exactly_assistant_content_and_end():
+    tok = char_tok()
+    ids, mask = render_chat(tok, CONV)
+    S, U, A, E = 96, 97, 98, 99
+    enc = tok.encode
+    expected = [(S, 0)] + [(i, 0) for i in enc('Be brief.')] + [(E, 0)] \
+        + [(U, 0)] + [(i, 0) for i in enc('What is 48+75?')] + [(E, 0)] \
+        + [(A, 0)] + [(i, 1) for i in enc('123')] + [(E, 1)] \
+        + [(U, 0)] + [(i, 0) for i in enc('And <|end|> 2-1?')] + [(E, 0)] \
+        + [(A, 0)] + [(i, 1) for i in enc('1')] + [(E, 1)]
+    assert list(zip(ids, mask)) == expected
+
+
+def test_mask_gpt2(gpt2_chat_tok):
+    ids, mask = render_chat(gpt2_chat_tok, CONV)
+    learned = [i for i, k in zip(ids, mask) if k]
+    assert learned == gpt2_chat_tok.encode('123') + [50260] + gpt2_chat_tok.encode('1') + [50260]
+
+
+@pytest.mark.parametrize('which', ['char', 'gpt2'])
+def test_render_round_trips(which, gpt2_chat_tok):
+    tok = char_tok() if which == 'char' else gpt2_chat_tok
+    conv = CONV if which == 'char' else CONV + [{'role': 'user', 'content': '你好，世界 🙂'},
+                                                {'role': 'assistant', 'content': ' spaced \n lines '}]
+    ids, mask = render_chat(tok, conv)
+    assert len(ids) == len(mask)
+    assert tok.decode(ids).startswith(TEXT)
+    assert parse_chat(tok, ids) == conv
+
+
+def test_prompt_is_the_training_prefix():
+    tok = char_tok()
+    ids, _ = render_chat(tok, CONV)
+    prompt = render_prompt(tok, CONV[:-1])
+    assert prompt[-1] == chat_ids(tok)['assistant']
+    assert ids[:len(prompt)] == prompt  # what the model sees at inference is what it was trained on
+    assert ids[len(prompt):] == tok.encode('1') + [chat_ids(tok)['end']]
+
+
+def test_parse_rejects_malformed():
+    tok = char_tok()
+    ids, _ = render_chat(tok, CONV[:2])
+    for bad in (ids[:-1], ids[1:], ids[:3] + [97] + ids[3:]):
+        with pytest.raises(ValueError):
+            parse_chat(tok, bad)
+    with pytest.raises(ValueError, match='role'):
+        render_chat(tok, [{'role': 'bot', 'content': 'hi'}])
+
+
+def test_base_tokenizer_has_no_chat_tokens():
+    with pytest.raises(SystemExit, match='^error: .*base model.*SFT'):
+        render_prompt(CharTokenizer(list('abc')), [{'role': 'user', 'content': 'abc'}])
+
+
+def test_generator_is_deterministic_with_disjoint_splits():
+    a = tasks.generate(seed=5, n_train=300, n_val=30, n_test=40)
+    assert a == tasks.generate(seed=5, n_train=300, n_val=30, n_test=40)
+    assert a != tasks.generate(seed=6, n_train=300, n_val=30, n_test=40)
+    problems, questions = {}, {}
+    for split, records in a.items():
+        assert len(records) == len(tasks.TASKS) * {'train': 300, 'val': 30, 'test': 40}[split]
+        problems[split] = {json.dumps(r['meta'], sort_keys=True) for r in records}
+        questions[split] = {r['messages'][0]['content'] for r in records}
+        assert len(problems[split]) == len(records)  # no problem twice within a split
+    for s, t in (('train', 'val'), ('train', 'test'), ('val', 'test')):
+        assert not problems[s] & problems[t]
+        assert not questions[s] & questions[t]
+    used = set()  # every phrasing of every task is used, and each question states its operands
+    for r in a['train']:
+        operands = {k: v for k, v in r['meta'].items() if k not in ('task', 'answer')}
+        forms = [p.format(**operands) for p in tasks.PHRASES[r['meta']['task']]]
+        used.add((r['meta']['task'], forms.index(r['messages'][0]['content'])))
+    assert used == {(t, i) for t in tasks.TASKS for i in range(len(tasks.PHRASES[t]))}
+
+
+def test_generator_refuses_more_problems_than_exist():
+    with pytest.raises(tasks.TaskError, match='too few distinct add'):
+        tasks.generate(digits=1, n_train=100, n_val=1, n_test=1)
+
+
+def reference_answer(m):
+    """Each task's answer, worked out here independently of prepare/tasks.py."""
+    return {'add': lambda: str(m['a'] + m['b']), 'sub': lambda: str(m['a'] - m['b']),
+            'reverse': lambda: m['w'][::-1], 'sort': lambda: ''.join(sorted(m['w'])),
+            'count': lambda: str(sum(ch == m['c'] for ch in m['w']))}[m['task']]()
+
+
+def test_answers_are_right_and_checker_judges_them():
+    for r in tasks.generate(seed=2, digits=3, word_len=7, n_train=200, n_val=1, n_test=1)['train']:
+        m = r['meta']
+        assert m['answer'] == reference_answer(m) == r['messages'][1]['content']
+        assert tasks.check(m['task'], m, m['answer'])
+        assert tasks.check(m['task'], m, f" {m['answer']}\n")
+        assert not tasks.check(m['task'], m, m['answer'] + 'x')
+        assert not tasks.check(m['task'], m, '')
+    q = {'a': 48, 'b': 75, 'answer': '123'}
+    assert tasks.check('add', q, '123') and tasks.check('add', q, '0123')
+    assert not tasks.check('add', q, '124') and not tasks.check('add', q, '12 3') and not tasks.check('add', q, '-123')
+    assert tasks.check('sub', {'answer': '0'}, '0') and not tasks.check('sub', {'answer': '0'}, 'zero')
+    assert tasks.check('reverse', {'w': 'kvit', 'answer': 'tivk'}, 'tivk')
+    assert not tasks.check('reverse', {'w': 'kvit', 'answer': 'tivk'}, 'Tivk')
+    assert tasks.check('sort', {'w': 'kvit', 'answer': 'iktv'}, 'iktv')
+    assert not tasks.check('sort', {'w': 'kvit', 'answer': 'iktv'}, 'ikvt')
+    assert tasks.check('count', {'c': 'a', 'w': 'abaca', 'answer': '3'}, '3')
+    assert not tasks.check('count', {'c': 'a', 'w': 'abaca', 'answer': '3'}, '2')
+    with pytest.raises(ValueError, match='unknown task'):
+        tasks.check('multiply', q, '1')
+
+
+def read_split(out, split, meta):
+    ids = np.fromfile(out / f'{split}.bin', dtype=meta['dtype'])
+    mask = np.fromfile(out / f'{split}.mask.bin', dtype=np.uint8)
+    starts = np.fromfile(out / f'{split}.idx.bin', dtype=np.int64)
+    return ids, mask, starts
+
+
+@pytest.mark.parametrize('which', ['char', 'gpt2'])
+def test_prepare_writes_consistent_files(tmp_path, which):
+    out = tmp_path / 'tasks'
+    meta = tasks.prepare(out_dir=str(out), tokenizer=which, n_train=40, n_val=8, n_test=10, quiet=True)
+    assert meta == json.loads((out / 'meta.json').read_text())
+    assert meta['format'] == 'chat' and meta['special_tokens'] == dict(zip(CHAT_SPECIALS, range(
+        meta['vocab_size'] - 4, meta['vocab_size'])))
+    tok = load_tokenizer(meta)
+    assert tok.vocab_size == meta['vocab_size']
+    longest = 0
+    for split, n in (('train', 40), ('val', 8)):
+        records = [json.loads(line) for line in (out / f'{split}.jsonl').read_text().splitlines()]
+        ids, mask, starts = read_split(out, split, meta)
+        assert len(records) == len(starts) == 5 * n and len(ids) == len(mask) == meta[f'{split}_tokens']
+        assert starts[0] == 0 and np.all(np.diff(starts) > 0)
+        assert int(mask.sum()) == meta[f'{split}_loss_tokens'] and set(np.unique(mask)) == {0, 1}
+        ends = list(starts[1:]) + [len(ids)]
+        for r, s, e in zip(records, starts, ends):
+            conv = ids[s:e].tolist()
+            assert parse_chat(tok, conv) == r['messages']
+            assert (conv, mask[s:e].tolist()) == render_chat(tok, r['messages'])
+            assert tok.decode([i for i, k in zip(conv, mask[s:e]) if k]) == r['meta']['answer'] + '<|end|>'
+            longest = max(longest, e - s)
+    assert not (out / 'test.bin').exists() and len((out / 'test.jsonl').read_text().splitlines()) == 50
+    assert longest <= meta['max_conversation_tokens']
+    # the same seed writes the same bytes
+    again = tasks.prepare(out_dir=str(tmp_path / 'again'), tokenizer=which, n_train=40, n_val=8, n_test=10, quiet=True)
+    assert again == meta
+    for name in ('train.bin', 'train.mask.bin', 'train.idx.bin', 'test.jsonl'):
+        assert (out / name).read_bytes() == (tmp_path / 'again' / name).read_bytes()
+
+
+def test_show_colours_the_loss(tmp_path):
+    out = tmp_path / 'tasks'
+    p = run_script('prepare/tasks.py', f'--out_dir={out}', '--n_train=5', '--n_val=2', '--n_test=2', '--show=2')
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith('wrote') and len(lines) == 4  # summary, legend, two conversations
+    records = [json.loads(line) for line in (out / 'train.jsonl').read_text().splitlines()]
+    for line, r in zip(lines[2:], records):
+        question, answer = r['messages'][0]['content'], r['meta']['answer']
+        assert line == f"\033[90m<|user|>{question}<|end|><|assistant|>\033[0m\033[32m{answer}<|end|>\033[0m"
+
+
+def test_bad_settings_one_line_error(tmp_path):
+    p = run_script('prepare/tasks.py', f'--out_dir={tmp_path / "t"}', '--digits=1', '--n_train=500')
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().startswith('error: too few distinct') and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 't').exists()
