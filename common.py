@@ -102,7 +102,7 @@ def _parse_value(text, typ):
     except (ValueError, SyntaxError):
         return {'true': True, 'false': False}.get(text.lower(), text)  # a bare string
 
-def _check_type(key, value, typ):
+def check_type(key, value, typ):
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is bool and value in (0, 1) and not isinstance(value, float):
@@ -114,7 +114,8 @@ def _check_type(key, value, typ):
 
 def config_help(cls):
     comments = _field_comments(cls)
-    rows = [f"  --{f.name}={f.default!r}" for f in dataclasses.fields(cls)]
+    rows = [f"  --{f.name}={(f.default_factory() if f.default is dataclasses.MISSING else f.default)!r}"
+            for f in dataclasses.fields(cls)]
     width = max(len(r) for r in rows) + 2
     doc = (sys.modules[cls.__module__].__doc__ or '').strip()
     return '\n'.join([doc, '', 'settings (defaults shown):'] +
@@ -142,7 +143,7 @@ def load_config(cls, argv=None):
                 near = difflib.get_close_matches(key, list(types), n=1)
                 hint = f"; did you mean '{near[0]}'?" if near else "; see --help for the list"
                 raise SystemExit(f"error: unknown setting '{key}'{hint}")
-            values[key] = _check_type(key, value, types[key])
+            values[key] = check_type(key, value, types[key])
     return cls(**values)
 
 # -----------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 @dataclass
 class GPTConfig:
     """The model's settings. train.py's Config inherits these, so each is also a --key=value of train.py."""
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 6  # attention heads per block; n_embd must be a multiple
+    n_embd: int = 384  # width of the residual stream
     block_size: int = 256  # context length in tokens
     vocab_size: int = 50257  # tokens in the vocabulary; set from the dataset by train.py
     dropout: float = 0.0  # 0 for pretraining, 0.1+ to fight overfitting on small data
@@ -235,15 +235,6 @@ class GPT(nn.Module):
         logits = self.lm_head(x)[..., :V]  # the padding's ids are never right: keep them out of the softmax
         loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    def crop_block_size(self, block_size):
-        """Shrink the context, e.g. to fine-tune GPT-2 (1024) on shorter blocks."""
-        assert block_size <= self.config.block_size
-        self.config.block_size = block_size
-        if self.transformer.wpe is not None:
-            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-        else:
-            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
     def optimizer_groups(self, weight_decay):
         """Weight decay on matrices (2-D and up) only; biases and norm gains go undecayed."""

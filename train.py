@@ -17,14 +17,15 @@ import sys
 import time
 import zlib
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
 
-from common import (fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops,
+from common import (check_type, fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops,
                     print0, save_checkpoint, setup_runtime)
-from model import GPT, GPTConfig
+from hf import GPT2_NAMES, load_gpt2
+from model import GPT, GPTConfig, padded_vocab
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Config(GPTConfig):
     # i/o
     out_dir: str = 'out'  # checkpoints and log.jsonl go here
     data_dir: str = 'data/stdlib_char'  # made by a prepare/ script: train.bin, val.bin, meta.json
-    init_from: str = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    init_from: str = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a seedgpt checkpoint to fine-tune, or gpt2[-medium|-large|-xl]
+    hf_dir: str = ''  # with init_from=gpt2*: a local Hugging Face GPT-2 directory; '' looks in the HF cache
     eval_interval: int = 250  # iterations between val loss estimates (and checkpoints)
     eval_iters: int = 50  # batches per loss estimate; the same fixed batches every time
     log_interval: int = 10  # iterations between log lines
@@ -55,6 +57,9 @@ class Config(GPTConfig):
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip gradients at this norm, 0 to disable
     muon_lr: float = 0.0  # > 0: Muon for the hidden matrices at this learning rate, AdamW for the rest
+    # one config for fast and slow machines (CPUs without bf16 run matmuls ~4x slower than those with it)
+    slow_tflops: float = 0.0  # if the matmul peak measured in the training dtype is below this many TFLOP/s...
+    slow: dict = field(default_factory=dict)  # ...these settings replace the ones above (e.g. a smaller model)
     # system
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = 'auto'  # 'auto' (bf16 where fast, else fp16 on GPUs, else fp32), 'float32', 'bfloat16', 'float16'
@@ -102,10 +107,42 @@ class Batches:
         ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size * cfg.grad_accum,), generator=g)
         ix = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()
         xy = torch.from_numpy(np.stack([data[i:i + cfg.block_size + 1].astype(np.int64) for i in ix]))
-        x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
-        if self.device.startswith('cuda'):
+        return self.to_device(xy[:, :-1].contiguous(), xy[:, 1:].contiguous())
+
+    def to_device(self, x, y):
+        if self.device.startswith('cuda'):  # pinned memory: the copy overlaps the GPU's work
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
+
+
+class ChatBatches(Batches):
+    """Whole conversations, one per row from its first token, padded and never cut: the loss falls only on
+    what the assistant writes (the target is -1, left out of the loss, everywhere else). Made by
+    prepare/tasks.py: {split}.bin tokens, {split}.mask.bin (1 on assistant tokens), {split}.idx.bin starts."""
+
+    def __init__(self, cfg, meta, device):
+        self.cfg, self.meta, self.device = cfg, meta, device
+        if meta['max_conversation_tokens'] > cfg.block_size + 1:
+            raise SystemExit(f"error: {cfg.data_dir} has conversations of {meta['max_conversation_tokens']} tokens; "
+                             f"use block_size >= {meta['max_conversation_tokens'] - 1}")
+        self.starts = {s: np.fromfile(os.path.join(cfg.data_dir, f'{s}.idx.bin'), dtype=np.int64) for s in ('train', 'val')}
+
+    def get(self, split, step, micro, tag='train'):
+        cfg = self.cfg
+        data = load_tokens(cfg.data_dir, split, self.meta)
+        mask = np.memmap(os.path.join(cfg.data_dir, f'{split}.mask.bin'), dtype=np.uint8, mode='r')
+        starts = self.starts[split]
+        ends = np.append(starts[1:], len(data))
+        g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
+        ix = torch.randint(len(starts), (cfg.batch_size * cfg.grad_accum,), generator=g)
+        ix = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()
+        x = np.zeros((cfg.batch_size, cfg.block_size), dtype=np.int64)  # padding, never a target
+        y = np.full((cfg.batch_size, cfg.block_size), -1, dtype=np.int64)
+        for row, c in enumerate(ix):
+            s, e = starts[c], ends[c]
+            x[row, :e - s - 1] = data[s:e - 1]
+            y[row, :e - s - 1] = np.where(mask[s + 1:e] == 1, data[s + 1:e].astype(np.int64), -1)
+        return self.to_device(torch.from_numpy(x), torch.from_numpy(y))
 
 
 @torch.no_grad()
@@ -134,6 +171,40 @@ def grad_sync(model, fsdp, last):
     elif hasattr(model, 'no_sync') and not last:
         return model.no_sync()
     return nullcontext()
+
+
+def start_from(cfg, meta, ckpt):
+    """The model's args and weights (None: a fresh init) for cfg.init_from."""
+    if ckpt:
+        return ckpt['model_args'], ckpt['model']
+    if cfg.init_from == 'scratch':
+        return {**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)}, 'vocab_size': meta['vocab_size']}, None
+    if cfg.init_from.split('/')[-1] in GPT2_NAMES:  # OpenAI's weights, from a local Hugging Face copy
+        if meta['tokenizer'] != 'gpt2':
+            raise SystemExit(f"error: init_from={cfg.init_from} needs a GPT-2 BPE dataset; {cfg.data_dir} is "
+                             f"{meta['tokenizer']}-level (prepare it with --tokenizer=gpt2)")
+        args, state = load_gpt2(cfg.init_from, cfg.hf_dir, cfg.dropout)
+    else:  # a seedgpt checkpoint: its weights, with a fresh optimizer and step count
+        path = cfg.init_from if cfg.init_from.endswith('.pt') else os.path.join(cfg.init_from, 'ckpt.pt')
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: init_from={cfg.init_from!r}: no checkpoint at {path}; use 'scratch', 'resume', "
+                             f"a GPT-2 name ({', '.join(GPT2_NAMES)}) or a seedgpt out_dir")
+        base = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        ours, theirs = meta.get('chars', []), base['meta'].get('chars', [])
+        if base['meta']['tokenizer'] != meta['tokenizer'] or ours[:len(theirs)] != theirs:
+            raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
+                             "would mean other characters")
+        args, state = {**base['model_args'], 'dropout': cfg.dropout}, base['model']
+    if meta['vocab_size'] > args['vocab_size']:  # e.g. a chat dataset's role tokens, after GPT-2's 50257
+        if padded_vocab(meta['vocab_size']) != padded_vocab(args['vocab_size']):
+            raise SystemExit(f"error: {cfg.data_dir} has {meta['vocab_size']} tokens, more than the model's table "
+                             f"of {padded_vocab(args['vocab_size'])} rows")
+        args['vocab_size'] = meta['vocab_size']  # the new ids take rows of the padding
+    if cfg.block_size < args['block_size']:  # fine-tune on shorter blocks: fewer positions to learn from
+        args['block_size'] = cfg.block_size
+        if 'transformer.wpe.weight' in state:
+            state = {**state, 'transformer.wpe.weight': state['transformer.wpe.weight'][:cfg.block_size]}
+    return args, state
 
 
 def build_model(model_args, state, rt, fsdp):
@@ -232,10 +303,26 @@ class Logger:
             self.wandb.finish()  # uploads what is left; skipped, a run's last rows can be lost
 
 
+def sized_for_machine(cfg, rt):
+    """cfg, with its `slow` settings in force when this device's matmul peak is below slow_tflops."""
+    if not cfg.slow_tflops:
+        return cfg
+    known, slow_cfg = {f.name: f for f in fields(Config)}, cfg
+    for key, value in cfg.slow.items():
+        if key not in known or key in ('slow', 'slow_tflops'):
+            raise SystemExit(f"error: slow holds '{key}', which is not a setting that can be replaced")
+        slow_cfg = replace(slow_cfg, **{key: check_type(key, value, known[key].type)})
+    peak = peak_flops(rt)
+    fast = peak is None or peak >= cfg.slow_tflops * 1e12
+    print0(f"sizing: matmul peak {'unknown' if peak is None else f'{peak / 1e12:.2f} TFLOP/s'} in {rt.dtype} is "
+           f"{'at least' if fast else 'below'} slow_tflops={cfg.slow_tflops}, so "
+           + ('the settings stay as given' if fast else f"these replace them: {cfg.slow}"))
+    return cfg if fast else slow_cfg
+
 def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
-        train(cfg, rt)
+        train(sized_for_machine(cfg, rt), rt)
     finally:
         if rt.ddp and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -244,8 +331,6 @@ def main(cfg):
 def train(cfg, rt):
     if cfg.grad_accum % rt.world_size:
         raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
-    if cfg.init_from not in ('scratch', 'resume'):
-        raise SystemExit(f"error: init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
     if cfg.vocab_size != GPTConfig.vocab_size:
         raise SystemExit("error: vocab_size is read from the dataset's meta.json; leave it out")
     if cfg.fsdp and (not rt.ddp or cfg.muon_lr > 0):
@@ -253,16 +338,16 @@ def train(cfg, rt):
     micro_steps = cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes together
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
     meta = load_meta(cfg.data_dir)
-    batches = Batches(cfg, meta, rt.device)
+    batches = (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, rt.device)
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
 
     # model, optimizer and state: from scratch or from the last checkpoint, read on the CPU: the RNG states
     # must stay there, and only what the model and optimizer need moves to the device
     ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
-    model_args = ckpt['model_args'] if ckpt else {**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)},
-                                                  'vocab_size': meta['vocab_size']}
-    model = build_model(model_args, ckpt['model'] if ckpt else None, rt, cfg.fsdp)
+    model_args, state = start_from(cfg, meta, ckpt)
+    model = build_model(model_args, state, rt, cfg.fsdp)
+    del state
     # the hidden matrices' Newton-Schulz runs in bf16 only where the hardware has it
     optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                             rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))

@@ -1,0 +1,81 @@
+"""train.py after pretraining: chat SFT batches with loss masking, fine-tuning from a seedgpt checkpoint,
+and from GPT-2 weights in a local Hugging Face directory."""
+import numpy as np
+import pytest
+import torch
+
+import common
+import train
+from conftest import read_log, run_train
+from prepare import tasks
+
+
+@pytest.fixture(scope='module')
+def task_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp('tasks') / 'data'
+    tasks.prepare(out_dir=str(out), n_train=300, n_val=20, n_test=20)
+    return out
+
+
+def test_chat_batches_are_whole_masked_conversations(task_data):
+    meta = common.load_meta(task_data)
+    cfg = common.load_config(train.Config, [f'--data_dir={task_data}', '--block_size=64', '--batch_size=8'])
+    x, y = train.ChatBatches(cfg, meta, 'cpu').get('train', 3, 0)
+    ids = common.load_tokens(task_data, 'train', meta)
+    mask = np.fromfile(task_data / 'train.mask.bin', dtype=np.uint8)
+    starts = set(np.fromfile(task_data / 'train.idx.bin', dtype=np.int64).tolist())
+    for row in range(8):
+        n = int((y[row] != -1).nonzero().max()) + 1  # up to the last trained position
+        # each row is one conversation from its first token: find it in the token file
+        first = next(s for s in sorted(starts) if np.array_equal(ids[s:s + n], x[row, :n].numpy()))
+        for t in range(n):
+            assert x[row, t] == ids[first + t]
+            assert y[row, t] == (ids[first + t + 1] if mask[first + t + 1] else -1)
+        assert (y[row, n:] == -1).all()
+        end = int(ids[first + n])  # the last target is the assistant's end-of-turn token
+        assert end == meta['special_tokens']['<|end|>']
+
+
+def test_sft_loss_falls(tmp_path, task_data):
+    losses = run_train(tmp_path / 'sft', task_data, '--block_size=64', '--batch_size=8', '--max_iters=40',
+                       '--n_embd=64', '--n_head=4', '--learning_rate=3e-3')
+    assert losses[40] < losses[1] - 1.0
+
+
+def test_fine_tune_from_a_checkpoint(tmp_path, char_data, trained_out):
+    """Weights from out_dir, a fresh optimizer and step count: the first eval equals the base model's last."""
+    run_train(tmp_path / 'ft', char_data, f'--init_from={trained_out}', '--max_iters=5', '--dropout=0.1')
+    base = torch.load(trained_out / 'ckpt.pt', weights_only=True)
+    rows = read_log(tmp_path / 'ft')
+    assert rows[0]['iter'] == 0 and rows[0]['val_loss'] == pytest.approx(base['val_loss'], abs=1e-5)
+    ft = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert ft['iter_num'] == 5 and ft['model_args']['dropout'] == 0.1
+
+
+def test_fine_tune_with_a_shorter_block(tmp_path, char_data, trained_out):
+    run_train(tmp_path / 'ft', char_data, f'--init_from={trained_out}', '--max_iters=2', '--block_size=8')
+    ft = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert ft['model_args']['block_size'] == 8 and ft['model']['transformer.wpe.weight'].shape[0] == 8
+
+
+def test_bad_init_from(tmp_path, char_data):
+    with pytest.raises(SystemExit, match="^error: init_from='nowhere'"):
+        run_train(tmp_path / 'x', char_data, '--init_from=nowhere')
+    with pytest.raises(SystemExit, match='^error: init_from=gpt2 needs a GPT-2 BPE dataset'):
+        run_train(tmp_path / 'x', char_data, '--init_from=gpt2')
+
+
+def test_fine_tune_from_hf_gpt2(tmp_path):
+    """A random GPT2LMHeadModel in a local directory: train.py starts from exactly its weights."""
+    transformers = pytest.importorskip('transformers')
+    from conftest import make_text, write
+    from prepare import corpus
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
+    hf.save_pretrained(tmp_path / 'hf')
+    data = tmp_path / 'data'
+    corpus.prepare([str(write(tmp_path / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(data),
+                   block_size=16, quiet=True)
+    run_train(tmp_path / 'ft', data, '--init_from=gpt2', f'--hf_dir={tmp_path / "hf"}', '--max_iters=1',
+              '--block_size=16', '--eval_interval=1')
+    ours = train.GPT(train.GPTConfig(**torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']))
+    assert ours.config.n_layer == 2 and ours.config.vocab_size == 50257 and ours.config.block_size == 16
