@@ -265,7 +265,7 @@ class GPT(nn.Module):
         Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so
         every token sees at least half a context. The uncached path (use_cache=False) recomputes the
         same window each step, so both give the same tokens. compile=True runs the one-token steps
-        through torch.compile: one call per token instead of ~200 small ops (a few minutes to compile).
+        through torch.compile: one call per token instead of ~200 small ops (about a minute to compile).
         """
         bs = self.config.block_size
         B, T = idx.shape
@@ -314,7 +314,10 @@ class Int8Linear(nn.Module):
     """A Linear with int8 weights and one scale per output row: y = (x @ W8^T) * scale + bias.
 
     Weight-only and symmetric: scale = max|row| / 127, activations keep their dtype (fp32 on a CPU).
-    A quarter of fp32's bytes to read per token, which is what bounds batch-1 decoding.
+    A quarter of fp32's bytes to read per token, which is what bounds batch-1 decoding; but only a
+    compiled step reads them as int8 (below). Eager, the weights are converted at each call, and
+    torch._weight_int8pack_mm is no faster: on x86 it has vector code for bf16 activations only, and
+    with fp32 ones runs ~9x slower than the fp32 matmul for one row (~50x for 128 rows).
     """
 
     def __init__(self, linear):
