@@ -5,11 +5,12 @@ Measure seedgpt on this machine, side by side with nanoGPT, and print the result
     python bench.py --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
     python bench.py --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
     python bench.py --only=train,sample --quick                # some sections, fewer and shorter rounds
+    python bench.py --only=sample --quant_out_dir=out-shakespeare-char-cpu  # and int8's val-loss change
     python bench.py --help                                     # every setting
 
 Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +
 clip + AdamW step at two sizes, fp32 and bf16 autocast); sample (tokens/s with and without the KV
-cache, and a check that both give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus:
+cache, fp32, bf16 and int8 weights, eager and compiled, and checks that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus:
 MB/s, cores used, and peak memory for a corpus 10x larger). nanoGPT is imported at run time from the
 path given, never copied here. Progress goes to stderr, the tables to stdout.
 """
@@ -43,6 +44,9 @@ class Config:
     sample_rounds: int = 3  # timed generations per sampling case, alternated like the training rounds
     warmup: int = 3  # untimed steps first: oneDNN and the optimizer set themselves up
     sample_tokens: int = 500  # tokens per sampling run; past 256 it crosses the baby model's block_size
+    sample_compile: bool = True  # also time the torch.compile'd one-token step (compiling takes a minute or more)
+    quant_out_dir: str = ''  # a trained run's out_dir: also report its val loss with fp32 and with int8 weights
+    quant_batches: int = 20  # batches of that val-loss comparison
     copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
     compile: bool = False  # also time seedgpt under torch.compile (the first steps compile: minutes on a CPU)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda'; prepare always runs on the CPU
@@ -231,58 +235,101 @@ def bench_sample(cfg, rt, impls):
     sync, others = make_sync(rt.device), Others()
     prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)  # a 1-token prompt, batch 1
     kw = dict(temperature=1.0, top_k=200)  # nanoGPT's sample.py defaults
-    cases = [(impls[0], 'cache', dict(use_cache=True)), (impls[0], 'no cache', dict(use_cache=False)),
-             (impls[0], 'cache, bf16 weights', dict(use_cache=True))]  # what sample.py does on a bf16 CPU
-    cases += [(impl, '(its own)', {}) for impl in impls[1:]]
+    # (model, label, weights, generate's extra arguments); activations are fp32 unless the weights are bf16
+    cases = [(impls[0], 'cache', 'fp32', dict(use_cache=True)), (impls[0], 'no cache', 'fp32', dict(use_cache=False)),
+             (impls[0], 'cache', 'bf16', dict(use_cache=True)),  # what sample.py does on a bf16 CPU
+             (impls[0], 'cache', 'int8', dict(use_cache=True))]
+    if cfg.sample_compile:
+        cases += [(impls[0], 'cache, compiled', w, dict(use_cache=True, compile=True)) for w in ('fp32', 'int8')]
+    cases += [(impl, '(its own)', 'fp32', {}) for impl in impls[1:]]
     models = []
-    for impl, label, extra in cases:
+    for impl, label, weights, extra in cases:
         model, _ = impl.build(shape, rt.device)
         model.eval()
-        if 'bf16' in label:
+        if weights == 'bf16':
             model.to(torch.bfloat16)
-        model.generate(prompt, 8, **kw, **extra)  # warm up
+        elif weights == 'int8':
+            seedgpt.quantize_int8(model)
+        log(f"sample: warm-up {impl.name} {label} {weights}" + (' (compiling)' if extra.get('compile') else ''))
+        # a compiled step also meets its second cache (the window's jump) before the timed runs
+        model.generate(prompt, shape['block_size'] + 8 if extra.get('compile') else 8, **kw, **extra)
         models.append(model)
-    times, busy = {(impl.name, label): [] for impl, label, _ in cases}, []
+    keys = [(impl.name, label, weights) for impl, label, weights, _ in cases]
+    times, busy = {key: [] for key in keys}, []
     others.cores()
     for r in range(cfg.sample_rounds):
-        for (impl, label, extra), model in zip(cases, models):
+        for key, (impl, label, weights, extra), model in zip(keys, cases, models):
             sync()
             t = time.perf_counter()
             out = model.generate(prompt, n, **kw, **extra)
             sync()
             assert out.shape == (1, n + 1)
-            times[(impl.name, label)].append(time.perf_counter() - t)
+            times[key].append(time.perf_counter() - t)
         busy.append(others.cores())
         log(f"sample round {r + 1}/{cfg.sample_rounds}, {n} tokens: " +
-            ', '.join(f"{name} {label} {n / ts[-1]:.1f} tok/s" for (name, label), ts in times.items()) +
+            ', '.join(f"{' '.join(key)} {n / ts[-1]:.1f} tok/s" for key, ts in times.items()) +
             f" | other processes {busy[-1]:.1f} cores")
     speeds = {key: n / statistics.median(ts) for key, ts in times.items()}
     fastest = {key: n / min(ts) for key, ts in times.items()}  # the run least disturbed by other processes
-    base, base_fast = speeds.get(('nanoGPT', '(its own)')), fastest.get(('nanoGPT', '(its own)'))
+    base, base_fast = speeds.get(('nanoGPT', '(its own)', 'fp32')), fastest.get(('nanoGPT', '(its own)', 'fp32'))
     rows = []
     for key, tok_s in speeds.items():
         vs = [f"{tok_s / base:.1f}x", f"{fastest[key] / base_fast:.1f}x"] if base else ['', '']
-        target = ''
-        if base and key[1].startswith('cache'):
-            target = f"{'met' if tok_s / base >= TARGETS['sample'] else 'MISSED'} (>= {TARGETS['sample']:.0f}x)"
-        rows.append([*key, f"{tok_s:,.1f}", f"{fastest[key]:,.1f}", *vs, target])
-    speedup = speeds[('seedgpt', 'cache')] / speeds[('seedgpt', 'no cache')]
+        rows.append([*key, f"{tok_s:,.1f}", f"{fastest[key]:,.1f}", *vs])
+    speedup = speeds[('seedgpt', 'cache', 'fp32')] / speeds[('seedgpt', 'no cache', 'fp32')]
 
-    # greedy decoding must not depend on the cache, also after the window jumps past block_size
-    log(f"sample: greedy check, cache vs no cache, {n} tokens")
-    a = models[0].generate(prompt, n, temperature=0.0, use_cache=True)
-    b = models[0].generate(prompt, n, temperature=0.0, use_cache=False)
-    same = torch.equal(a, b)
-    diff = '' if same else f", first difference at token {int((a != b).nonzero()[0, 1])}"
+    # greedy decoding must not depend on the cache (also after the window jumps past block_size), nor on compiling
+    checks = []
+    for weights in ('fp32', 'int8'):
+        model = models[keys.index(('seedgpt', 'cache', weights))]
+        log(f"sample: greedy checks, {weights}, {n} tokens")
+        a = model.generate(prompt, n, temperature=0.0, use_cache=True)
+        others_ = [('no cache', dict(use_cache=False))] + [('compiled', dict(compile=True))] * cfg.sample_compile
+        for what, extra in others_:
+            b = model.generate(prompt, n, temperature=0.0, **extra)
+            diff = '' if torch.equal(a, b) else f" at token {int((a != b).nonzero()[0, 1])}"
+            checks.append(f"{weights} cache vs {what}: {'IDENTICAL' if not diff else 'DIFFERENT' + diff}")
     bs = shape['block_size']
     where = f"crossing block_size {bs}" if n > bs else f"within block_size {bs}: pass more to test the window"
-    return (f"### sampling: baby model (random init; fp32 unless marked bf16), batch 1, 1-token prompt, {n} new tokens, "
-            f"temperature 1, top_k 200 (median of {cfg.sample_rounds} runs; other processes used "
-            f"{statistics.median(busy):.1f} cores in the median round)\n\n" +
-            table(['model', 'KV cache', 'tokens/s (median)', 'tokens/s (fastest)', 'vs nanoGPT (medians)',
-                   'vs nanoGPT (fastest)', 'target (on medians)'], rows) +
-            f"\n\nKV cache speedup over no cache: {speedup:.1f}x. Greedy (temperature 0) tokens with and without "
-            f"the cache, {n} tokens ({where}): {'IDENTICAL' if same else 'DIFFERENT'}{diff}")
+    out = (f"### sampling: baby model (random init), batch 1, 1-token prompt, {n} new tokens, temperature 1, top_k 200 "
+           f"(median of {cfg.sample_rounds} runs; other processes used {statistics.median(busy):.1f} cores in the "
+           f"median round)\n\n" +
+           table(['model', 'KV cache', 'weights', 'tokens/s (median)', 'tokens/s (fastest)', 'vs nanoGPT (medians)',
+                  'vs nanoGPT (fastest)'], rows) +
+           f"\n\nKV cache speedup over no cache (fp32): {speedup:.1f}x. Greedy (temperature 0) tokens, {n} tokens "
+           f"({where}): " + '; '.join(checks))
+    if cfg.quant_out_dir:
+        out += '\n\n' + quant_val_loss(cfg, rt)
+    return out
+
+
+@torch.no_grad()
+def quant_val_loss(cfg, rt):
+    """Val loss of a trained checkpoint with fp32 and with int8 block weights, on the same fixed windows."""
+    from common import load_checkpoint, load_meta, load_tokens
+    ckpt = load_checkpoint(cfg.quant_out_dir, rt.device)
+    data_dir = ckpt['config']['data_dir']
+    data = load_tokens(data_dir, 'val', load_meta(data_dir))
+    losses = {}
+    for weights in ('fp32', 'int8'):
+        model = seedgpt.GPT(seedgpt.GPTConfig(**ckpt['model_args']))
+        model.load_state_dict(ckpt['model'])
+        model.eval().to(rt.device)
+        if weights == 'int8':
+            seedgpt.quantize_int8(model)
+        bs, batch = model.config.block_size, 16
+        starts = torch.linspace(0, len(data) - bs - 2, cfg.quant_batches * batch).long().tolist()  # evenly spread
+        total = 0.0
+        for i in range(0, len(starts), batch):
+            xy = torch.stack([torch.from_numpy(data[s:s + bs + 1].astype('int64')) for s in starts[i:i + batch]])
+            _, loss = model(xy[:, :-1].to(rt.device), xy[:, 1:].to(rt.device))
+            total += loss.item()
+        losses[weights] = total / cfg.quant_batches
+        log(f"quant: val loss {weights} {losses[weights]:.4f}")
+    return (f"### int8 weights on a trained model: val loss over {cfg.quant_batches} batches of 16 x "
+            f"{ckpt['model_args']['block_size']} tokens of {data_dir} (the same windows for both)\n\n" +
+            table(['weights', 'val loss'], [[w, f"{v:.4f}"] for w, v in losses.items()]) +
+            f"\n\nchange from int8: {losses['int8'] - losses['fp32']:+.4f}")
 
 
 # runs one prepare in a fresh process, so its peak RSS is its own; argv: out_dir, then 'stdlib' or dirs

@@ -268,29 +268,33 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        use_cache=True, generator=None):
+                        use_cache=True, generator=None, compile=False):
         """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
 
         Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so
         every token sees at least half a context. The uncached path (use_cache=False) recomputes the
-        same window each step, so both give the same tokens.
+        same window each step, so both give the same tokens. compile=True runs the one-token steps
+        through torch.compile: one call per token instead of ~200 small ops (about a minute to compile).
         """
         bs = self.config.block_size
-        start = max(0, idx.size(1) - bs)  # a long prompt is cropped to its last block_size tokens
+        B, T = idx.shape
+        ids = idx.new_empty(B, T + max_new_tokens)  # prompt and output, written in place: no cat per token
+        ids[:, :T] = idx
+        step = torch.compile(self, dynamic=True) if compile else self
+        start = max(0, T - bs)  # a long prompt is cropped to its last block_size tokens
         cache, window = None, None
-        for _ in range(max_new_tokens):
-            if idx.size(1) - start > bs:
-                start = idx.size(1) - bs // 2
+        for t in range(T, T + max_new_tokens):
+            if t - start > bs:
+                start = t - bs // 2
             if not use_cache:
-                logits, _ = self(idx[:, start:])
+                logits, _ = self(ids[:, start:t])
             elif window != start:  # (re)fill the cache with the whole window
                 cache, window = KVCache(self.config.n_layer, bs), start
-                logits, _ = self(idx[:, start:], cache=cache)
+                logits, _ = self(ids[:, start:t], cache=cache)
             else:
-                logits, _ = self(idx[:, -1:], cache=cache)
-            next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, next_id), dim=1)
-            yield next_id
+                logits, _ = step(ids[:, t - 1:t], cache=cache)
+            ids[:, t:t + 1] = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            yield ids[:, t:t + 1]
 
     def generate(self, idx, max_new_tokens, **kwargs):
         """The prompt idx (B, T) followed by max_new_tokens generated tokens."""
@@ -302,9 +306,10 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     """Pick the next token (B, 1) from logits (B, V): greedy at temperature 0, else sampled."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+    if temperature != 1:  # skipped when it changes nothing: a few ops less per token
+        logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float('-inf'))
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and 0 < top_p < 1:
@@ -312,6 +317,49 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+class Int8Linear(nn.Module):
+    """A Linear with int8 weights and one scale per output row: y = (x @ W8^T) * scale + bias.
+
+    Weight-only and symmetric: scale = max|row| / 127, activations keep their dtype (fp32 on a CPU).
+    A quarter of fp32's bytes to read per token, which is what bounds batch-1 decoding; but only a
+    compiled step reads them as int8 (below). Eager, the weights are converted at each call, and
+    torch._weight_int8pack_mm is no faster: on x86 it has vector code for bf16 activations only, and
+    with fp32 ones runs ~9x slower than the fp32 matmul for one row (~50x for 128 rows).
+    """
+
+    def __init__(self, linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
+        self.register_buffer('weight', torch.round(w / scale[:, None]).to(torch.int8))  # (out, in)
+        self.register_buffer('scale', scale.to(linear.weight.dtype))
+        self.bias = linear.bias
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype)
+        if torch.compiler.is_compiling() and x.numel() == x.size(-1):
+            # one row (a decoded token): written as a reduction, inductor fuses the int8 -> float
+            # conversion into one pass over the int8 weights instead of materialising a float copy
+            y = (x.unsqueeze(-2) * w).sum(-1)
+        else:
+            y = F.linear(x, w)
+        y = y * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int8(model):
+    """Swap every Linear in the blocks for an Int8Linear, in place; returns the model.
+
+    The embeddings and lm_head (tied to wte) stay as they are: a lookup reads one row per token, and
+    lm_head is 65 x n_embd for a char model; for GPT-2's 50k vocab it would be worth an int8 copy.
+    """
+    for module in list(model.transformer.h.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear(child))
+    return model
 
 
 def newton_schulz(G, steps=5, dtype=torch.bfloat16):

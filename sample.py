@@ -4,6 +4,7 @@ Generate text from a trained checkpoint, streamed to the terminal as it is writt
     python sample.py --out_dir=out-stdlib-char
     python sample.py --out_dir=out-stdlib-char --start="def " --num_samples=3 --temperature=0.8
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --top_p=0.9 --seed=7
+    python sample.py --out_dir=out-stdlib-char --dtype=float32 --quant=int8 --compile  # int8 weights, compiled step
 
 The same seed gives the same text. A prompt longer than the model's context keeps its last block_size tokens.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from common import load_checkpoint, load_config, load_tokenizer, setup_runtime
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, quantize_int8
 
 
 @dataclass
@@ -29,10 +30,14 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast, as in training), 'float32', 'bfloat16', 'float16'
     use_cache: bool = True  # the KV cache: each new token costs one position, not the whole context
+    quant: str = 'none'  # 'int8': int8 weights in the blocks (a quarter of fp32's bytes); pays only with --compile on a CPU
+    compile: bool = False  # torch.compile the one-token step: a C++ compiler and a minute or more up front
 
 
-def load_model(out_dir, device, dtype=torch.float32):
+def load_model(out_dir, device, dtype=torch.float32, quant='none'):
     """The model and tokenizer of a checkpoint, ready for inference, its weights cast to dtype.
+
+    quant='int8' stores the blocks' Linear weights as int8 (quantised from the fp32 weights, before the cast).
 
     Casting once, not autocasting every step: one token at a time, sampling is bound by reading the
     weights, so half-size bf16 weights (which fit in a CPU's L3 cache at baby-GPT size) nearly double it.
@@ -40,13 +45,17 @@ def load_model(out_dir, device, dtype=torch.float32):
     ckpt = load_checkpoint(out_dir)  # memory-mapped: the optimizer state is never read
     model = GPT(GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])
-    model.eval().to(device=device, dtype=dtype)
+    if quant not in ('none', 'int8'):
+        raise SystemExit(f"error: quant must be 'none' or 'int8', got {quant!r}")
+    if quant == 'int8':
+        quantize_int8(model)
+    model.eval().to(device=device, dtype=dtype)  # int8 weights keep their dtype: only float tensors are cast
     return model, load_tokenizer(ckpt['meta'])
 
 
 def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
+    model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype, cfg.quant)
     prompt = cfg.start
     if prompt.startswith('FILE:'):
         try:
@@ -66,7 +75,8 @@ def main(cfg):
         sys.stdout.write(prompt)
         pending = []  # BPE may split a character over tokens: print only what decodes whole
         for next_id in model.generate_stream(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                             top_p=cfg.top_p, use_cache=cfg.use_cache, generator=g):
+                                             top_p=cfg.top_p, use_cache=cfg.use_cache, generator=g,
+                                             compile=cfg.compile):
             pending.append(next_id.item())
             text = tok.decode(pending)
             if not text.endswith('\ufffd'):

@@ -1,8 +1,11 @@
-"""model.py: causality, overfitting one batch, cached vs uncached generation, sampling filters."""
+"""model.py: causality, overfitting one batch, cached vs uncached generation, sampling filters, int8 weights."""
+import copy
+
 import pytest
 import torch
+from torch.nn import functional as F
 
-from model import GPT, GPTConfig, KVCache, sample_next
+from model import GPT, GPTConfig, Int8Linear, KVCache, quantize_int8, sample_next
 
 VARIANTS = {
     'learned': dict(pos='learned'),
@@ -72,10 +75,13 @@ def test_overfits_one_batch():
     assert loss.item() < 0.1
 
 
+@pytest.mark.parametrize('int8', [False, True], ids=['fp32', 'int8'])
 @pytest.mark.parametrize('variant', VARIANTS)
 @pytest.mark.parametrize('prompt_len', [1, 5, 16, 23])  # 23 > block_size: the prompt is cropped
-def test_generate_cached_equals_uncached(variant, prompt_len):
+def test_generate_cached_equals_uncached(variant, prompt_len, int8):
     model = tiny_model(**VARIANTS[variant])
+    if int8:
+        quantize_int8(model)
     idx = torch.randint(32, (2, prompt_len), generator=torch.Generator().manual_seed(4))
     n = 40  # well past block_size=16: the window jumps several times
     cached = model.generate(idx, n, temperature=0, use_cache=True)
@@ -150,3 +156,39 @@ def test_temperature_scales_logits():
 def test_unknown_variant_rejected():
     with pytest.raises(ValueError, match='pos'):
         GPT(GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=1, n_embd=8, pos='alibi'))
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_int8_linear_equals_dequantized_reference(bias):
+    torch.manual_seed(12)
+    linear = torch.nn.Linear(48, 40, bias=bias)
+    with torch.no_grad():
+        linear.weight[3] *= 50  # one row far larger: per-row scales keep the others precise
+    q = Int8Linear(linear)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (40, 48) and q.scale.shape == (40,)
+    assert q.weight.abs().amax(dim=1).eq(127).all()  # symmetric absmax: each row's largest weight maps to 127
+    deq = q.weight.float() * q.scale[:, None]
+    assert ((deq - linear.weight).abs() <= q.scale[:, None] / 2 + 1e-7).all()  # rounding, at most half a step
+    for shape in [(1, 48), (1, 1, 48), (3, 7, 48)]:  # one decoded token, and prefill-like batches
+        x = torch.randn(shape)
+        torch.testing.assert_close(q(x), F.linear(x, deq, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_int8_swaps_the_block_linears_only():
+    model = quantize_int8(tiny_model())
+    linears = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Int8Linear))}
+    int8 = {n for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert int8 == {n for n in linears if n.startswith('transformer.h.')} and len(int8) == 2 * 4
+    assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize('variant', ['learned', 'rope_modern'])
+def test_int8_logits_close_to_fp32(variant):
+    torch.manual_seed(13)
+    fp32 = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0,
+                         **VARIANTS[variant])).eval()  # GPT-2's init: weights of a realistic size
+    int8 = quantize_int8(copy.deepcopy(fp32))
+    idx = torch.randint(32, (2, 16), generator=torch.Generator().manual_seed(14))
+    a, b = all_logits(fp32, idx), all_logits(int8, idx)
+    diff = (a - b).abs() / a.std()
+    assert 0 < diff.mean() < 0.01 and diff.max() < 0.05, (diff.mean(), diff.max())  # changed, far less than the spread

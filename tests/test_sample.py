@@ -1,4 +1,4 @@
-"""sample.py run as a script on a tiny trained checkpoint: seeds, long prompts, prompt files, bad prompts."""
+"""sample.py run as a script on a tiny trained checkpoint: seeds, int8 weights, long prompts, prompt files, bad prompts."""
 from conftest import run_script, write
 
 SEP = '\n---------------\n'
@@ -30,6 +30,14 @@ def test_cache_does_not_change_the_text(trained_out):
     assert a.stdout == b.stdout
 
 
+def test_int8_weights_cache_does_not_change_the_text(trained_out):
+    a = sample(trained_out, '--seed=3', '--quant=int8', '--use_cache=True', '--num_samples=1')
+    b = sample(trained_out, '--seed=3', '--quant=int8', '--use_cache=False', '--num_samples=1')
+    assert a.returncode == b.returncode == 0, a.stderr
+    assert a.stdout == b.stdout
+    assert len(a.stdout) == 1 + 60 + len(SEP)
+
+
 def test_long_prompt_and_prompt_file(trained_out, tmp_path):
     prompt = 'the cat sat on a mat and then it ran to see why. ' * 3  # > block_size=16 characters
     f = write(tmp_path / 'prompt.txt', prompt)
@@ -56,6 +64,10 @@ def test_prompt_outside_vocabulary(trained_out):
 
 def test_missing_prompt_file(trained_out, tmp_path):
     one_line_error(sample(trained_out, f'--start=FILE:{tmp_path / "nope.txt"}'), 'nope.txt')
+
+
+def test_unknown_quant(trained_out):
+    one_line_error(sample(trained_out, '--quant=int4'), 'int4')
 
 
 def test_missing_checkpoint(tmp_path):
