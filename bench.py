@@ -5,13 +5,15 @@ Measure seedgpt on this machine, side by side with nanoGPT, and print the result
     python bench.py --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
     python bench.py --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
     python bench.py --only=train,sample --quick                # some sections, fewer and shorter rounds
-    python bench.py --only=sample --quant_out_dir=out-shakespeare-char-cpu  # and int8's val-loss change
+    python bench.py --only=quant --quant_out_dir=out-shakespeare-char-cpu  # int8's val-loss change
     python bench.py --help                                     # every setting
 
 Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +
-clip + AdamW step at two sizes, fp32 and bf16 autocast); sample (tokens/s with and without the KV
-cache, fp32, bf16 and int8 weights, eager and compiled, and checks that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus:
-MB/s, cores used, and peak memory for a corpus 10x larger). nanoGPT is imported at run time from the
+clip + AdamW step at two sizes, fp32 and bf16 autocast; --compile adds torch.compile'd rows); sample
+(tokens/s with and without the KV cache, fp32, bf16 and int8 weights, eager and compiled, and checks
+that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus: MB/s, cores used, and
+peak memory for a corpus 10x larger); quant (a trained model's val loss with fp32 and int8 weights; not
+in the default list). nanoGPT is imported at run time from the
 path given, never copied here. Progress goes to stderr, the tables to stdout.
 """
 import contextlib
@@ -45,7 +47,7 @@ class Config:
     warmup: int = 3  # untimed steps first: oneDNN and the optimizer set themselves up
     sample_tokens: int = 500  # tokens per sampling run; past 256 it crosses the baby model's block_size
     sample_compile: bool = True  # also time the torch.compile'd one-token step (compiling takes a minute or more)
-    quant_out_dir: str = ''  # a trained run's out_dir: also report its val loss with fp32 and with int8 weights
+    quant_out_dir: str = ''  # for --only=quant: a trained run's out_dir, whose val loss is compared fp32 vs int8
     quant_batches: int = 20  # batches of that val-loss comparison
     copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
     compile: bool = False  # also time seedgpt under torch.compile (the first steps compile: minutes on a CPU)
@@ -59,7 +61,6 @@ SIZES = {  # name: (model shape, batch size); vocab 65 is tiny Shakespeare's cha
 }
 VOCAB = 65
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-TARGETS = {'cpu-recipe': 1.2, 'baby': 1.5, 'sample': 10.0, 'rss_growth': 0.20}
 
 T0 = time.time()
 
@@ -298,8 +299,6 @@ def bench_sample(cfg, rt, impls):
                   'vs nanoGPT (fastest)'], rows) +
            f"\n\nKV cache speedup over no cache (fp32): {speedup:.1f}x. Greedy (temperature 0) tokens, {n} tokens "
            f"({where}): " + '; '.join(checks))
-    if cfg.quant_out_dir:
-        out += '\n\n' + quant_val_loss(cfg, rt)
     return out
 
 
@@ -307,7 +306,9 @@ def bench_sample(cfg, rt, impls):
 def quant_val_loss(cfg, rt):
     """Val loss of a trained checkpoint with fp32 and with int8 block weights, on the same fixed windows."""
     from common import load_checkpoint, load_meta, load_tokens
-    ckpt = load_checkpoint(cfg.quant_out_dir, rt.device)
+    if not cfg.quant_out_dir:
+        raise SystemExit("error: the quant section needs --quant_out_dir=OUT_DIR of a trained run")
+    ckpt = load_checkpoint(cfg.quant_out_dir)
     data_dir = ckpt['config']['data_dir']
     data = load_tokens(data_dir, 'val', load_meta(data_dir))
     losses = {}
@@ -398,9 +399,9 @@ def main(cfg):
         cfg.rounds, cfg.round_s, cfg.warmup, cfg.sample_rounds = 2, 1.0, 2, 1
         cfg.sample_tokens, cfg.copies = min(cfg.sample_tokens, 300), min(cfg.copies, 3)
     sections = [s.strip() for s in cfg.only.split(',') if s.strip()]
-    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare'}
+    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare', 'quant'}
     if unknown:
-        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare")
+        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare,quant")
     rt = setup_runtime(cfg.device, 'float32')
     impls = [Impl('seedgpt', seedgpt)]
     if cfg.nanogpt:
@@ -419,7 +420,8 @@ def main(cfg):
 
     parts = []
     for name, fn in [('peak', lambda: bench_peak(cfg, rt)), ('train', lambda: bench_train(cfg, rt, impls)),
-                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt))]:
+                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt)),
+                     ('quant', lambda: quant_val_loss(cfg, rt))]:
         if name in sections:
             parts.append(fn())
     busy = others.cores()

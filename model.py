@@ -118,11 +118,12 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        # who may attend to whom: query i (of the T new tokens) sees keys 0 .. past + i
         if past == 0:
-            mask, causal = None, True
+            mask, causal = None, True  # training, or a fresh window: the plain lower triangle
         elif T == 1:
-            mask, causal = None, False  # one new token may see every cached one
-        else:
+            mask, causal = None, False  # one new token may see every cached one and itself
+        else:  # several new tokens after a cache: a triangle shifted right by `past` columns
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
         # on a CPU, the flash kernel's backward is slow on short sequences: plain math trains faster up
@@ -285,6 +286,10 @@ class GPT(nn.Module):
         cache, window = None, None
         for t in range(T, T + max_new_tokens):
             if t - start > bs:
+                # the window is full. Sliding it by one token would shift every cached position (learned
+                # or rotary), so the cache would have to be recomputed at each step; jumping by half a
+                # window recomputes it once per block_size // 2 tokens, and each token still sees at least
+                # half a context
                 start = t - bs // 2
             if not use_cache:
                 logits, _ = self(ids[:, start:t])
