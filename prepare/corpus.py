@@ -263,20 +263,25 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
             meta['chars'] = chars
         else:
             meta['eot_token'] = enc.eot_token
-        with open(os.path.join(tmp_dir, 'meta.json'), 'w', encoding='utf-8') as f:
-            json.dump(meta, f, ensure_ascii=False, indent=1)
-        # swap the finished dataset in; an old one is removed only once the new one is whole
-        old = out_dir.rstrip('/') + f'.old{os.getpid()}'
-        if os.path.exists(out_dir):
-            os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(tmp_dir, out_dir, meta)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if not quiet:
         print(f"wrote {out_dir}: {counts['train']:,} train and {counts['val']:,} val tokens, "
               f"vocab {vocab_size:,}, {info['n_docs']:,} documents")
     return meta
+
+
+def publish(tmp_dir, out_dir, meta):
+    """Write meta.json into the finished tmp_dir, then swap it in as out_dir: an old dataset is removed
+    only once the new one is whole, so a reader never sees half of one."""
+    with open(os.path.join(tmp_dir, 'meta.json'), 'w', encoding='utf-8') as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+    old = out_dir.rstrip('/') + f'.old{os.getpid()}'
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None, description=__doc__):

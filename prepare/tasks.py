@@ -34,8 +34,9 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, 'prepare')]
 from common import CHAT_SPECIALS, CharTokenizer, GPT2Tokenizer, render_chat  # noqa: E402
+from corpus import publish  # noqa: E402
 
 TASKS = ('add', 'sub', 'reverse', 'sort', 'count')
 LETTERS = string.ascii_lowercase
@@ -192,14 +193,7 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
             meta['chars'] = tok.chars
         else:
             meta['eot_token'] = tok.eot
-        with open(os.path.join(tmp_dir, 'meta.json'), 'w', encoding='utf-8') as f:
-            json.dump(meta, f, ensure_ascii=False, indent=1)
-        # swap the finished dataset in; an old one is removed only once the new one is whole
-        old = out_dir.rstrip('/') + f'.old{os.getpid()}'
-        if os.path.exists(out_dir):
-            os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(tmp_dir, out_dir, meta)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if not quiet:

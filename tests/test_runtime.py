@@ -1,6 +1,5 @@
 """Device, dtype and process handling that the CPU training tests do not reach: GPU dtype and peak rules,
 vocabulary padding, the logger's teardown, one clock and per-rank randomness under torchrun."""
-import json
 import os
 import sys
 
@@ -9,8 +8,7 @@ import torch
 import torch.distributed as dist
 
 import common
-import train
-from conftest import TINY, ROOT, read_log, run_script, run_train
+from conftest import TINY, read_log, run_script, run_train
 from model import GPT, GPTConfig, newton_schulz, padded_vocab
 
 

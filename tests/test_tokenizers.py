@@ -70,7 +70,6 @@ def test_load_tokenizer_rejects_unknown():
 
 @pytest.mark.parametrize('which', ['char', 'gpt2'])
 def test_special_tokens_follow_the_vocabulary_and_survive_meta(which):
-    specials = ['<|a|>', '<|b|>']
     base = 50257 if which == 'gpt2' else 3
     meta = {'tokenizer': which, 'chars': list('ab<'), 'special_tokens': {'<|b|>': base + 1, '<|a|>': base}}
     tok = load_tokenizer(meta)
