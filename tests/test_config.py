@@ -135,7 +135,8 @@ def test_help_lists_every_key_with_its_comment(capsys):
     src = (ROOT / 'train.py').read_text(encoding='utf-8') + (ROOT / 'model.py').read_text(encoding='utf-8')
     for f in dataclasses.fields(train.Config):
         line = next(line for line in out.splitlines() if line.strip().startswith(f'--{f.name}='))
-        assert repr(f.default) in line
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert repr(default) in line
         m = re.search(rf'^\s+{f.name}: \w+ = .*?  # (.*)$', src, re.M)
         if m:
             assert m.group(1).strip() in line, f.name
@@ -164,3 +165,21 @@ def test_help_shows_comments_of_inherited_fields():
                           ("--name='x'", 'a field of the subclass only')]:
         assert any(line.split() == [flag, *comment.split()] for line in lines), (flag, lines)
     assert any(line.split() == ['--plain=0'] for line in lines)
+
+
+def test_slow_settings_replace_the_others_below_the_peak(monkeypatch, capsys):
+    """A config sizes itself: below slow_tflops of measured peak its `slow` settings win, and it says so."""
+    import common
+    rt = common.Runtime('cpu', 'cpu', 'float32', False, 0, 0, 1)
+    cfg = load_config(train.Config, ['--n_embd=256', '--slow_tflops=0.6', "--slow={'n_embd': 128, 'batch_size': 4}"])
+    monkeypatch.setattr(train, 'peak_flops', lambda rt: 0.2e12)
+    slow = train.sized_for_machine(cfg, rt)
+    assert slow.n_embd == 128 and slow.batch_size == 4
+    assert 'below slow_tflops=0.6' in capsys.readouterr().out
+    monkeypatch.setattr(train, 'peak_flops', lambda rt: 0.9e12)
+    assert train.sized_for_machine(cfg, rt) == cfg
+    assert 'settings stay as given' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="^error: slow holds 'n_embed'"):
+        train.sized_for_machine(load_config(train.Config, ['--slow_tflops=1', "--slow={'n_embed': 1}"]), rt)
+    with pytest.raises(SystemExit, match='^error: batch_size must be a int'):
+        train.sized_for_machine(load_config(train.Config, ['--slow_tflops=1', "--slow={'batch_size': 'x'}"]), rt)
