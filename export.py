@@ -26,7 +26,7 @@ class Config:
 
 
 def main(cfg):
-    ckpt = load_checkpoint(cfg.out_dir, 'cpu')
+    ckpt = load_checkpoint(cfg.out_dir)
     meta = ckpt.get('meta') or {}
     config, tensors = to_hf(ckpt['model_args'], ckpt['model'], meta)
     extra = {}
