@@ -4,6 +4,7 @@ Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
     python train.py config/stdlib_char.py                      # the 5-minute CPU demo
     python train.py config/shakespeare_char.py --max_iters=2000  # any setting from the command line
     python train.py --help                                     # every setting, its default and what it does
+    python train.py config/finetune_lora_shakespeare.py        # fine-tune GPT-2: LoRA adapters, early stopping
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
     # two machines: run on each, with --node_rank=0 on the first and --node_rank=1 on the second
     torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/gpt2_124m.py
@@ -364,7 +365,8 @@ def train(cfg, rt):
         raise SystemExit("error: resume with the lora_rank of the run that saved the checkpoint")
     if cfg.lora_rank > 0:  # every weight fixed, adapters added
         try:
-            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets.split(','))
+            targets = [t.strip() for t in cfg.lora_targets.split(',')]
+            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
         if ckpt:  # the checkpoint's weights are merged: put back the base weights under them, and the adapters
