@@ -80,9 +80,14 @@ def test_freezing_really_freezes(tmp_path, char_data, trained_out, muon_lr):
     run_train(tmp_path / 'ft', char_data, f'--init_from={trained_out}', '--max_iters=4', '--freeze_embeddings=True',
               '--freeze_blocks=1', f'--muon_lr={muon_lr}')
     base = torch.load(trained_out / 'ckpt.pt', weights_only=True)['model']
-    ft = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model']
+    ckpt = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    ft = ckpt['model']
     frozen = ('transformer.wte.', 'transformer.wpe.', 'lm_head.', 'transformer.h.0.')
     assert sorted(ft) == sorted(base)
+    # the optimizers hold only the rest: block 1 and ln_f (without Muon, the frozen ones would simply get no
+    # gradients, so this is the check that they are left out)
+    held = sum(len(group['params']) for opt in ckpt['optimizers'] for group in opt['param_groups'])
+    assert held == len([k for k in base if k.startswith(('transformer.h.1.', 'transformer.ln_f.'))])
     for k in base:
         assert torch.equal(ft[k], base[k]) == k.startswith(frozen), k  # frozen: identical; the rest: moved
 
