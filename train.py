@@ -4,6 +4,7 @@ Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
     python train.py config/stdlib_char.py                      # the 5-minute CPU demo
     python train.py config/shakespeare_char.py --max_iters=2000  # any setting from the command line
     python train.py --help                                     # every setting, its default and what it does
+    python train.py config/finetune_lora_shakespeare.py        # fine-tune GPT-2: LoRA adapters, early stopping
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
     # two machines: run on each, with --node_rank=0 on the first and --node_rank=1 on the second
     torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/gpt2_124m.py
@@ -25,7 +26,7 @@ import torch
 from common import (check_type, fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops,
                     print0, save_checkpoint, setup_runtime)
 from hf import GPT2_NAMES, load_gpt2
-from model import GPT, GPTConfig, padded_vocab
+from model import GPT, GPTConfig, add_lora, merge_lora, padded_vocab
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Config(GPTConfig):
     log_interval: int = 10  # iterations between log lines
     always_save_checkpoint: bool = True  # else save only when val loss improves
     eval_only: bool = False  # estimate the losses once and exit
+    patience: int = 0  # stop after this many evaluations without a new best val loss; 0 never
     # batch: tokens per iteration = batch_size * grad_accum * block_size, whatever the number of processes
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per iteration, over all processes together
@@ -57,6 +59,13 @@ class Config(GPTConfig):
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip gradients at this norm, 0 to disable
     muon_lr: float = 0.0  # > 0: Muon for the hidden matrices at this learning rate, AdamW for the rest
+    # fine-tuning: what stays fixed (frozen parameters get no gradients and no optimizer state)
+    freeze_embeddings: bool = False  # fix wte and wpe; wte is tied to lm_head, so this fixes the output layer too
+    freeze_blocks: int = 0  # fix the first this many blocks
+    lora_rank: int = 0  # > 0: train low-rank adapters of this rank only, every other weight fixed (LoRA)
+    lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_targets: str = 'c_attn,c_proj'  # Linears in each block to adapt: c_attn, c_proj (attention's and the MLP's), c_fc, attn.c_proj, mlp.c_proj
     # one config for fast and slow machines (CPUs without bf16 run matmuls ~4x slower than those with it)
     slow_tflops: float = 0.0  # if the matmul peak measured in the training dtype is below this many TFLOP/s...
     slow: dict = field(default_factory=dict)  # ...these settings replace the ones above (e.g. a smaller model)
@@ -335,6 +344,8 @@ def train(cfg, rt):
         raise SystemExit("error: vocab_size is read from the dataset's meta.json; leave it out")
     if cfg.fsdp and (not rt.ddp or cfg.muon_lr > 0):
         raise SystemExit("error: fsdp=True needs torchrun and AdamW (muon_lr=0)")
+    if cfg.fsdp and cfg.lora_rank > 0:
+        raise SystemExit("error: lora_rank > 0 does not work with fsdp=True; the adapters are small, use plain torchrun")
     micro_steps = cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes together
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
     meta = load_meta(cfg.data_dir)
@@ -348,6 +359,24 @@ def train(cfg, rt):
     model_args, state = start_from(cfg, meta, ckpt)
     model = build_model(model_args, state, rt, cfg.fsdp)
     del state
+    if cfg.freeze_blocks > model_args['n_layer'] or cfg.freeze_blocks < 0:
+        raise SystemExit(f"error: freeze_blocks={cfg.freeze_blocks}, but the model has {model_args['n_layer']} blocks")
+    if ckpt and ('lora' in ckpt) != (cfg.lora_rank > 0):
+        raise SystemExit("error: resume with the lora_rank of the run that saved the checkpoint")
+    if cfg.lora_rank > 0:  # every weight fixed, adapters added
+        try:
+            targets = [t.strip() for t in cfg.lora_targets.split(',')]
+            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        if ckpt:  # the checkpoint's weights are merged: put back the base weights under them, and the adapters
+            model.load_state_dict({**model.state_dict(), **ckpt['lora']})
+    frozen = list(model.transformer.h[:cfg.freeze_blocks])
+    if cfg.freeze_embeddings:  # wte is lm_head's weight too: the output layer stays fixed with it
+        frozen += [model.transformer.wte, model.transformer.wpe]
+    for module in frozen:
+        if module is not None:  # no wpe with rope
+            module.requires_grad_(False)
     # the hidden matrices' Newton-Schulz runs in bf16 only where the hardware has it
     optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                             rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
@@ -355,12 +384,13 @@ def train(cfg, rt):
         for group in opt.param_groups:
             group['base_lr'] = group['lr']  # the schedule scales each optimizer's own peak
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
-    iter_num, best_val_loss, elapsed = 0, float('inf'), 0.0
+    iter_num, best_val_loss, elapsed, evals_since_best = 0, float('inf'), 0.0, 0
     torch.manual_seed(cfg.seed + rt.rank)  # the same weights everywhere, but each rank its own dropout masks
     if ckpt:
         set_optimizer_state(model, optimizers, ckpt['optimizers'], rt, cfg.fsdp)
         scaler.load_state_dict(ckpt['scaler'])
         iter_num, best_val_loss, elapsed = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['elapsed']
+        evals_since_best = ckpt.get('evals_since_best', 0)
         if len(ckpt['rng']) == rt.world_size:
             rng = ckpt['rng'][rt.rank]
             torch.set_rng_state(rng['cpu'])
@@ -386,10 +416,15 @@ def train(cfg, rt):
     print0(f"model: {orig_model.num_params() / 1e6:.2f}M parameters | {tokens_per_iter:,} tokens per iteration | "
            f"data {cfg.data_dir} ({meta['tokenizer']}, vocab {meta['vocab_size']:,})"
            + (f" | resumed at iter {iter_num}" if iter_num else ''))
+    trainable = sum(p.numel() for p in orig_model.parameters() if p.requires_grad)
+    print0(f"trainable: {trainable:,} of {orig_model.num_params(non_embedding=False):,} parameters")
     logger = Logger(cfg, rt)
 
     def save(val_loss):
         model_state, optim_state = full_state(orig_model, optimizers, cfg.fsdp)  # every rank takes part
+        # a LoRA run saves merged weights under the plain names (a normal checkpoint, for sample.py and the rest)
+        # and, under 'lora', the base weights and adapters that resuming it needs
+        model_state, lora_state = merge_lora(model_state, cfg.lora_alpha)
         rng = rng_states(rt)
         if not rt.master:
             return
@@ -397,15 +432,17 @@ def train(cfg, rt):
             'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
             'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
             'optimizers': optim_state, 'scaler': scaler.state_dict(), 'iter_num': iter_num,
-            'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed, 'rng': rng})
+            'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed, 'rng': rng,
+            'evals_since_best': evals_since_best, **({'lora': lora_state} if lora_state else {})})
 
     def evaluate():
-        nonlocal best_val_loss
+        nonlocal best_val_loss, evals_since_best
         losses = estimate_loss(orig_model if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
         print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], time=round(elapsed, 3))
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
+        evals_since_best = 0 if improved else evals_since_best + 1  # the same on every rank: val loss is all-reduced
         if (improved or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
             save(losses['val'])
             print0(f"saved {cfg.out_dir}/ckpt.pt")
@@ -416,7 +453,9 @@ def train(cfg, rt):
             evaluate()
             return
         t_start = time.time() - elapsed
-        t_last, iters_timed, time_timed, last_eval = time.time(), 0, 0.0, None
+        # a checkpoint is saved just after an evaluation: a resumed run does not repeat it (nor count it twice for patience)
+        t_last, iters_timed, time_timed = time.time(), 0, 0.0
+        last_eval = iter_num if cfg.init_from == 'resume' else None
         while True:
             elapsed = time.time() - t_start
             if cfg.max_time > 0:
@@ -426,6 +465,9 @@ def train(cfg, rt):
                 evaluate()
                 last_eval = iter_num
                 t_last = time.time()  # leave the eval out of the step timing
+                if cfg.patience and evals_since_best >= cfg.patience:
+                    print0(f"early stop: no new best val loss in {cfg.patience} evaluations (best {best_val_loss:.4f})")
+                    break
             if done:
                 break
 
