@@ -328,6 +328,7 @@ def sized_for_machine(cfg, rt):
            + ('the settings stay as given' if fast else f"these replace them: {cfg.slow}"))
     return cfg if fast else slow_cfg
 
+
 def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
