@@ -1,7 +1,8 @@
 """
 Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
 
-    python train.py config/stdlib_char.py                      # the 5-minute CPU demo
+    python train.py config/stdlib_char.py                      # the 3-minute CPU demo
+    python train.py config/sft_tasks.py                        # chat SFT on the task suite (CPU, 9 minutes)
     python train.py config/shakespeare_char.py --max_iters=2000  # any setting from the command line
     python train.py --help                                     # every setting, its default and what it does
     python train.py config/finetune_lora_shakespeare.py        # fine-tune GPT-2: LoRA adapters, early stopping
