@@ -293,10 +293,15 @@ def atomic_write(path, write_fn):
 def save_checkpoint(path, ckpt):
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
-def load_checkpoint(out_dir):
-    """out_dir/ckpt.pt on the CPU, memory-mapped: only the tensors a caller touches are read from disk (so
-    sampling never reads the optimizer's moments), and the caller moves what it needs to its device."""
-    path = os.path.join(out_dir, 'ckpt.pt')
+def checkpoint_path(where):
+    """A run's checkpoint: `where` itself if it names a .pt file, else where/ckpt.pt."""
+    return where if where.endswith('.pt') else os.path.join(where, 'ckpt.pt')
+
+def load_checkpoint(where):
+    """A checkpoint (an out_dir or a .pt file) on the CPU, memory-mapped: only the tensors a caller touches
+    are read from disk (so sampling never reads the optimizer's moments), and the caller moves what it
+    needs to its device."""
+    path = checkpoint_path(where)
     if not os.path.isfile(path):
         raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) or pass --out_dir")
     return torch.load(path, map_location='cpu', weights_only=True, mmap=True)

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 import torch
 
-from common import (check_type, fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta, load_tokens, peak_flops,
-                    print0, save_checkpoint, setup_runtime)
+from common import (check_type, checkpoint_path, fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta,
+                    load_tokens, peak_flops, print0, save_checkpoint, setup_runtime)
 from hf import GPT2_NAMES, load_gpt2
 from model import GPT, GPTConfig, add_lora, merge_lora, padded_vocab
 
@@ -195,11 +195,11 @@ def start_from(cfg, meta, ckpt):
                              f"{meta['tokenizer']}-level (prepare it with --tokenizer=gpt2)")
         args, state = load_gpt2(cfg.init_from, cfg.hf_dir, cfg.dropout)
     else:  # a seedgpt checkpoint: its weights, with a fresh optimizer and step count
-        path = cfg.init_from if cfg.init_from.endswith('.pt') else os.path.join(cfg.init_from, 'ckpt.pt')
+        path = checkpoint_path(cfg.init_from)
         if not os.path.isfile(path):
             raise SystemExit(f"error: init_from={cfg.init_from!r}: no checkpoint at {path}; use 'scratch', 'resume', "
                              f"a GPT-2 name ({', '.join(GPT2_NAMES)}) or a seedgpt out_dir")
-        base = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        base = load_checkpoint(path)
         ours, theirs = meta.get('chars', []), base['meta'].get('chars', [])
         if base['meta']['tokenizer'] != meta['tokenizer'] or ours[:len(theirs)] != theirs:
             raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
