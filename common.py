@@ -295,6 +295,7 @@ def save_checkpoint(path, ckpt):
 
 def checkpoint_path(where):
     """A run's checkpoint: `where` itself if it names a .pt file, else where/ckpt.pt."""
+    where = os.fspath(where)  # a str or a pathlib.Path
     return where if where.endswith('.pt') else os.path.join(where, 'ckpt.pt')
 
 def load_checkpoint(where):
