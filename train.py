@@ -161,17 +161,35 @@ def estimate_loss(model, batches, rt, eval_iters):
     model.eval()
     out = {}
     for split in ('train', 'val'):
-        total = torch.zeros(2, device=rt.device)
+        sums = {}
         for j in range(math.ceil(eval_iters / rt.world_size)):  # the same count on every rank, as FSDP needs
             x, y = batches.get(split, j * rt.world_size + rt.rank, 0, tag='eval')
             with rt.autocast():
-                _, loss = model(x, y)
-            total += torch.stack([loss.float(), torch.ones((), device=rt.device)])
-        if rt.ddp:
-            torch.distributed.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
+                stats, loss = model(x, y)
+            add_stats(sums, {'': loss, **(stats if isinstance(stats, dict) else {})})
+        for key, value in mean_stats(sums, rt).items():  # '' is the loss; an objective's stats get the split's prefix
+            out[f'{split}_{key}' if key else split] = value
     model.train()
     return out
+
+
+def add_stats(sums, stats):
+    """Add a step's scalar tensors to running sums, counting them under '#'."""
+    for key, value in stats.items():
+        sums[key] = sums.get(key, 0) + value.detach().float()
+    sums['#'] = sums.get('#', 0) + 1
+
+
+def mean_stats(sums, rt):
+    """The means of the sums over every step and process, as floats."""
+    keys = [k for k in sums if k != '#']
+    if not keys:
+        return {}
+    total = torch.stack([torch.as_tensor(sums[k], device=rt.device).float() for k in keys]
+                        + [torch.tensor(float(sums['#']), device=rt.device)])
+    if rt.ddp:
+        torch.distributed.all_reduce(total)
+    return {k: (total[i] / total[-1]).item() for i, k in enumerate(keys)}
 
 
 def grad_sync(model, fsdp, last):
@@ -330,16 +348,19 @@ def sized_for_machine(cfg, rt):
     return cfg if fast else slow_cfg
 
 
-def main(cfg):
+def main(cfg, objective=None):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
-        train(sized_for_machine(cfg, rt), rt)
+        train(sized_for_machine(cfg, rt), rt, objective)
     finally:
         if rt.ddp and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def train(cfg, rt):
+def train(cfg, rt, objective=None):
+    """The training loop. `objective` (reward.py, dpo.py) trains for another loss than the next token's on the same
+    loop: objective.batches(cfg, meta, device) gives the batches, and objective.wrap(model) a module whose
+    forward(x, y) returns (stats, loss), stats being a dict of scalar tensors to log. The model saved is the GPT."""
     if cfg.grad_accum % rt.world_size:
         raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
     if cfg.vocab_size != GPTConfig.vocab_size:
@@ -351,7 +372,8 @@ def train(cfg, rt):
     micro_steps = cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes together
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
     meta = load_meta(cfg.data_dir)
-    batches = (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, rt.device)
+    loader = objective.batches if objective else ChatBatches if meta.get('format') == 'chat' else Batches
+    batches = loader(cfg, meta, rt.device)
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
 
@@ -404,7 +426,10 @@ def train(cfg, rt):
                    "differ from an uninterrupted run")
     del ckpt
 
-    orig_model = model  # unwrapped and uncompiled: what gets saved and evaluated
+    orig_model = model  # unwrapped and uncompiled: what gets saved
+    if objective:
+        model = objective.wrap(model)
+    plain = model  # what gets evaluated: the model or the objective around it, never DDP's wrapper
     if cfg.compile:
         model = torch.compile(model)
     if rt.ddp and not cfg.fsdp:
@@ -439,9 +464,11 @@ def train(cfg, rt):
 
     def evaluate():
         nonlocal best_val_loss, evals_since_best
-        losses = estimate_loss(orig_model if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
-        print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], time=round(elapsed, 3))
+        losses = estimate_loss(plain if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
+        extra = {k: v for k, v in losses.items() if k not in ('train', 'val')}
+        print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+               + ''.join(f", {k} {v:.4f}" for k, v in extra.items()))
+        logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **extra, time=round(elapsed, 3))
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         evals_since_best = 0 if improved else evals_since_best + 1  # the same on every rank: val loss is all-reduced
@@ -477,12 +504,14 @@ def train(cfg, rt):
             for opt in optimizers:
                 for group in opt.param_groups:
                     group['lr'] = lr * group['base_lr'] / cfg.learning_rate
-            loss_sum = torch.zeros((), device=rt.device)
+            loss_sum, stat_sums = torch.zeros((), device=rt.device), {}
             for micro in range(micro_steps):
                 x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
                 with grad_sync(model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
                     with rt.autocast():
-                        _, loss = model(x, y)
+                        stats, loss = model(x, y)
+                    if objective:
+                        add_stats(stat_sums, stats)
                     # dividing by the micro-steps makes the summed gradients those of the mean loss over the
                     # whole batch; DDP then averages over the processes, which together make grad_accum
                     scaler.scale(loss / micro_steps).backward()
@@ -512,9 +541,11 @@ def train(cfg, rt):
                 left = (cfg.max_iters - iter_num) * per_iter
                 if cfg.max_time > 0:
                     left = min(left, cfg.max_time - (now - t_start))
-                print0(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
+                extra = mean_stats(stat_sums, rt)  # an objective's stats, of this iteration's batch
+                print0(f"iter {iter_num}: loss {loss:.4f}, " + ''.join(f"{k} {v:.4f}, " for k, v in extra.items())
+                       + f"lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
                        f"mfu {'n/a' if mfu is None else f'{mfu * 100:.1f}%'}, eta {fmt_time(max(left, 0))}")
-                logger.log(iter=iter_num, loss=loss, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s),
+                logger.log(iter=iter_num, loss=loss, **extra, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s),
                            mfu=None if mfu is None else round(mfu, 4), time=round(now - t_start, 3))
                 t_last = now
     finally:
