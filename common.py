@@ -486,3 +486,30 @@ def stream_reply(model, tok, messages, max_new_tokens, **sampling):
             pending = []
     if pending:
         yield tok.decode(pending)
+
+def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
+    """The generated ids of many prompts (lists of ids, e.g. render_prompt's) at once: one left-padded batch
+    through the KV cache. Each row's ids end at its first chat token (kept: <|end|> is part of the answer)
+    or after max_new_tokens; generation stops when every row has ended. At temperature 0 each row gets
+    the same ids as alone."""
+    from model import left_pad  # model imports nothing from here, but keep common light to import
+    stop = set(chat_ids(tok).values())
+    device = next(model.parameters()).device
+    idx, pad = left_pad(prompts, device)
+    max_new_tokens = min(max_new_tokens, model.config.block_size - idx.size(1))
+    if max_new_tokens <= 0:
+        raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {model.config.block_size}")
+    out, done = [[] for _ in prompts], [False] * len(prompts)
+    for next_ids in model.generate_stream(idx, max_new_tokens, pad=pad, **sampling):
+        for b, i in enumerate(next_ids[:, 0].tolist()):
+            if not done[b]:
+                out[b].append(i)
+                done[b] = i in stop or i >= tok.vocab_size
+        if all(done):
+            break
+    return out
+
+def reply_text(tok, ids):
+    """The text of a reply's ids from generate_replies, without its closing chat token."""
+    stop = set(chat_ids(tok).values())
+    return tok.decode([i for i in ids if i not in stop and i < tok.vocab_size])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import chat_ids, load_config, setup_runtime, stream_reply
+from common import chat_ids, generate_replies, load_config, render_prompt, reply_text, setup_runtime
 from prepare.tasks import check
 from sample import load_model
 
@@ -33,6 +33,7 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
     json: bool = False  # print one JSON object instead of the table
+    batch_size: int = 64  # questions answered together (left-padded, one KV cache); greedy answers do not depend on it
 
 
 def load_records(data_dir, split, max_examples=0):
@@ -78,17 +79,19 @@ def main(cfg):
     records = load_records(cfg.data_dir, cfg.split, cfg.max_examples)
     g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     answers, correct = [], 0
-    for k, record in enumerate(records, 1):
+    for start in range(0, len(records), cfg.batch_size):
+        chunk = records[start:start + cfg.batch_size]
         try:
-            answer = ''.join(stream_reply(model, tok, question(record), cfg.max_new_tokens,
-                                          temperature=cfg.temperature, top_k=cfg.top_k, generator=g))
+            prompts = [render_prompt(tok, question(r)) for r in chunk]
         except ValueError as e:  # a question with a character the model has never seen
             raise SystemExit(f"error: {e}; was {cfg.data_dir} made with this model's tokenizer?")
-        answers.append(answer)
-        correct += check(record['meta']['task'], record['meta'], answer)
-        if k % 20 == 0 or k == len(records):
-            sys.stderr.write(f"\reval: {k}/{len(records)} answered, {correct} right")
-            sys.stderr.flush()
+        replies = generate_replies(model, tok, prompts, cfg.max_new_tokens,
+                                   temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
+        for record, ids in zip(chunk, replies):
+            answers.append(reply_text(tok, ids))
+            correct += check(record['meta']['task'], record['meta'], answers[-1])
+        sys.stderr.write(f"\reval: {len(answers)}/{len(records)} answered, {correct} right")
+        sys.stderr.flush()
     sys.stderr.write('\n')
     result = score(records, answers)
     if cfg.json:

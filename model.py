@@ -32,6 +32,7 @@ class GPTConfig:
     norm: str = 'layer'  # 'layer' (GPT-2's LayerNorm) or 'rms'
     qk_norm: bool = False  # RMS-normalise queries and keys
     mlp: str = 'gelu'  # MLP activation: 'gelu' (GPT-2's tanh approximation) or 'relu2'
+    value_head: bool = False  # a scalar output per position besides the logits: a reward model's score, PPO's value
 
 
 def padded_vocab(vocab_size):
@@ -104,7 +105,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.qk_norm = config.qk_norm
 
-    def forward(self, x, rope=None, cache=None, layer=0):
+    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -119,7 +120,9 @@ class CausalSelfAttention(nn.Module):
             past = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
         # who may attend to whom: query i (of the T new tokens) sees keys 0 .. past + i
-        if past == 0:
+        if mask is not None:
+            causal = False  # left-padded rows: the caller's mask (B, 1, T, past + T) also hides the padding
+        elif past == 0:
             mask, causal = None, True  # training, or a fresh window: the plain lower triangle
         elif T == 1:
             mask, causal = None, False  # one new token may see every cached one and itself
@@ -158,8 +161,8 @@ class Block(nn.Module):
         self.ln_2 = Norm(config.n_embd, config.norm, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -181,6 +184,7 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, padded_vocab(config.vocab_size), bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied input and output embeddings
+        self.value_head = nn.Linear(config.n_embd, 1) if config.value_head else None
         self.init_buffers()
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -211,25 +215,44 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None):
-        """Logits (B, T, V) and the mean loss when targets are given (a target of -1 is left out of the
-        loss); without targets, the logits (B, 1, V) of the last position only."""
+    def hidden(self, idx, cache=None, pad=None):
+        """The last hidden states (B, T, C), after ln_f.
+
+        pad (B,) says how many tokens each row of a left-padded batch starts with: they are hidden from
+        every other token, and positions count from each row's first real token, so a row gives what it
+        would alone. Padding on the right needs nothing: causal attention never looks ahead.
+        """
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
+        cols = torch.arange(past, past + T, device=idx.device)
+        pos, mask = cols, None
+        if pad is not None:
+            pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+            keys = torch.arange(past + T, device=idx.device)
+            # row b, query column q sees key column k when k <= q and k is not padding (a pad sees itself)
+            mask = (keys <= cols[:, None]) & ((keys >= pad[:, None, None]) | (keys == cols[:, None]))
+            mask = mask.unsqueeze(1)  # (B, 1, T, past + T)
         rope = None
         if self.config.pos == 'rope':
-            rope = self.rope_cos[past:past + T], self.rope_sin[past:past + T]
+            rope = self.rope_cos[pos], self.rope_sin[pos]
+            if pad is not None:
+                rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # (B, 1, T, hs/2): one set of angles per row
         else:
-            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))
+            x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache, i)
+            x = block(x, rope, cache, i, mask)
         if cache is not None:
             cache.pos += T
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, cache=None, pad=None):
+        """Logits (B, T, V) and the mean loss when targets are given (a target of -1 is left out of the
+        loss); without targets, the logits (B, 1, V) of the last position only."""
+        x = self.hidden(idx, cache, pad)
         V = self.config.vocab_size
         if targets is None:
             return self.lm_head(x[:, [-1], :])[..., :V], None  # (B, 1, V): only the next token is needed
@@ -270,8 +293,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        use_cache=True, generator=None, compile=False):
+                        use_cache=True, generator=None, compile=False, pad=None):
         """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
+
+        Prompts of different lengths go in one batch padded on the left, pad (B,) giving each row's
+        padding (see left_pad); each row then gets the tokens it would get alone. Such a batch must fit
+        in block_size with its new tokens.
 
         Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so
         every token sees at least half a context. The uncached path (use_cache=False) recomputes the
@@ -280,6 +307,8 @@ class GPT(nn.Module):
         """
         bs = self.config.block_size
         B, T = idx.shape
+        if pad is not None and T + max_new_tokens > bs:
+            raise ValueError(f"a padded batch of {T} + {max_new_tokens} new tokens does not fit in block_size {bs}")
         ids = idx.new_empty(B, T + max_new_tokens)  # prompt and output, written in place: no cat per token
         ids[:, :T] = idx
         step = torch.compile(self, dynamic=True) if compile else self
@@ -293,12 +322,12 @@ class GPT(nn.Module):
                 # half a context
                 start = t - bs // 2
             if not use_cache:
-                logits, _ = self(ids[:, start:t])
+                logits, _ = self(ids[:, start:t], pad=pad)
             elif window != start:  # (re)fill the cache with the whole window
                 cache, window = KVCache(self.config.n_layer, bs), start
-                logits, _ = self(ids[:, start:t], cache=cache)
+                logits, _ = self(ids[:, start:t], cache=cache, pad=pad)
             else:
-                logits, _ = step(ids[:, t - 1:t], cache=cache)
+                logits, _ = step(ids[:, t - 1:t], cache=cache, pad=pad)
             ids[:, t:t + 1] = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
             yield ids[:, t:t + 1]
 
@@ -306,6 +335,17 @@ class GPT(nn.Module):
         """The prompt idx (B, T) followed by max_new_tokens generated tokens."""
         new = list(self.generate_stream(idx, max_new_tokens, **kwargs))
         return torch.cat([idx] + new, dim=1)
+
+
+def left_pad(rows, device='cpu'):
+    """Token lists of different lengths as one batch (B, T), each padded on the left with id 0, and
+    pad (B,): how many tokens of each row are padding (generate_stream's pad)."""
+    T = max(len(r) for r in rows)
+    idx = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        idx[b, T - len(r):] = torch.tensor(r, dtype=torch.long)
+    pad = torch.tensor([T - len(r) for r in rows], dtype=torch.long)
+    return idx.to(device), pad.to(device)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

@@ -6,7 +6,7 @@ import torch
 
 import eval as evaluate
 from chat import fit
-from common import CHAT_SPECIALS, CharTokenizer, render_prompt, save_checkpoint, stream_reply
+from common import CHAT_SPECIALS, CharTokenizer, generate_replies, render_prompt, reply_text, save_checkpoint, stream_reply
 from conftest import run_script
 from model import GPT, GPTConfig
 from prepare import tasks
@@ -150,3 +150,25 @@ def test_base_model_is_refused(tmp_path):
     out = make_ckpt(tmp_path, meta, block_size=16)
     one_line_error(run_script('chat.py', f'--out_dir={out}', '--prompt=abc', *CPU), 'no chat tokens', 'SFT')
     one_line_error(run_script('eval.py', f'--out_dir={out}', *CPU), 'no chat tokens', 'SFT')
+
+
+def test_batched_replies_equal_each_alone(suite):
+    """generate_replies (eval's left-padded batches) gives every question the greedy reply it gets alone."""
+    data, out = suite
+    model, tok = load_model(out, 'cpu')
+    records = evaluate.load_records(data, 'test')
+    prompts = [render_prompt(tok, evaluate.question(r)) for r in records]
+    assert len({len(p) for p in prompts}) > 1  # the batch really is padded
+    batched = generate_replies(model, tok, prompts, 12, temperature=0)
+    for prompt, record, ids in zip(prompts, records, batched):
+        alone = generate_replies(model, tok, [prompt], 12, temperature=0)[0]
+        assert ids == alone
+        assert reply_text(tok, ids) == ''.join(stream_reply(model, tok, evaluate.question(record), 12, temperature=0))
+
+
+def test_eval_batch_size_changes_nothing(suite):
+    data, out = suite
+    runs = [run_script('eval.py', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=6', '--json',
+                       f'--batch_size={b}', *CPU) for b in (1, 7)]
+    assert all(p.returncode == 0 for p in runs), runs[0].stderr
+    assert json.loads(runs[0].stdout) == json.loads(runs[1].stdout)

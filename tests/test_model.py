@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig, Int8Linear, KVCache, quantize_int8, sample_next
+from model import GPT, GPTConfig, Int8Linear, KVCache, left_pad, quantize_int8, sample_next
 
 VARIANTS = {
     'learned': dict(pos='learned'),
@@ -192,3 +192,23 @@ def test_int8_logits_close_to_fp32(variant):
     a, b = all_logits(fp32, idx), all_logits(int8, idx)
     diff = (a - b).abs() / a.std()
     assert 0 < diff.mean() < 0.01 and diff.max() < 0.05, (diff.mean(), diff.max())  # changed, far less than the spread
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_left_padded_batch_equals_each_row_alone(variant):
+    """Prompts of different lengths in one left-padded batch: the same hidden states and greedy tokens as alone."""
+    model = tiny_model(**VARIANTS[variant])
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    idx, pad = left_pad(rows)
+    assert pad.tolist() == [4, 0, 6]
+    h = model.hidden(idx, pad=pad)
+    for b, row in enumerate(rows):
+        alone = model.hidden(torch.tensor([row]))[0]
+        torch.testing.assert_close(h[b, pad[b]:], alone, atol=1e-5, rtol=0)
+    for use_cache in (True, False):
+        out = torch.cat(list(model.generate_stream(idx, 8, temperature=0, pad=pad, use_cache=use_cache)), dim=1)
+        for b, row in enumerate(rows):
+            alone = torch.cat(list(model.generate_stream(torch.tensor([row]), 8, temperature=0)), dim=1)
+            assert torch.equal(out[b], alone[0])
+    with pytest.raises(ValueError, match='does not fit'):
+        list(model.generate_stream(idx, 16, pad=pad))
