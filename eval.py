@@ -64,6 +64,23 @@ def score(records, answers):
     return {'tasks': dict(sorted(tasks.items())), 'mean': mean, 'n': len(records)}
 
 
+def accuracy(model, tok, records, batch_size=64, max_new_tokens=32, progress=False, **sampling):
+    """score() of the model's answers to the records' questions, answered batch_size at a time."""
+    answers, correct = [], 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        prompts = [render_prompt(tok, question(r)) for r in chunk]
+        for record, ids in zip(chunk, generate_replies(model, tok, prompts, max_new_tokens, **sampling)):
+            answers.append(reply_text(tok, ids))
+            correct += check(record['meta']['task'], record['meta'], answers[-1])
+        if progress:
+            sys.stderr.write(f"\reval: {len(answers)}/{len(records)} answered, {correct} right")
+            sys.stderr.flush()
+    if progress:
+        sys.stderr.write('\n')
+    return score(records, answers)
+
+
 def table(result):
     lines = [f"{'task':<10}{'n':>6}{'correct':>9}{'accuracy':>10}"]
     for task, row in result['tasks'].items():
@@ -78,22 +95,11 @@ def main(cfg):
     chat_ids(tok)  # a base model stops here, with a one-line error
     records = load_records(cfg.data_dir, cfg.split, cfg.max_examples)
     g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
-    answers, correct = [], 0
-    for start in range(0, len(records), cfg.batch_size):
-        chunk = records[start:start + cfg.batch_size]
-        try:
-            prompts = [render_prompt(tok, question(r)) for r in chunk]
-        except ValueError as e:  # a question with a character the model has never seen
-            raise SystemExit(f"error: {e}; was {cfg.data_dir} made with this model's tokenizer?")
-        replies = generate_replies(model, tok, prompts, cfg.max_new_tokens,
-                                   temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
-        for record, ids in zip(chunk, replies):
-            answers.append(reply_text(tok, ids))
-            correct += check(record['meta']['task'], record['meta'], answers[-1])
-        sys.stderr.write(f"\reval: {len(answers)}/{len(records)} answered, {correct} right")
-        sys.stderr.flush()
-    sys.stderr.write('\n')
-    result = score(records, answers)
+    try:
+        result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True,
+                          temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
+    except ValueError as e:  # a question with a character the model has never seen
+        raise SystemExit(f"error: {e}; was {cfg.data_dir} made with this model's tokenizer?")
     if cfg.json:
         print(json.dumps({'out_dir': cfg.out_dir, 'split': cfg.split, **result}))
     else:

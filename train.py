@@ -146,13 +146,49 @@ class ChatBatches(Batches):
         g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
         ix = torch.randint(len(starts), (cfg.batch_size * cfg.grad_accum,), generator=g)
         ix = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()
-        x = np.zeros((cfg.batch_size, cfg.block_size), dtype=np.int64)  # padding, never a target
-        y = np.full((cfg.batch_size, cfg.block_size), -1, dtype=np.int64)
+        T = max(ends[c] - starts[c] for c in ix) - 1  # as long as the batch's longest: padding costs compute too
+        if self.device.startswith('cuda') or self.cfg.compile:
+            T = cfg.block_size  # one shape: a compiled model or CUDA graph would recompile for each new length
+        x = np.zeros((cfg.batch_size, T), dtype=np.int64)  # padding, never a target
+        y = np.full((cfg.batch_size, T), -1, dtype=np.int64)
         for row, c in enumerate(ix):
             s, e = starts[c], ends[c]
             x[row, :e - s - 1] = data[s:e - 1]
             y[row, :e - s - 1] = np.where(mask[s + 1:e] == 1, data[s + 1:e].astype(np.int64), -1)
         return self.to_device(torch.from_numpy(x), torch.from_numpy(y))
+
+
+class PairBatches(Batches):
+    """Preference pairs (prepare/preferences.py): each micro-batch is x (2B, T), B chosen conversations then
+    their B rejected ones, right-padded, and y the next-token targets on the answers only (-1 elsewhere), as
+    ChatBatches makes them. reward.py and dpo.py train on these."""
+
+    def __init__(self, cfg, meta, device):
+        from common import load_tokenizer, render_chat
+        self.cfg, self.device = cfg, device
+        tok = load_tokenizer(meta)
+        self.rows = {}
+        for split in ('train', 'val'):
+            with open(os.path.join(cfg.data_dir, f'{split}.jsonl'), encoding='utf-8') as f:
+                pairs = [json.loads(line) for line in f if line.strip()]
+            self.rows[split] = [[render_chat(tok, p['prompt'] + [{'role': 'assistant', 'content': p[side]}])
+                                 for side in ('chosen', 'rejected')] for p in pairs]
+            longest = max(len(ids) for pair in self.rows[split] for ids, _ in pair)
+            if longest > cfg.block_size:
+                raise SystemExit(f"error: {cfg.data_dir} has conversations of {longest} tokens; use block_size >= {longest}")
+
+    def get(self, split, step, micro, tag='train'):
+        cfg, rows = self.cfg, self.rows[split]
+        g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
+        ix = torch.randint(len(rows), (cfg.batch_size * cfg.grad_accum,), generator=g)
+        convs = [rows[i][side] for side in (0, 1) for i in ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()]
+        T = max(len(ids) for ids, _ in convs)
+        x = torch.zeros(len(convs), T, dtype=torch.long)
+        y = torch.full((len(convs), T), -1, dtype=torch.long)
+        for row, (ids, mask) in enumerate(convs):
+            x[row, :len(ids)] = torch.tensor(ids)
+            y[row, :len(ids) - 1] = torch.tensor([i if m else -1 for i, m in zip(ids[1:], mask[1:])])
+        return self.to_device(x, y)
 
 
 @torch.no_grad()
@@ -223,6 +259,10 @@ def start_from(cfg, meta, ckpt):
             raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
                              "would mean other characters")
         args, state = {**base['model_args'], 'dropout': cfg.dropout}, base['model']
+        if cfg.value_head and not args.get('value_head'):  # a scalar head on a language model (reward.py), from zero
+            args['value_head'] = True
+            n_embd = args['n_embd']
+            state = {**state, 'value_head.weight': torch.zeros(1, n_embd), 'value_head.bias': torch.zeros(1)}
     if meta['vocab_size'] > args['vocab_size']:  # e.g. a chat dataset's role tokens, after GPT-2's 50257
         if padded_vocab(meta['vocab_size']) != padded_vocab(args['vocab_size']):
             raise SystemExit(f"error: {cfg.data_dir} has {meta['vocab_size']} tokens, more than the model's table "
@@ -349,9 +389,10 @@ def sized_for_machine(cfg, rt):
 
 
 def main(cfg, objective=None):
+    """Train; returns the last evaluation's losses (and an objective's stats), e.g. {'train', 'val', 'val_acc'}."""
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
-        train(sized_for_machine(cfg, rt), rt, objective)
+        return train(sized_for_machine(cfg, rt), rt, objective)
     finally:
         if rt.ddp and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -446,6 +487,7 @@ def train(cfg, rt, objective=None):
     trainable = sum(p.numel() for p in orig_model.parameters() if p.requires_grad)
     print0(f"trainable: {trainable:,} of {orig_model.num_params(non_embedding=False):,} parameters")
     logger = Logger(cfg, rt)
+    last_losses = {}
 
     def save(val_loss):
         model_state, optim_state = full_state(orig_model, optimizers, cfg.fsdp)  # every rank takes part
@@ -469,6 +511,7 @@ def train(cfg, rt, objective=None):
         print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                + ''.join(f", {k} {v:.4f}" for k, v in extra.items()))
         logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **extra, time=round(elapsed, 3))
+        last_losses.update(losses)
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         evals_since_best = 0 if improved else evals_since_best + 1  # the same on every rank: val loss is all-reduced
@@ -479,8 +522,7 @@ def train(cfg, rt, objective=None):
 
     try:
         if cfg.eval_only:
-            evaluate()
-            return
+            return evaluate()
         t_start = time.time() - elapsed
         # a checkpoint is saved just after an evaluation: a resumed run does not repeat it (nor count it twice for patience)
         t_last, iters_timed, time_timed = time.time(), 0, 0.0
@@ -550,6 +592,7 @@ def train(cfg, rt, objective=None):
                 t_last = now
     finally:
         logger.close()
+    return last_losses
 
 
 if __name__ == '__main__':

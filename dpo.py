@@ -1,0 +1,82 @@
+"""
+Direct preference optimisation (DPO, https://arxiv.org/abs/2305.18290): the policy learns from preference
+pairs directly, with no reward model and no sampling, against a frozen reference (the SFT model):
+
+    loss = -log sigmoid(beta * [(log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))])
+
+log pi(answer) sums the log-probabilities of the answer's tokens only (its <|end|> included), not the prompt's.
+
+    python prepare/preferences.py --from=out-sft-tasks     # the pairs
+    python dpo.py config/dpo_tasks.py                      # -> out-dpo-tasks
+    python eval.py --out_dir=out-dpo-tasks                 # the same evaluator as SFT
+
+It runs train.py's loop (every train.py setting works, resume included). Logged besides the loss: margin,
+the implicit reward margin beta * [...] above, and acc, the share of pairs where it is positive.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import train
+from common import load_config
+from sample import load_model
+
+
+@dataclass
+class Config(train.Config):
+    init_from: str = 'out-sft-tasks'  # the policy starts as the SFT model
+    ref_dir: str = ''  # the frozen reference; '' is init_from (kept when resuming, unlike init_from)
+    data_dir: str = 'data/preferences'  # made by prepare/preferences.py
+    out_dir: str = 'out-dpo-tasks'
+    beta: float = 0.1  # how far from the reference the policy may go: small beta, far
+
+
+def answer_logprobs(model, x, y):
+    """(N,) the summed log-probability of each row's answer tokens (where y != -1)."""
+    logits, _ = model(x, y)  # (N, T, V)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (y != -1)).sum(dim=1)
+
+
+class DPOLoss(torch.nn.Module):
+    """forward(x, y) -> (stats, loss) on a batch of pairs: chosen rows first, rejected rows after."""
+
+    def __init__(self, policy, ref, beta):
+        super().__init__()
+        self.policy, self.beta = policy, beta
+        self.ref = [ref]  # in a list: not a submodule, so never trained, saved or moved by DDP
+
+    def forward(self, x, y):
+        with torch.no_grad():
+            ref = answer_logprobs(self.ref[0], x, y)
+        ratio = answer_logprobs(self.policy, x, y) - ref  # log pi - log ref, per row
+        chosen, rejected = ratio.chunk(2)
+        margin = self.beta * (chosen - rejected)  # the implicit reward margin
+        return {'margin': margin.mean(), 'acc': (margin > 0).float().mean()}, -F.logsigmoid(margin).mean()
+
+
+class Objective:
+    batches = train.PairBatches
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def wrap(self, policy):
+        ref_dir = self.cfg.ref_dir or self.cfg.init_from
+        if ref_dir == 'resume':
+            raise SystemExit("error: resuming DPO needs --ref_dir (the SFT model it started from)")
+        device = next(policy.parameters()).device
+        ref, _ = load_model(ref_dir, device, next(policy.parameters()).dtype)
+        if copy.deepcopy(ref.config).__dict__ | {'dropout': 0} != policy.config.__dict__ | {'dropout': 0}:
+            raise SystemExit(f"error: the reference {ref_dir} is another architecture than the policy")
+        return DPOLoss(policy, ref.requires_grad_(False), self.cfg.beta)
+
+
+if __name__ == '__main__':
+    cfg = load_config(Config)
+    last = train.main(cfg, Objective(cfg))
+    if last:
+        print(f"held-out: DPO loss {last['val']:.4f}, implicit reward margin {last['val_margin']:.3f}, "
+              f"pairs ranked right {last['val_acc']:.3f}; now: python eval.py --out_dir={cfg.out_dir}")

@@ -1,0 +1,318 @@
+"""
+Reinforcement learning from a reward, on a leash: the policy (from the SFT model) answers questions of the
+task suite, each answer gets a reward, and the policy moves towards the better answers while a KL penalty
+to the frozen SFT model (the reference) keeps it from wandering off.
+
+    python rl.py config/rl_tasks.py                                    # PPO, reward = the task checker
+    python rl.py config/rl_tasks.py --algo=grpo                        # GRPO: no value head
+    python rl.py config/rl_tasks.py --reward=model --reward_dir=out-reward-tasks   # a learned reward
+    python rl.py config/rl_tasks.py --init_from=resume                 # go on from out_dir's checkpoint
+    python eval.py --out_dir=out-rl-tasks                              # the same evaluator as SFT
+
+One step:
+  1. rollouts: prompts_per_step questions, group_size answers each, sampled from the policy in one batch
+     through the KV cache;
+  2. rewards: 1 for a right answer and 0 for a wrong one (prepare/tasks.py's check), or a reward model's score;
+  3. advantages:
+     ppo   per-token rewards r_t = -kl_coef * KL_t, plus the answer's reward on its last token; a value
+           head on the policy's trunk estimates what is to come; GAE (gamma, lam) turns rewards and values
+           into advantages, whitened over the batch (https://arxiv.org/abs/1707.06347)
+     grpo  each answer's reward minus its group's mean, over the group's std, for every token; the KL
+           to the reference is a loss term instead (https://arxiv.org/abs/2402.03300)
+  4. ppo_epochs passes over the rollouts in minibatches, with the clipped objective
+     -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A), ratio = pi_new / pi_old per token,
+     and for PPO a clipped value loss.
+KL per token is log pi_old - log ref (k1), or k3 = exp(ref - pi) - (ref - pi) - 1, which is never negative
+(http://joschu.net/blog/kl-approx.html); `kl_estimator` says which, and the log line names it.
+The model, checkpoints, optimizer, schedule and logging are train.py's and common.py's.
+"""
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+import train
+from common import (fast_matmul_dtype, fmt_time, generate_replies, load_checkpoint, load_config, load_meta,
+                    load_tokenizer, print0, render_chat, render_prompt, reply_text, save_checkpoint, setup_runtime)
+from eval import accuracy, load_records, question
+from model import left_pad
+from prepare.tasks import check
+from sample import load_model
+
+
+@dataclass
+class Config(train.Config):
+    init_from: str = 'out-sft-tasks'  # the policy starts as this model; 'resume' goes on from out_dir
+    ref_dir: str = ''  # the frozen reference for the KL; '' is init_from (kept when resuming)
+    data_dir: str = 'data/tasks'  # the questions: its train split to learn, its test split to measure
+    out_dir: str = 'out-rl-tasks'
+    algo: str = 'ppo'  # 'ppo' (value head, GAE) or 'grpo' (group baseline)
+    reward: str = 'check'  # 'check': 1 if prepare/tasks.py judges the answer right, else 0; 'model': reward_dir's score
+    reward_dir: str = 'out-reward-tasks'  # with reward='model': a reward.py checkpoint
+    prompts_per_step: int = 16  # questions per step
+    group_size: int = 8  # answers sampled per question
+    max_new_tokens: int = 16  # an answer is cut here
+    temperature: float = 1.0  # of the rollouts
+    kl_coef: float = 0.05  # weight of the KL to the reference
+    kl_estimator: str = 'k1'  # 'k1' (log ratio) or 'k3' (never negative)
+    ppo_epochs: int = 2  # passes over each batch of rollouts
+    minibatch_size: int = 64  # answers per gradient step
+    clip_eps: float = 0.2  # the policy ratio's clip
+    vf_coef: float = 0.1  # weight of the value loss (ppo): it shares the trunk with the policy
+    value_clip: float = 0.2  # how far a value may move from its rollout estimate (ppo)
+    gamma: float = 1.0  # discount (ppo)
+    lam: float = 0.95  # GAE's lambda (ppo)
+    eval_examples: int = 500  # test questions answered greedily at each evaluation; 0 all
+
+
+def token_logprobs(model, x, y, values=False):
+    """(N, T) log-probability of each target y under the model (0 where y is -1), and the value head's
+    (N, T) output at the same positions when values=True (else None)."""
+    h = model.hidden(x)
+    logits = model.lm_head(h)[..., :model.config.vocab_size].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y != -1)
+    return logp, model.value_head(h).squeeze(-1).float() if values else None
+
+
+def kl_per_token(logp, ref_logp, estimator):
+    """KL(pi || ref) estimated at the sampled tokens: k1 = log pi - log ref, k3 = exp(-k1) + k1 - 1 >= 0."""
+    k1 = logp - ref_logp
+    return k1 if estimator == 'k1' else torch.exp(-k1) + k1 - 1
+
+
+def gae(rewards, values, mask, gamma, lam):
+    """Advantages and returns (N, T) by generalised advantage estimation, over the positions where mask is 1
+    (each row's answer, one contiguous run): A_t = delta_t + gamma * lam * A_{t+1}, with
+    delta_t = r_t + gamma * V_{t+1} - V_t and nothing after the last token."""
+    adv = torch.zeros_like(rewards)
+    next_value, next_adv = torch.zeros_like(rewards[:, 0]), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = a * m
+        next_value = torch.where(m > 0, values[:, t], next_value)  # past an answer's end, nothing follows
+        next_adv = torch.where(m > 0, a, next_adv)
+    return adv, adv + values * mask
+
+
+def group_advantages(scores, group_size):
+    """GRPO: (reward - its group's mean) / (the group's std + 1e-4), per answer; and the share of groups
+    where every answer got the same reward (nothing to learn from)."""
+    g = scores.view(-1, group_size)
+    adv = (g - g.mean(dim=1, keepdim=True)) / (g.std(dim=1, keepdim=True) + 1e-4)
+    return adv.view(-1), (g.std(dim=1) < 1e-6).float().mean().item()
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def as_batch(prompts, answers, device):
+    """x, y (N, T) for prompt + answer rows, right-padded: y holds the answer's tokens as targets (the
+    positions that predict them), -1 elsewhere."""
+    rows = [p + a for p, a in zip(prompts, answers)]
+    T = max(len(r) for r in rows) - 1
+    x = torch.zeros(len(rows), T, dtype=torch.long)
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        r = p + a
+        x[i, :len(r) - 1] = torch.tensor(r[:-1])
+        y[i, len(p) - 1:len(r) - 1] = torch.tensor(a)
+    return x.to(device), y.to(device)
+
+
+class Rewarder:
+    """An answer's reward: the task checker's verdict, or a reward model's score."""
+
+    def __init__(self, cfg, tok, device):
+        self.kind, self.tok, self.model = cfg.reward, tok, None
+        if cfg.reward == 'model':
+            from reward import scores
+            self.model, _ = load_model(cfg.reward_dir, device, torch.float32)
+            if self.model.value_head is None:
+                raise SystemExit(f"error: {cfg.reward_dir} has no value head; train one with reward.py")
+            self.scores = scores
+        elif cfg.reward != 'check':
+            raise SystemExit(f"error: reward must be 'check' or 'model', got {cfg.reward!r}")
+
+    def __call__(self, records, texts):
+        right = torch.tensor([float(check(r['meta']['task'], r['meta'], t)) for r, t in zip(records, texts)])
+        if self.kind == 'check':
+            return right, right
+        convs = [render_chat(self.tok, question(r) + [{'role': 'assistant', 'content': t}])[0]
+                 for r, t in zip(records, texts)]
+        x, _ = left_pad([c[::-1] for c in convs])  # padded on the right: each row reversed, padded, reversed back
+        x = x.flip(1).to(next(self.model.parameters()).device)
+        last = torch.tensor([len(c) - 1 for c in convs], device=x.device)
+        with torch.no_grad():
+            return self.scores(self.model, x, last).cpu(), right  # the learned reward, and the truth to watch
+
+
+def main(cfg):
+    if cfg.algo not in ('ppo', 'grpo') or cfg.kl_estimator not in ('k1', 'k3'):
+        raise SystemExit("error: algo must be 'ppo' or 'grpo', kl_estimator 'k1' or 'k3'")
+    if cfg.algo == 'grpo' and cfg.group_size < 2:
+        raise SystemExit("error: grpo needs group_size >= 2: the baseline is the group's mean")
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    if rt.ddp:
+        raise SystemExit("error: rl.py runs in one process")
+    meta = load_meta(cfg.data_dir)
+    tok = load_tokenizer(meta)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+
+    # the policy (with a value head for PPO), as train.py builds a model; the reference, frozen
+    ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
+    if ckpt and ckpt['config'].get('algo') != cfg.algo:
+        raise SystemExit(f"error: {cfg.out_dir} was trained with algo={ckpt['config'].get('algo')}; resume with it")
+    policy_cfg = replace(cfg, value_head=cfg.algo == 'ppo')
+    model_args, state = train.start_from(policy_cfg, meta, ckpt)
+    policy = train.build_model(model_args, state, rt, fsdp=False)
+    ref_dir = cfg.ref_dir or cfg.init_from
+    if ref_dir == 'resume':
+        raise SystemExit("error: resuming needs --ref_dir (the SFT model the run started from)")
+    ref, _ = load_model(ref_dir, rt.device, torch.float32)
+    ref.requires_grad_(False)
+    rewarder = Rewarder(cfg, tok, rt.device)
+    optimizers = policy.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                             rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group['base_lr'] = group['lr']
+    step, elapsed, best = 0, 0.0, -1.0
+    if ckpt:
+        train.set_optimizer_state(policy, optimizers, ckpt['optimizers'], rt, False)
+        step, elapsed, best = ckpt['iter_num'], ckpt['elapsed'], ckpt['best_val_loss']
+        torch.set_rng_state(ckpt['rng'][0]['cpu'])
+    del ckpt, state
+
+    train_records = load_records(cfg.data_dir, 'train')
+    test_records = load_records(cfg.data_dir, 'test', cfg.eval_examples)
+    logger = train.Logger(cfg, rt)
+    print0(f"seedgpt rl | {cfg.algo} | reward {cfg.reward} | KL {cfg.kl_estimator} x {cfg.kl_coef} | "
+           f"{cfg.prompts_per_step} questions x {cfg.group_size} answers per step | device {rt.device}")
+
+    def evaluate():
+        policy.eval()
+        result = accuracy(policy, tok, test_records, 64, 32, temperature=0)
+        policy.train()
+        per_task = ', '.join(f"{t} {row['accuracy']:.3f}" for t, row in result['tasks'].items())
+        print0(f"step {step}: test accuracy {result['mean']:.4f} ({per_task}) on {result['n']} questions")
+        logger.log(iter=step, test_accuracy=result['mean'], **{f'test_{t}': r['accuracy'] for t, r in result['tasks'].items()},
+                   time=round(elapsed, 3))
+        return result['mean']
+
+    def save(acc):
+        model_state, optim_state = train.full_state(policy, optimizers, False)
+        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
+            'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
+            'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': 1},
+            'optimizers': optim_state, 'scaler': {}, 'iter_num': step, 'best_val_loss': best, 'val_loss': acc,
+            'elapsed': elapsed, 'rng': train.rng_states(rt), 'evals_since_best': 0})
+
+    t_start = time.time() - elapsed
+    try:
+        while True:
+            elapsed = time.time() - t_start
+            done = step >= cfg.max_iters or (cfg.max_time > 0 and elapsed >= cfg.max_time)
+            if step % cfg.eval_interval == 0 or done:
+                acc = evaluate()
+                best = max(best, acc)  # best_val_loss holds the best test accuracy here
+                if step > 0:
+                    save(acc)
+                    print0(f"saved {cfg.out_dir}/ckpt.pt")
+            if done:
+                break
+            t0 = time.time()
+
+            # 1. rollouts
+            rng = random.Random(f'{cfg.seed}/rl/{step}')
+            records = [r for r in rng.sample(train_records, cfg.prompts_per_step) for _ in range(cfg.group_size)]
+            prompts = [render_prompt(tok, question(r)) for r in records]
+            policy.eval()
+            answers = generate_replies(policy, tok, prompts, cfg.max_new_tokens, temperature=cfg.temperature)
+            policy.train()
+            x, y = as_batch(prompts, answers, rt.device)
+            mask = (y != -1).float()
+
+            # 2. rewards, and what the policy and the reference thought of the answers
+            scores, right = rewarder(records, [reply_text(tok, a) for a in answers])
+            scores = scores.to(rt.device)
+            with torch.no_grad(), rt.autocast():
+                old_logp, old_values = token_logprobs(policy, x, y, values=cfg.algo == 'ppo')
+                ref_logp, _ = token_logprobs(ref, x, y)
+            kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+
+            # 3. advantages
+            zero_var = None
+            if cfg.algo == 'ppo':
+                last = mask.cumsum(1) == mask.sum(1, keepdim=True)  # each answer's last token (and what follows)
+                last = last & (mask > 0)
+                rewards = -cfg.kl_coef * kl + scores[:, None] * last
+                adv, returns = gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
+                mu, sd = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask).sqrt()
+                adv = (adv - mu) / (sd + 1e-8) * mask  # whitened
+            else:
+                seq_adv, zero_var = group_advantages(scores, cfg.group_size)
+                adv = seq_adv[:, None] * mask
+
+            # 4. clipped updates, ppo_epochs passes in minibatches
+            lr = train.lr_at(cfg, step, elapsed)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group['lr'] = lr * group['base_lr'] / cfg.learning_rate
+            sums = {}
+            for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(len(records), generator=torch.Generator().manual_seed(rng.getrandbits(32)))
+                for mb in order.split(cfg.minibatch_size):
+                    mb = mb.to(rt.device)
+                    m = mask[mb]
+                    with rt.autocast():
+                        logp, values = token_logprobs(policy, x[mb], y[mb], values=cfg.algo == 'ppo')
+                    ratio = torch.exp(logp - old_logp[mb])
+                    a = adv[mb]
+                    pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
+                    loss = masked_mean(pg, m)
+                    stats = {'clip_frac': masked_mean(((ratio - 1).abs() > cfg.clip_eps).float(), m)}
+                    if cfg.algo == 'ppo':
+                        v_old, ret = old_values[mb], returns[mb]
+                        v_clipped = v_old + (values - v_old).clamp(-cfg.value_clip, cfg.value_clip)
+                        v_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
+                        loss = loss + cfg.vf_coef * v_loss
+                        stats['value_loss'] = v_loss
+                    else:  # GRPO: the KL to the reference as a loss term, k3 of the current policy
+                        kl_now = masked_mean(kl_per_token(logp, ref_logp[mb], 'k3'), m)
+                        loss = loss + cfg.kl_coef * kl_now
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                    for opt in optimizers:
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    train.add_stats(sums, {'loss': loss, **stats})
+            step += 1
+
+            if step % cfg.log_interval == 0:
+                row = {k: round(v, 5) for k, v in train.mean_stats(sums, rt).items()}
+                row.update(reward=round(scores.mean().item(), 4), right=round(right.mean().item(), 4),
+                           kl=round((kl.sum(1)).mean().item(), 5), kl_estimator=cfg.kl_estimator,
+                           answer_len=round(mask.sum(1).mean().item(), 2), lr=lr,
+                           sec=round(time.time() - t0, 2))
+                if zero_var is not None:
+                    row['zero_var_groups'] = round(zero_var, 3)
+                left = (cfg.max_iters - step) * (time.time() - t0)
+                if cfg.max_time > 0:
+                    left = min(left, cfg.max_time - (time.time() - t_start))
+                print0(f"step {step}: " + ', '.join(f"{k} {v}" for k, v in row.items() if k != 'lr')
+                       + f", lr {lr:.2e}, eta {fmt_time(max(left, 0))}")
+                logger.log(iter=step, **row, time=round(time.time() - t_start, 3))
+    finally:
+        logger.close()
+    return best
+
+
+if __name__ == '__main__':
+    main(load_config(Config))
