@@ -28,6 +28,7 @@ from common import (check_type, checkpoint_path, fast_matmul_dtype, fmt_time, lo
                     load_tokens, peak_flops, print0, save_checkpoint, setup_runtime)
 from hf import GPT2_NAMES, load_gpt2
 from model import GPT, GPTConfig, add_lora, merge_lora, padded_vocab
+from plot import loss_png
 
 
 @dataclass
@@ -442,6 +443,8 @@ def train(cfg, rt):
         losses = estimate_loss(orig_model if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
         print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], time=round(elapsed, 3))
+        if rt.master:
+            loss_png(cfg.out_dir, tokens_per_iter)  # out_dir/loss.png; never raises
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         evals_since_best = 0 if improved else evals_since_best + 1  # the same on every rank: val loss is all-reduced
