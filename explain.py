@@ -168,16 +168,20 @@ def terminal(tok, text, ids, n_prompt, logits, att, cfg, colour, out=sys.stdout)
     a = pick(att, cfg.layer, cfg.head)
     probs, top = candidates(logits, cfg.show_k)
     all_probs = torch.softmax(logits, dim=-1)
-    print(f"{len(ids) - n_prompt} tokens after a prompt of {n_prompt}; attention: {describe(att, cfg.layer, cfg.head)}"
-          + ("; grey = hardly looked at, blue = looked at most (relative to the row's largest weight), "
-             "red = the token being generated" if colour else ""), file=out)
+    print(f"{len(ids) - n_prompt} tokens after a prompt of {n_prompt}; attention: {describe(att, cfg.layer, cfg.head)}",
+          file=out)
+    if colour:
+        print(f"{rgb('red', RED, True)}: the token being generated; before it, from {rgb('grey', GREY)} (hardly looked "
+              f"at) to {rgb('blue', BLUE, True)} (looked at most, relative to the row's largest weight); · is a space",
+              file=out)
     for t in range(n_prompt, len(ids)):
         row = a[t - 1, :t]  # the position before t reads tokens 0..t-1 and predicts token t
         chosen = visible(text[t], space=True)
         if colour:
             scale = row.max().item()
-            context = ''.join(rgb(visible(text[j]), shade(w / scale), bold=w / scale > 0.5) for j, w in enumerate(row.tolist()))
-            print(f"{t - n_prompt + 1:>3} {context}{rgb(visible(text[t]), RED, bold=True)}", file=out)
+            dots = lambda s: visible(s).replace(' ', '·')  # a coloured space would not show
+            context = ''.join(rgb(dots(text[j]), shade(w / scale), bold=w / scale > 0.5) for j, w in enumerate(row.tolist()))
+            print(f"{t - n_prompt + 1:>3} {context}{rgb(dots(text[t]), RED, bold=True)}", file=out)
         else:
             print(f"step {t - n_prompt + 1}: {chosen!r} after {''.join(text[:t])!r}", file=out)
             print("  attention: " + '  '.join(f"{visible(text[j], space=True)} {w:.2f}" for j, w in enumerate(row.tolist())),
