@@ -139,10 +139,9 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(d, 'log.jsonl')):
             raise SystemExit(f"error: no {os.path.join(d, 'log.jsonl')}; pass the out_dir of a training run")
     try:
-        import matplotlib  # noqa: F401
+        draw_runs(args.out_dirs, args.out, args.x)
     except ImportError:
         raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
-    draw_runs(args.out_dirs, args.out, args.x)
     print(f"wrote {args.out}")
 
 

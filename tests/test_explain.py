@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import explain
-from conftest import TINY, run_script, run_train, write
+from conftest import run_script, run_train, write
 from model import GPT, GPTConfig
 from prepare import corpus
 from sample import load_model
@@ -70,8 +70,8 @@ class Spans(HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.tokens, self.inside, self.fetches, self.data = [], False, [], ''
-        self.in_data = False
+        self.tokens, self.fetches, self.data = [], [], ''
+        self.inside = self.in_data = False
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
