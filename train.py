@@ -28,6 +28,7 @@ from common import (check_type, checkpoint_path, fast_matmul_dtype, fmt_time, lo
                     load_tokens, peak_flops, print0, save_checkpoint, setup_runtime)
 from hf import GPT2_NAMES, load_gpt2
 from model import GPT, GPTConfig, add_lora, merge_lora, padded_vocab
+from plot import loss_png
 
 
 @dataclass
@@ -512,6 +513,8 @@ def train(cfg, rt, objective=None):
                + ''.join(f", {k} {v:.4f}" for k, v in extra.items()))
         logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **extra, time=round(elapsed, 3))
         last_losses.update(losses)
+        if rt.master:
+            loss_png(cfg.out_dir, tokens_per_iter)  # out_dir/loss.png; never raises
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         evals_since_best = 0 if improved else evals_since_best + 1  # the same on every rank: val loss is all-reduced

@@ -1,0 +1,149 @@
+"""
+Loss curves from training logs (out_dir/log.jsonl), as PNG files. matplotlib is optional: pip install matplotlib.
+
+    python plot.py out-stdlib-char                              # one run -> loss_runs.png
+    python plot.py out-stdlib-char out-shakespeare-char-cpu     # several runs overlaid in one PNG
+    python plot.py out-a out-b --x=tokens --out=compare.png     # x axis: iter, tokens or time (seconds)
+
+train.py also writes out_dir/loss.png at each evaluation (loss_png below): train and val loss against
+iterations (and tokens, on the top axis), with the learning rate on a second y axis.
+"""
+import argparse
+import json
+import os
+import sys
+
+from common import atomic_write, load_checkpoint
+
+_hinted = False  # the "install matplotlib" hint is printed once per process
+
+
+def read_log(out_dir):
+    """(step rows, eval rows) of out_dir/log.jsonl: steps have iter, loss, lr, ...; evals have iter, train_loss, val_loss."""
+    steps, evals = [], []
+    with open(os.path.join(out_dir, 'log.jsonl'), encoding='utf-8') as f:
+        for line in f:
+            row = json.loads(line)
+            (evals if 'val_loss' in row else steps).append(row)
+    # a resumed run appends: keep the last row logged for each iteration
+    dedup = lambda rows: sorted({r['iter']: r for r in rows}.values(), key=lambda r: r['iter'])
+    return dedup(steps), dedup(evals)
+
+
+def tokens_per_iter(out_dir):
+    """batch_size * grad_accum * block_size from the run's checkpoint, or None without one."""
+    try:
+        cfg = load_checkpoint(out_dir)['config']
+    except (SystemExit, OSError, KeyError):
+        return None
+    return cfg['batch_size'] * cfg['grad_accum'] * cfg['block_size']
+
+
+def figure(**kwargs):
+    # a bare Figure, not pyplot: no GUI backend, no global state inside a training process
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
+
+
+def save(fig, path):
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))  # never a half-written PNG
+
+
+def draw_run(out_dir, path, tokens=None):
+    """out_dir's loss curves into `path`: train loss at each logged step, train and val loss at each eval,
+    the learning rate on a second y axis, tokens seen on the top axis (when tokens per iteration is known)."""
+    steps, evals = read_log(out_dir)
+    fig = figure(figsize=(8, 4.5), layout='constrained')
+    ax = fig.add_subplot()
+    if steps:
+        ax.plot([r['iter'] for r in steps], [r['loss'] for r in steps], color='tab:blue', alpha=0.35, lw=1,
+                label='train loss (each logged step)')
+    if evals:
+        it = [r['iter'] for r in evals]
+        ax.plot(it, [r['train_loss'] for r in evals], 'o-', color='tab:blue', ms=3, label='train loss (eval)')
+        ax.plot(it, [r['val_loss'] for r in evals], 'o-', color='tab:red', ms=3, label='val loss (eval)')
+        best = min(evals, key=lambda r: r['val_loss'])
+        ax.annotate(f"best val {best['val_loss']:.3f}", (best['iter'], best['val_loss']), xytext=(0, -14),
+                    textcoords='offset points', ha='center', fontsize=8, color='tab:red')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('loss (cross-entropy, nats per token)')
+    ax.set_title(os.path.basename(os.path.normpath(out_dir)))
+    ax.grid(alpha=0.3)
+    if tokens:
+        top = ax.secondary_xaxis('top', functions=(lambda i: i * tokens, lambda t: t / tokens))
+        top.set_xlabel(f'tokens seen ({tokens:,} per iteration)')
+    if steps and 'lr' in steps[0]:
+        lr_ax = ax.twinx()
+        lr_ax.plot([r['iter'] for r in steps], [r['lr'] for r in steps], color='tab:gray', ls='--', lw=1)
+        lr_ax.set_ylabel('learning rate (dashed)', color='tab:gray')
+        lr_ax.tick_params(axis='y', colors='tab:gray')
+        lr_ax.set_ylim(bottom=0)
+    ax.legend(loc='upper right', fontsize=8)
+    save(fig, path)
+    return fig
+
+
+def loss_png(out_dir, tokens=None):
+    """What train.py calls at each eval: out_dir/loss.png from out_dir/log.jsonl. Never raises: a plot
+    must not stop a training run. Without matplotlib it says once how to get it."""
+    global _hinted
+    try:
+        draw_run(out_dir, os.path.join(out_dir, 'loss.png'), tokens)
+    except ImportError:
+        if not _hinted:
+            print("note: pip install matplotlib to get out_dir/loss.png, a plot of the loss curves", flush=True)
+            _hinted = True
+    except Exception as e:  # noqa: BLE001 (a broken font cache or a full disk: report, keep training)
+        if not _hinted:
+            print(f"note: could not write {out_dir}/loss.png ({type(e).__name__}: {e}); training goes on", flush=True)
+            _hinted = True
+
+
+def draw_runs(out_dirs, path, x='iter'):
+    """Several runs in one PNG: val loss solid with dots, train loss thin, one colour per run."""
+    fig = figure(figsize=(9, 5), layout='constrained')
+    ax = fig.add_subplot()
+    for n, out_dir in enumerate(out_dirs):
+        steps, evals = read_log(out_dir)
+        scale = 1
+        if x == 'tokens':
+            scale = tokens_per_iter(out_dir)
+            if scale is None:
+                raise SystemExit(f"error: {out_dir} has no ckpt.pt to read tokens per iteration from; use --x=iter")
+        at = (lambda r: r['time']) if x == 'time' else (lambda r: r['iter'] * scale)
+        name, colour = os.path.basename(os.path.normpath(out_dir)), f'C{n % 10}'
+        if steps:
+            ax.plot([at(r) for r in steps], [r['loss'] for r in steps], color=colour, alpha=0.3, lw=1)
+        if evals:
+            best = min(r['val_loss'] for r in evals)
+            ax.plot([at(r) for r in evals], [r['val_loss'] for r in evals], 'o-', color=colour, ms=3,
+                    label=f'{name}: val (best {best:.3f})')
+        elif steps:
+            ax.plot([], [], color=colour, label=f'{name}: train')
+    ax.set_xlabel({'iter': 'iteration', 'tokens': 'tokens seen', 'time': 'seconds of training'}[x])
+    ax.set_ylabel('loss (nats per token); thin: train, dots: val')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return fig
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('out_dirs', nargs='+', help='training runs, each a directory holding log.jsonl')
+    p.add_argument('--out', default='loss_runs.png', help='the PNG to write')
+    p.add_argument('--x', choices=('iter', 'tokens', 'time'), default='iter', help='the x axis')
+    args = p.parse_args(argv)
+    for d in args.out_dirs:
+        if not os.path.isfile(os.path.join(d, 'log.jsonl')):
+            raise SystemExit(f"error: no {os.path.join(d, 'log.jsonl')}; pass the out_dir of a training run")
+    try:
+        draw_runs(args.out_dirs, args.out, args.x)
+    except ImportError:
+        raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+    print(f"wrote {args.out}")
+
+
+if __name__ == '__main__':
+    sys.exit(main())
