@@ -63,7 +63,7 @@ class Config:
     quant: str = 'none'  # 'int8': int8 weights in the blocks
     bench: bool = False  # start this server twice (max_batch=1, then max_batch) and print a load-test table
     bench_clients: str = '1,4,16'  # concurrent clients, each sending requests back to back
-    bench_requests: int = 48  # requests per measurement
+    bench_requests: int = 96  # requests per measurement
     bench_rounds: int = 2  # the one-at-a-time and batched runs alternate this many times
 
 
@@ -427,15 +427,16 @@ def load_test(url, clients, requests, prompts, max_tokens=16, time_limit=120.0):
                         'messages': [{'role': 'user', 'content': prompts[k % len(prompts)]}]}
                 t0, first = time.perf_counter(), None
                 with http.stream('POST', '/v1/chat/completions', json=body) as r:
-                    for line in r.iter_lines():
-                        if first is None and line.startswith('data: {'):
+                    for line in r.iter_lines():  # the first token's chunk, not the opening one (its role only)
+                        if first is None and line.startswith('data: {') and json.loads(line[6:])['choices'][0]['delta'].get('content'):
                             first = time.perf_counter()
+                t1 = time.perf_counter()
                 with lock:
                     if r.status_code != 200:
                         errors.append(r.status_code)
                     else:
-                        ttft.append(first - t0)
-                        latency.append(time.perf_counter() - t0)
+                        ttft.append((first or t1) - t0)  # an empty reply's first token is its end
+                        latency.append(t1 - t0)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
