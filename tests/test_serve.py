@@ -167,26 +167,29 @@ def test_base_model_serves_completions_only(tmp_path):
 
 
 def test_concurrent_requests_batched_as_alone(chat_model):
-    """Three prompts of different lengths queued together decode as one batch, each row as alone."""
+    """Three prompts of different lengths queued together decode as one batch, each row as alone, also after
+    the shorter requests have left the batch."""
     model, tok = chat_model
-    expected = [greedy_reply(model, tok, q, 10)[0] for q in QUESTIONS]
+    lengths = [4, 12, 7]  # max_tokens: rows leave the batch at different steps
+    expected = [greedy_reply(model, tok, q, n)[0] for q, n in zip(QUESTIONS, lengths)]
     with running(model, tok, max_batch=4) as url, gated(model) as gate:
         oai = client(url)
-        ask = lambda q, **kw: oai.chat.completions.create(  # noqa: E731
-            model='tiny', messages=[{'role': 'user', 'content': q}], max_tokens=10, **kw).choices[0].message.content
+        ask = lambda q, n=10, **kw: oai.chat.completions.create(  # noqa: E731
+            model='tiny', messages=[{'role': 'user', 'content': q}], max_tokens=n, **kw).choices[0].message.content
         with ThreadPoolExecutor(5) as pool:
             gate.open.clear()  # hold the worker in a first request while the others queue up
             first = pool.submit(ask, 'hold', temperature=0)
             assert gate.entered.wait(10)
-            futures = [pool.submit(ask, q, temperature=0) for q in QUESTIONS]
+            futures = [pool.submit(ask, q, n, temperature=0) for q, n in zip(QUESTIONS, lengths)]
             seeded = [pool.submit(ask, 'What is 1+2?', temperature=1.0, seed=7)]
             wait_until(lambda: http(url).get('/health').json()['queued'] == 4)
             gate.open.set()
             first.result()
             assert [f.result() for f in futures] == expected
             batched_seeded = seeded[0].result()
-        lengths = [len(render_prompt(tok, [{'role': 'user', 'content': q}])) for q in QUESTIONS + ['What is 1+2?']]
-        assert (4, max(lengths)) in gate.shapes  # the prefill of the four, left-padded to the longest
+        prompts = [len(render_prompt(tok, [{'role': 'user', 'content': q}])) for q in QUESTIONS + ['What is 1+2?']]
+        assert (4, max(prompts)) in gate.shapes  # the prefill of the four, left-padded to the longest
+        assert (2, 1) in gate.shapes  # a step after two rows had left
         assert ask('What is 1+2?', temperature=1.0, seed=7) == batched_seeded  # seeded sampling: as alone
 
 
