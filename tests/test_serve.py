@@ -1,0 +1,301 @@
+"""serve.py on 127.0.0.1 with a tiny random chat model: the official openai client against the model's own
+generation, concurrent requests against each alone, error bodies, the queue limit, disconnects, timeouts, load."""
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+httpx = pytest.importorskip('httpx', reason='the serve tests need httpx (pip install -e .[test])')
+openai = pytest.importorskip('openai', reason='the serve tests need the openai client (pip install -e .[test])')
+uvicorn = pytest.importorskip('uvicorn', reason='the serve tests need fastapi and uvicorn (pip install -e .[serve])')
+
+import serve  # noqa: E402
+from common import CharTokenizer, generate_replies, render_prompt, reply_text, save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from prepare import tasks  # noqa: E402
+from sample import load_model  # noqa: E402
+from test_chat import make_ckpt  # noqa: E402
+
+QUESTIONS = ['What is 48+75?', 'Sort the letters of plumb.', 'Reverse cat.']
+
+
+@pytest.fixture(scope='module')
+def chat_model(tmp_path_factory):
+    """(model, tok): a random tiny chat model (block_size 64) loaded the way serve.py loads one."""
+    root = tmp_path_factory.mktemp('serve')
+    meta = tasks.prepare(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
+    (root / 'out').mkdir()
+    return load_model(make_ckpt(root / 'out', meta), 'cpu', torch.float32)
+
+
+@contextmanager
+def running(model, tok, name='tiny', **settings):
+    """serve.py's app on a free 127.0.0.1 port in a thread; yields its base URL."""
+    app = serve.make_app(model, tok, serve.Config(**settings), name)
+    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() - t0 < 10, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f'http://127.0.0.1:{port}'
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def gated(model, delay=0.0):
+    """Wrap model.forward: each call's input shape is recorded, waits while the gate is shut, then sleeps delay."""
+    forward = model.forward
+
+    class Gate:
+        shapes, entered, open = [], threading.Event(), threading.Event()
+
+        def __call__(self, idx, *args, **kwargs):
+            self.shapes.append(tuple(idx.shape))
+            self.entered.set()
+            assert self.open.wait(timeout=30)
+            time.sleep(delay)
+            return forward(idx, *args, **kwargs)
+
+    gate = Gate()
+    gate.open.set()
+    model.forward = gate
+    try:
+        yield gate
+    finally:
+        gate.open.set()
+        del model.forward  # back to the class's forward
+
+
+def client(url):
+    return openai.OpenAI(base_url=url + '/v1', api_key='none', max_retries=0, http_client=httpx.Client(trust_env=False))
+
+
+def http(url):
+    return httpx.Client(base_url=url, trust_env=False, timeout=30)
+
+
+def greedy_reply(model, tok, question, max_tokens):
+    """The model's own greedy reply, through common.generate_replies: what the server must return."""
+    ids = generate_replies(model, tok, [render_prompt(tok, [{'role': 'user', 'content': question}])], max_tokens,
+                           temperature=0)[0]
+    return reply_text(tok, ids), ids
+
+
+def wait_until(check, seconds=10):
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < seconds, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_models_and_health(chat_model):
+    with running(*chat_model, name='tiny-chat') as url:
+        models = client(url).models.list()
+        assert [m.id for m in models.data] == ['tiny-chat']
+        health = http(url).get('/health').json()
+        assert health['status'] == 'ok' and health['chat'] and health['block_size'] == 64
+
+
+def test_chat_with_openai_client(chat_model):
+    model, tok = chat_model
+    with running(model, tok) as url:
+        for q in QUESTIONS:
+            text, ids = greedy_reply(model, tok, q, 12)
+            r = client(url).chat.completions.create(model='tiny', messages=[{'role': 'user', 'content': q}],
+                                                    temperature=0, max_tokens=12)
+            assert r.object == 'chat.completion' and r.choices[0].message.role == 'assistant'
+            assert r.choices[0].message.content == text
+            assert r.choices[0].finish_reason == ('stop' if len(ids) < 12 else 'length')
+            prompt = len(render_prompt(tok, [{'role': 'user', 'content': q}]))
+            assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt, len(ids))
+
+
+def test_chat_streaming_with_openai_client(chat_model):
+    model, tok = chat_model
+    with running(model, tok) as url:
+        text, _ = greedy_reply(model, tok, QUESTIONS[0], 30)
+        chunks = list(client(url).chat.completions.create(
+            model='tiny', messages=[{'role': 'user', 'content': QUESTIONS[0]}], temperature=0, max_tokens=30, stream=True))
+        assert all(c.object == 'chat.completion.chunk' for c in chunks)
+        assert chunks[0].choices[0].delta.role == 'assistant'
+        assert len(chunks) > 3  # a chunk per token, not one at the end
+        assert ''.join(c.choices[0].delta.content or '' for c in chunks) == text
+        assert [c.choices[0].finish_reason for c in chunks][-1] in ('stop', 'length')
+        assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_completions_with_openai_client(chat_model):
+    model, tok = chat_model
+    prompt = 'What is 1'
+    x = torch.tensor([tok.encode(prompt)])
+    ids = [i.item() for i in model.generate_stream(x, 20, temperature=0)]
+    specials = set(tok.special_ids.values())
+    end = next((k for k, i in enumerate(ids) if i in specials), len(ids))
+    with running(model, tok) as url:
+        r = client(url).completions.create(model='tiny', prompt=prompt, temperature=0, max_tokens=20)
+        assert r.object == 'text_completion' and r.choices[0].text == tok.decode(ids[:end])
+        assert r.choices[0].finish_reason == ('stop' if end < 20 else 'length')
+        chunks = list(client(url).completions.create(model='tiny', prompt=prompt, temperature=0, max_tokens=20,
+                                                     stream=True))
+        assert ''.join(c.choices[0].text for c in chunks) == r.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+def test_base_model_serves_completions_only(tmp_path):
+    chars = sorted(set('abcdefgh '))
+    meta = {'tokenizer': 'char', 'chars': chars, 'vocab_size': len(chars)}
+    args = dict(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=len(chars), bias=False)
+    save_checkpoint(str(tmp_path / 'ckpt.pt'), {'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'meta': meta})
+    model, tok = load_model(tmp_path, 'cpu', torch.float32)
+    assert isinstance(tok, CharTokenizer)
+    with running(model, tok) as url:
+        r = client(url).completions.create(model='base', prompt='bad cab', max_tokens=8, temperature=0)
+        assert r.choices[0].finish_reason == 'length' and len(r.choices[0].text) == 8
+        with pytest.raises(openai.BadRequestError) as e:
+            client(url).chat.completions.create(model='base', messages=[{'role': 'user', 'content': 'a'}])
+        assert e.value.body['code'] == 'not_a_chat_model'
+
+
+def test_concurrent_requests_batched_as_alone(chat_model):
+    """Three prompts of different lengths queued together decode as one batch, each row as alone, also after
+    the shorter requests have left the batch."""
+    model, tok = chat_model
+    lengths = [4, 12, 7]  # max_tokens: rows leave the batch at different steps
+    expected = [greedy_reply(model, tok, q, n)[0] for q, n in zip(QUESTIONS, lengths)]
+    with running(model, tok, max_batch=4) as url, gated(model) as gate:
+        oai = client(url)
+        ask = lambda q, n=10, **kw: oai.chat.completions.create(  # noqa: E731
+            model='tiny', messages=[{'role': 'user', 'content': q}], max_tokens=n, **kw).choices[0].message.content
+        with ThreadPoolExecutor(5) as pool:
+            gate.open.clear()  # hold the worker in a first request while the others queue up
+            first = pool.submit(ask, 'hold', temperature=0)
+            assert gate.entered.wait(10)
+            futures = [pool.submit(ask, q, n, temperature=0) for q, n in zip(QUESTIONS, lengths)]
+            seeded = [pool.submit(ask, 'What is 1+2?', temperature=1.0, seed=7)]
+            wait_until(lambda: http(url).get('/health').json()['queued'] == 4)
+            gate.open.set()
+            first.result()
+            assert [f.result() for f in futures] == expected
+            batched_seeded = seeded[0].result()
+        prompts = [len(render_prompt(tok, [{'role': 'user', 'content': q}])) for q in QUESTIONS + ['What is 1+2?']]
+        assert (4, max(prompts)) in gate.shapes  # the prefill of the four, left-padded to the longest
+        assert (2, 1) in gate.shapes  # a step after two rows had left
+        assert ask('What is 1+2?', temperature=1.0, seed=7) == batched_seeded  # seeded sampling: as alone
+
+
+def error_of(r, status, param=None, code=None):
+    assert r.status_code == status, r.text
+    error = r.json()['error']
+    assert set(error) == {'message', 'type', 'param', 'code'} and error['message']
+    assert error['param'] == param and (code is None or error['code'] == code), error
+    return error
+
+
+CHAT = '/v1/chat/completions'
+USER = [{'role': 'user', 'content': 'What is 1+1?'}]
+BAD = [  # (path, body, param, code): each must get a 400 with that param and code
+    (CHAT, b'{"messages": [', None, 'invalid_json'),
+    (CHAT, b'\xff\xfe', None, 'invalid_json'),
+    (CHAT, [1, 2], None, 'invalid_json'),
+    (CHAT, {'messages': 'hello'}, 'messages', 'invalid_type'),
+    (CHAT, {}, 'messages', 'invalid_type'),
+    (CHAT, {'messages': [{'role': 'wizard', 'content': 'hi'}]}, 'messages[0]', 'invalid_value'),
+    (CHAT, {'messages': USER + [{'role': 'user'}]}, 'messages[1]', 'invalid_value'),
+    (CHAT, {'messages': [{'role': 'user', 'content': 'x' * 70}]}, 'messages', 'context_length_exceeded'),
+    (CHAT, {'messages': USER, 'max_tokens': 60}, 'max_tokens', 'context_length_exceeded'),
+    (CHAT, {'messages': USER, 'max_tokens': 0}, 'max_tokens', 'invalid_value'),
+    (CHAT, {'messages': USER, 'max_tokens': 1000}, 'max_tokens', 'invalid_value'),
+    (CHAT, {'messages': USER, 'max_tokens': 2.5}, 'max_tokens', 'invalid_type'),
+    (CHAT, {'messages': USER, 'max_tokens': True}, 'max_tokens', 'invalid_type'),
+    (CHAT, {'messages': USER, 'temperature': -0.1}, 'temperature', 'invalid_value'),
+    (CHAT, {'messages': USER, 'temperature': 'hot'}, 'temperature', 'invalid_type'),
+    (CHAT, {'messages': USER, 'top_p': 0}, 'top_p', 'invalid_value'),
+    (CHAT, {'messages': USER, 'top_p': 1.5}, 'top_p', 'invalid_value'),
+    (CHAT, {'messages': USER, 'top_p': -1}, 'top_p', 'invalid_value'),
+    (CHAT, {'messages': USER, 'stream': 'yes'}, 'stream', 'invalid_type'),
+    (CHAT, {'messages': USER, 'n': 2}, 'n', 'unsupported'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "a"}], "temperature": NaN}', 'temperature', 'invalid_value'),
+    ('/v1/completions', {'prompt': 5}, 'prompt', 'invalid_type'),
+    ('/v1/completions', {'prompt': ''}, 'prompt', 'invalid_value'),
+    ('/v1/completions', {'prompt': 'caf\u00e9 \u20ac'}, 'prompt', 'invalid_value'),  # not in the vocabulary
+    ('/v1/completions', {'prompt': 'a' * 64}, 'prompt', 'context_length_exceeded'),
+    ('/v1/completions', {'prompt': 'a', 'seed': 'x'}, 'seed', 'invalid_type'),
+]
+
+
+def test_bad_input_gets_openai_error_bodies(chat_model):
+    with running(*chat_model, max_tokens=100) as url:
+        h = http(url)
+        for path, body, param, code in BAD:
+            r = h.post(path, content=body) if isinstance(body, bytes) else h.post(path, json=body)
+            error_of(r, 400, param, code)
+        error_of(h.get('/v1/nothing'), 404, code='not_found')
+        error_of(h.get(CHAT), 405)
+        # the openai client sees the same body, and the server is still up and right
+        with pytest.raises(openai.BadRequestError) as e:
+            client(url).chat.completions.create(model='tiny', messages=USER, temperature=-1)
+        assert e.value.body['param'] == 'temperature'
+        assert h.post(CHAT, json={'messages': USER, 'max_tokens': 3}).status_code == 200
+
+
+def test_full_queue_returns_503(chat_model):
+    model, tok = chat_model
+    with running(model, tok, max_batch=1, queue_size=1) as url, gated(model) as gate:
+        gate.open.clear()
+        body = {'messages': USER, 'max_tokens': 4, 'temperature': 0}
+        with ThreadPoolExecutor(2) as pool:
+            running_one = pool.submit(http(url).post, CHAT, json=body)
+            assert gate.entered.wait(10)  # in the worker
+            queued = pool.submit(http(url).post, CHAT, json=body)
+            wait_until(lambda: http(url).get('/health').json()['queued'] == 1)
+            error_of(http(url).post(CHAT, json=body), 503, code='queue_full')
+            with pytest.raises(openai.APIStatusError) as e:
+                client(url).chat.completions.create(model='tiny', messages=USER)
+            assert e.value.status_code == 503
+            gate.open.set()
+            assert running_one.result().status_code == 200 and queued.result().status_code == 200
+
+
+def test_disconnect_stops_generation(chat_model):
+    model, tok = chat_model
+    with running(model, tok) as url, gated(model, delay=0.02) as gate:
+        with http(url) as h, h.stream('POST', CHAT, json={'messages': USER, 'max_tokens': 40, 'stream': True,
+                                                          'temperature': 0}) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith('data: ')
+            assert next(line for line in lines if line)  # a token streamed: then the client hangs up
+        wait_until(lambda: http(url).get('/health').json()['running'] == 0)
+        calls = len(gate.shapes)
+        time.sleep(0.2)
+        assert len(gate.shapes) == calls < 20  # the row was dropped well before its 40 tokens
+        assert http(url).post(CHAT, json={'messages': USER, 'max_tokens': 2}).status_code == 200
+
+
+def test_timeout(chat_model):
+    model, tok = chat_model
+    with running(model, tok, timeout=0.3) as url, gated(model, delay=0.05):
+        body = {'messages': USER, 'max_tokens': 40, 'temperature': 0}
+        error_of(http(url).post(CHAT, json=body), 504, code='timeout')
+        with http(url).stream('POST', CHAT, json={**body, 'stream': True}) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith('data: ')]
+        assert r.status_code == 200 and events[-1] == '[DONE]'
+        assert json.loads(events[-2])['error']['code'] == 'timeout'
+        wait_until(lambda: http(url).get('/health').json()['running'] == 0)
+
+
+def test_load(chat_model):
+    """A bounded load test: 8 clients, 40 streamed requests, a 30 s limit; every request answered."""
+    with running(*chat_model, max_batch=4, queue_size=16) as url:
+        r = serve.load_test(url, clients=8, requests=40, prompts=QUESTIONS, max_tokens=8, time_limit=30)
+        assert r['errors'] == [] and r['requests'] == 40
+        assert all(0 < t <= total for t, total in zip(r['ttft'], r['latency']))

@@ -1,0 +1,79 @@
+"""The chat page (serve.html) in headless Chromium, driven by Selenium through the system's chromedriver:
+a streamed reply equal to the model's own, the stop button, a second turn that carries the first."""
+import shutil
+import time
+
+import pytest
+
+from test_serve import QUESTIONS, chat_model, gated, greedy_reply, http, running  # noqa: F401  (chat_model: a fixture)
+
+from common import render_prompt
+
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+CHROMEDRIVER = shutil.which('chromedriver')
+webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed (pip install -e .[test])')
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason='no chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)')
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    monkeypatch.setenv('SE_OFFLINE', 'true')  # selenium must never download a browser or a driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--window-size=900,600',
+                '--no-proxy-server'):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def wait_until(check, seconds=20):
+    t0 = time.monotonic()
+    while not (value := check()):
+        assert time.monotonic() - t0 < seconds, "timed out waiting"
+        time.sleep(0.01)
+    return value
+
+
+def test_chat_page_streams_stops_and_continues(chat_model, browser, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    model, tok = chat_model
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    replies = lambda: browser.find_elements(By.CSS_SELECTOR, '.msg.assistant')  # noqa: E731
+    text = lambda element: element.get_attribute('textContent')  # noqa: E731  (.text would fold whitespace)
+    with running(model, tok, name='tiny-chat') as url, gated(model, delay=0.05) as gate:
+        browser.get(url + '/')
+        wait_until(lambda: 'tiny-chat' in by_id('model').text)
+        assert by_id('temperature').get_attribute('value') == '0' and by_id('top_p').get_attribute('value') == '1'
+
+        # one question: the reply streams in (seen part-way) and ends as the model's own greedy reply
+        by_id('input').send_keys(QUESTIONS[0], Keys.ENTER)
+        seen = set()
+        while not by_id('send').is_enabled() or not seen:
+            seen.add(text(replies()[-1]))
+        expected, _ = greedy_reply(model, tok, QUESTIONS[0], 64 - len(render_prompt(tok, [{'role': 'user', 'content': QUESTIONS[0]}])))
+        assert text(replies()[-1]) == expected
+        assert any(0 < len(s) < len(expected) for s in seen), "the reply did not stream"
+        browser.save_screenshot(str(tmp_path / 'serve-chat.png'))
+
+        # a new chat, stopped after a few characters: the partial reply stays and the server drops the row
+        by_id('reset').click()
+        by_id('input').send_keys(QUESTIONS[1], Keys.ENTER)
+        wait_until(lambda: replies() and len(text(replies()[-1])) >= 3)
+        by_id('stop').click()
+        wait_until(lambda: by_id('send').is_enabled())
+        wait_until(lambda: http(url).get('/health').json()['running'] == 0)
+        partial = text(replies()[-1])
+        assert 3 <= len(partial) < len(greedy_reply(model, tok, QUESTIONS[1], 45)[0])
+
+        # a second turn: its prompt carries the first question and the partial reply
+        by_id('input').send_keys('ok', Keys.ENTER)
+        wait_until(lambda: len(replies()) == 2 and by_id('send').is_enabled())
+        messages = [{'role': 'user', 'content': QUESTIONS[1]}, {'role': 'assistant', 'content': partial},
+                    {'role': 'user', 'content': 'ok'}]
+        assert (1, len(render_prompt(tok, messages))) in gate.shapes
+        assert not browser.find_elements(By.CSS_SELECTOR, '.error')
+        browser.save_screenshot(str(tmp_path / 'serve-chat-2.png'))
