@@ -496,7 +496,8 @@ def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
     stop = set(chat_ids(tok).values())
     device = next(model.parameters()).device
     idx, pad = left_pad(prompts, device)
-    max_new_tokens = min(max_new_tokens, model.config.block_size - idx.size(1))
+    # room for every answer and a closing <|end|>: a cut answer, rendered as a turn, still fits the context
+    max_new_tokens = min(max_new_tokens, model.config.block_size - idx.size(1) - 1)
     if max_new_tokens <= 0:
         raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {model.config.block_size}")
     out, done = [[] for _ in prompts], [False] * len(prompts)

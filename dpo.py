@@ -13,14 +13,14 @@ log pi(answer) sums the log-probabilities of the answer's tokens only (its <|end
 It runs train.py's loop (every train.py setting works, resume included). Logged besides the loss: margin,
 the implicit reward margin beta * [...] above, and acc, the share of pairs where it is positive.
 """
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 import train
 from common import load_config
+from rl import token_logprobs
 from sample import load_model
 
 
@@ -35,9 +35,7 @@ class Config(train.Config):
 
 def answer_logprobs(model, x, y):
     """(N,) the summed log-probability of each row's answer tokens (where y != -1)."""
-    logits, _ = model(x, y)  # (N, T, V)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logp * (y != -1)).sum(dim=1)
+    return token_logprobs(model, x, y)[0].sum(dim=1)
 
 
 class DPOLoss(torch.nn.Module):
@@ -69,7 +67,7 @@ class Objective:
             raise SystemExit("error: resuming DPO needs --ref_dir (the SFT model it started from)")
         device = next(policy.parameters()).device
         ref, _ = load_model(ref_dir, device, next(policy.parameters()).dtype)
-        if copy.deepcopy(ref.config).__dict__ | {'dropout': 0} != policy.config.__dict__ | {'dropout': 0}:
+        if replace(ref.config, dropout=0.0) != replace(policy.config, dropout=0.0):
             raise SystemExit(f"error: the reference {ref_dir} is another architecture than the policy")
         return DPOLoss(policy, ref.requires_grad_(False), self.cfg.beta)
 

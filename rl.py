@@ -107,6 +107,36 @@ def group_advantages(scores, group_size):
     return adv.view(-1), (g.std(dim=1) < 1e-6).float().mean().item()
 
 
+def advantages(cfg, scores, kl, mask, values):
+    """Per-token advantages (N, T), returns (N, T) for the value loss (ppo; zeros for grpo), and the share
+    of groups with one reward for all (grpo; None for ppo), from the answers' rewards scores (N,), the
+    KL per token to the reference (N, T), the answer mask and the values at the rollout (ppo)."""
+    if cfg.algo == 'grpo':
+        seq_adv, zero_var = group_advantages(scores, cfg.group_size)
+        return seq_adv[:, None] * mask, torch.zeros_like(mask), zero_var
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & (mask > 0)  # each answer's last token
+    rewards = -cfg.kl_coef * kl + scores[:, None] * last
+    adv, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+    mu = masked_mean(adv, mask)
+    sd = masked_mean((adv - mu) ** 2, mask).sqrt()
+    return (adv - mu) / (sd + 1e-8) * mask, returns, None  # whitened over the batch's tokens
+
+
+def clipped_loss(cfg, logp, values, old_logp, old_values, adv, returns, ref_logp, mask):
+    """The loss of one minibatch, and its stats: the clipped policy objective, mean over answer tokens,
+    plus for ppo the clipped value loss, for grpo the k3 KL to the reference."""
+    ratio = torch.exp(logp - old_logp)  # pi_new / pi_old per token
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
+    loss = masked_mean(pg, mask)
+    stats = {'clip_frac': masked_mean(((ratio - 1).abs() > cfg.clip_eps).float(), mask)}
+    if cfg.algo == 'ppo':
+        v_clipped = old_values + (values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
+        v_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+        stats['value_loss'] = v_loss
+        return loss + cfg.vf_coef * v_loss, stats
+    return loss + cfg.kl_coef * masked_mean(kl_per_token(logp, ref_logp, 'k3'), mask), stats
+
+
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
@@ -187,6 +217,8 @@ def main(cfg):
         train.set_optimizer_state(policy, optimizers, ckpt['optimizers'], rt, False)
         step, elapsed, best = ckpt['iter_num'], ckpt['elapsed'], ckpt['best_val_loss']
         torch.set_rng_state(ckpt['rng'][0]['cpu'])
+        if rt.device_type == 'cuda' and ckpt['rng'][0]['cuda'] is not None:
+            torch.cuda.set_rng_state(ckpt['rng'][0]['cuda'], rt.device)
     del ckpt, state
 
     train_records = load_records(cfg.data_dir, 'train')
@@ -244,20 +276,12 @@ def main(cfg):
             with torch.no_grad(), rt.autocast():
                 old_logp, old_values = token_logprobs(policy, x, y, values=cfg.algo == 'ppo')
                 ref_logp, _ = token_logprobs(ref, x, y)
+            if old_values is None:  # grpo: no values, and no value loss
+                old_values = torch.zeros_like(mask)
             kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
 
             # 3. advantages
-            zero_var = None
-            if cfg.algo == 'ppo':
-                last = mask.cumsum(1) == mask.sum(1, keepdim=True)  # each answer's last token (and what follows)
-                last = last & (mask > 0)
-                rewards = -cfg.kl_coef * kl + scores[:, None] * last
-                adv, returns = gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
-                mu, sd = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask).sqrt()
-                adv = (adv - mu) / (sd + 1e-8) * mask  # whitened
-            else:
-                seq_adv, zero_var = group_advantages(scores, cfg.group_size)
-                adv = seq_adv[:, None] * mask
+            adv, returns, zero_var = advantages(cfg, scores, kl, mask, old_values)
 
             # 4. clipped updates, ppo_epochs passes in minibatches
             lr = train.lr_at(cfg, step, elapsed)
@@ -269,23 +293,10 @@ def main(cfg):
                 order = torch.randperm(len(records), generator=torch.Generator().manual_seed(rng.getrandbits(32)))
                 for mb in order.split(cfg.minibatch_size):
                     mb = mb.to(rt.device)
-                    m = mask[mb]
                     with rt.autocast():
                         logp, values = token_logprobs(policy, x[mb], y[mb], values=cfg.algo == 'ppo')
-                    ratio = torch.exp(logp - old_logp[mb])
-                    a = adv[mb]
-                    pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
-                    loss = masked_mean(pg, m)
-                    stats = {'clip_frac': masked_mean(((ratio - 1).abs() > cfg.clip_eps).float(), m)}
-                    if cfg.algo == 'ppo':
-                        v_old, ret = old_values[mb], returns[mb]
-                        v_clipped = v_old + (values - v_old).clamp(-cfg.value_clip, cfg.value_clip)
-                        v_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
-                        loss = loss + cfg.vf_coef * v_loss
-                        stats['value_loss'] = v_loss
-                    else:  # GRPO: the KL to the reference as a loss term, k3 of the current policy
-                        kl_now = masked_mean(kl_per_token(logp, ref_logp[mb], 'k3'), m)
-                        loss = loss + cfg.kl_coef * kl_now
+                    loss, stats = clipped_loss(cfg, logp, values, old_logp[mb], old_values[mb], adv[mb], returns[mb],
+                                               ref_logp[mb], mask[mb])
                     loss.backward()
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
