@@ -6,14 +6,16 @@ Measure seedgpt on this machine, side by side with nanoGPT, and print the result
     python bench.py --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
     python bench.py --only=train,sample --quick                # some sections, fewer and shorter rounds
     python bench.py --only=quant --quant_out_dir=out-shakespeare-char-cpu  # int8's val-loss change
+    python bench.py --only=quant --quant_out_dir=out-stdlib-char-fp32,out-stdlib-char-bf16:bfloat16,out-stdlib-char-int8
     python bench.py --help                                     # every setting
 
 Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +
 clip + AdamW step at two sizes, fp32 and bf16 autocast; --compile adds torch.compile'd rows); sample
 (tokens/s with and without the KV cache, fp32, bf16 and int8 weights, eager and compiled, and checks
 that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus: MB/s, cores used, and
-peak memory for a corpus 10x larger); quant (a trained model's val loss with fp32 and int8 weights; not
-in the default list). nanoGPT is imported at run time from the
+peak memory for a corpus 10x larger); quant (trained checkpoints, e.g. compress.py's, side by side:
+size on disk, zero block weights, val loss and decoding tokens/s, with each one's weights as loaded by
+sample.py; not in the default list). nanoGPT is imported at run time from the
 path given, never copied here. Progress goes to stderr, the tables to stdout.
 """
 import contextlib
@@ -47,8 +49,9 @@ class Config:
     warmup: int = 3  # untimed steps first: oneDNN and the optimizer set themselves up
     sample_tokens: int = 500  # tokens per sampling run; past 256 it crosses the baby model's block_size
     sample_compile: bool = True  # also time the torch.compile'd one-token step (compiling takes a minute or more)
-    quant_out_dir: str = ''  # for --only=quant: a trained run's out_dir, whose val loss is compared fp32 vs int8
-    quant_batches: int = 20  # batches of that val-loss comparison
+    quant_out_dir: str = ''  # for --only=quant: checkpoints to compare, comma-separated; DIR:bfloat16 runs one in bf16 only
+    quant_weights: str = 'float32,int8'  # how each DIR without ':' runs: float32, bfloat16, int8 (quantised at load)
+    quant_batches: int = 20  # batches of 16 windows in the val-loss comparison
     copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
     compile: bool = False  # also time seedgpt under torch.compile (the first steps compile: minutes on a CPU)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda'; prepare always runs on the CPU
@@ -303,34 +306,56 @@ def bench_sample(cfg, rt, impls):
 
 
 @torch.no_grad()
-def quant_val_loss(cfg, rt):
-    """Val loss of a trained checkpoint with fp32 and with int8 block weights, on the same fixed windows."""
-    from common import load_checkpoint, load_meta, load_tokens
+def bench_quant(cfg, rt):
+    """Checkpoints side by side, each loaded by sample.load_model (so compress.py's int8 ones as int8): size on
+    disk, the fraction of zero block weights, val loss on the same evenly spread windows, and decoding tokens/s
+    (batch 1, KV cache, eager), the models taking turns round by round so a change in load hits all alike."""
+    from common import checkpoint_path, load_checkpoint, load_meta, load_tokens
+    from compress import sparsity
+    from sample import load_model
     if not cfg.quant_out_dir:
-        raise SystemExit("error: the quant section needs --quant_out_dir=OUT_DIR of a trained run")
-    ckpt = load_checkpoint(cfg.quant_out_dir)
-    data_dir = ckpt['config']['data_dir']
-    data = load_tokens(data_dir, 'val', load_meta(data_dir))
-    losses = {}
-    for weights in ('fp32', 'int8'):
-        model = seedgpt.GPT(seedgpt.GPTConfig(**ckpt['model_args']))
-        model.load_state_dict(ckpt['model'])
-        model.eval().to(rt.device)
-        if weights == 'int8':
-            seedgpt.quantize_int8(model)
+        raise SystemExit("error: the quant section needs --quant_out_dir=OUT_DIR[,OUT_DIR...] of trained runs")
+    runs = []
+    for item in cfg.quant_out_dir.split(','):
+        out_dir, _, weights = item.partition(':')
+        runs += [(out_dir, w) for w in ([weights] if weights else cfg.quant_weights.split(','))]
+    if any(w not in ('float32', 'bfloat16', 'int8') for _, w in runs):
+        raise SystemExit("error: weights are float32, bfloat16 or int8")
+    n, prompt, rows, models = cfg.sample_tokens, torch.zeros((1, 1), dtype=torch.long, device=rt.device), [], []
+    for out_dir, weights in runs:
+        ckpt = load_checkpoint(out_dir)
+        dtype = torch.bfloat16 if weights == 'bfloat16' else torch.float32
+        model, _ = load_model(out_dir, rt.device, dtype, 'int8' if weights == 'int8' else 'none')
+        data_dir = ckpt['config']['data_dir']
+        data = load_tokens(data_dir, 'val', load_meta(data_dir))
         bs, batch = model.config.block_size, 16
         starts = torch.linspace(0, len(data) - bs - 2, cfg.quant_batches * batch).long().tolist()  # evenly spread
         total = 0.0
         for i in range(0, len(starts), batch):
             xy = torch.stack([torch.from_numpy(data[s:s + bs + 1].astype('int64')) for s in starts[i:i + batch]])
-            _, loss = model(xy[:, :-1].to(rt.device), xy[:, 1:].to(rt.device))
-            total += loss.item()
-        losses[weights] = total / cfg.quant_batches
-        log(f"quant: val loss {weights} {losses[weights]:.4f}")
-    return (f"### int8 weights on a trained model: val loss over {cfg.quant_batches} batches of 16 x "
-            f"{ckpt['model_args']['block_size']} tokens of {data_dir} (the same windows for both)\n\n" +
-            table(['weights', 'val loss'], [[w, f"{v:.4f}"] for w, v in losses.items()]) +
-            f"\n\nchange from int8: {losses['int8'] - losses['fp32']:+.4f}")
+            total += model(xy[:, :-1].to(rt.device), xy[:, 1:].to(rt.device))[1].item()
+        stored = 'int8' if ckpt.get('quant') else str(next(iter(ckpt['model'].values())).dtype).split('.')[-1]
+        rows.append([out_dir, stored, weights, f"{os.path.getsize(checkpoint_path(out_dir)) / 2 ** 20:.2f}",
+                     f"{sparsity(model.state_dict()) * 100:.1f}%", f"{total / cfg.quant_batches:.4f}"])
+        log(f"quant: {out_dir} {weights}: val loss {total / cfg.quant_batches:.4f}")
+        model.generate(prompt, 8, temperature=1.0, top_k=200)  # warm up
+        models.append(model)
+    times, others, busy = [[] for _ in runs], Others(), []
+    for r in range(cfg.sample_rounds):
+        for ts, model in zip(times, models):
+            t = time.perf_counter()
+            model.generate(prompt, n, temperature=1.0, top_k=200)
+            ts.append(time.perf_counter() - t)
+        busy.append(others.cores())
+        log(f"quant: round {r + 1}/{cfg.sample_rounds}: " + ', '.join(f"{n / ts[-1]:.0f}" for ts in times) + " tok/s")
+    for row, ts in zip(rows, times):
+        row += [f"{n / statistics.median(ts):,.0f}", f"{n / min(ts):,.0f}"]
+    return (f"### checkpoints compared: val loss over {cfg.quant_batches} batches of 16 windows of each model's "
+            f"block_size, evenly spread over its data's val split; tokens/s decoding {n} tokens, batch 1, KV cache, "
+            f"eager (median and fastest of {cfg.sample_rounds} rounds; other processes used "
+            f"{statistics.median(busy):.1f} cores in the median round)\n\n" +
+            table(['checkpoint', 'stored', 'run as', 'MB on disk', 'zero block weights', 'val loss',
+                   'tokens/s (median)', 'tokens/s (fastest)'], rows))
 
 
 # runs one prepare in a fresh process, so its peak RSS is its own; argv: out_dir, then 'stdlib' or dirs
@@ -421,7 +446,7 @@ def main(cfg):
     parts = []
     for name, fn in [('peak', lambda: bench_peak(cfg, rt)), ('train', lambda: bench_train(cfg, rt, impls)),
                      ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt)),
-                     ('quant', lambda: quant_val_loss(cfg, rt))]:
+                     ('quant', lambda: bench_quant(cfg, rt))]:
         if name in sections:
             parts.append(fn())
     busy = others.cores()

@@ -6,6 +6,7 @@ Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
     python train.py config/shakespeare_char.py --max_iters=2000  # any setting from the command line
     python train.py --help                                     # every setting, its default and what it does
     python train.py config/finetune_lora_shakespeare.py        # fine-tune GPT-2: LoRA adapters, early stopping
+    python train.py config/distill_stdlib.py                   # a smaller student from a teacher's logits
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
     # two machines: run on each, with --node_rank=0 on the first and --node_rank=1 on the second
     torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/gpt2_124m.py
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from common import (check_type, checkpoint_path, fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta,
                     load_tokens, peak_flops, print0, save_checkpoint, setup_runtime)
@@ -68,6 +70,10 @@ class Config(GPTConfig):
     lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_targets: str = 'c_attn,c_proj'  # Linears in each block to adapt: c_attn, c_proj (attention's and the MLP's), c_fc, attn.c_proj, mlp.c_proj
+    # distillation: learn a teacher's softened next-token distribution too (pruning masks come with init_from)
+    teacher_dir: str = ''  # a checkpoint of the teacher, with this dataset's tokenizer; '' for none
+    distill_temperature: float = 2.0  # both softmaxes of the KL term are taken at this temperature
+    distill_alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
     # one config for fast and slow machines (CPUs without bf16 run matmuls ~4x slower than those with it)
     slow_tflops: float = 0.0  # if the matmul peak measured in the training dtype is below this many TFLOP/s...
     slow: dict = field(default_factory=dict)  # ...these settings replace the ones above (e.g. a smaller model)
@@ -259,6 +265,9 @@ def start_from(cfg, meta, ckpt):
         if base['meta']['tokenizer'] != meta['tokenizer'] or ours[:len(theirs)] != theirs:
             raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
                              "would mean other characters")
+        if base.get('quant'):
+            raise SystemExit(f"error: {path} holds {base['quant']} weights, which do not train; fine-tune the float "
+                             "checkpoint and compress the result")
         args, state = {**base['model_args'], 'dropout': cfg.dropout}, base['model']
         if cfg.value_head and not args.get('value_head'):  # a scalar head on a language model (reward.py), from zero
             args['value_head'] = True
@@ -274,6 +283,23 @@ def start_from(cfg, meta, ckpt):
         if 'transformer.wpe.weight' in state:
             state = {**state, 'transformer.wpe.weight': state['transformer.wpe.weight'][:cfg.block_size]}
     return args, state
+
+
+def start_masks(cfg, ckpt):
+    """The pruning masks of the checkpoint a run starts from (compress.py --prune), {} for none: {name: bool tensor}."""
+    if ckpt:
+        return ckpt.get('masks', {})
+    if cfg.init_from == 'scratch' or cfg.init_from.split('/')[-1] in GPT2_NAMES:
+        return {}
+    return load_checkpoint(cfg.init_from).get('masks', {})
+
+
+@torch.no_grad()
+def apply_masks(model, masks):
+    """Zero the pruned weights: every optimizer step moves them, the masks put them back."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask)
 
 
 def build_model(model_args, state, rt, fsdp):
@@ -389,20 +415,72 @@ def sized_for_machine(cfg, rt):
     return cfg if fast else slow_cfg
 
 
+class Distill(torch.nn.Module):
+    """Knowledge distillation (https://arxiv.org/abs/1503.02531) as a train() objective: the student learns the
+    teacher's next-token distribution, softened by a temperature T, as well as the data's next token:
+
+        loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)
+
+    over the positions with a target (y != -1). T^2 keeps the KL term's gradients on CE's scale whatever T.
+    """
+
+    def __init__(self, teacher, temperature, alpha):
+        super().__init__()
+        self.teacher = [teacher]  # in a list: not a submodule, so never trained, saved, or switched to train mode
+        self.T, self.alpha = temperature, alpha
+
+    @classmethod
+    def from_config(cls, cfg, rt):
+        from sample import load_model
+        if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:
+            raise SystemExit("error: distill_temperature must be > 0 and distill_alpha in [0, 1]")
+        ours, theirs = load_meta(cfg.data_dir), load_checkpoint(cfg.teacher_dir)['meta']
+        if any(ours.get(k) != theirs.get(k) for k in ('tokenizer', 'vocab_size', 'chars', 'special_tokens')):
+            raise SystemExit(f"error: the teacher {cfg.teacher_dir} has another tokenizer or vocabulary than "
+                             f"{cfg.data_dir}; its logits would be over other tokens")
+        teacher, _ = load_model(cfg.teacher_dir, rt.device)  # fp32 weights, eval mode
+        if teacher.config.block_size < cfg.block_size:
+            raise SystemExit(f"error: the teacher sees {teacher.config.block_size} tokens; use block_size <= that")
+        return cls(teacher.requires_grad_(False), cfg.distill_temperature, cfg.distill_alpha)
+
+    def batches(self, cfg, meta, device):
+        return (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, device)
+
+    def wrap(self, model):
+        self.student = model
+        return self
+
+    def forward(self, x, y):
+        logits, ce = self.student(x, y)  # (B, T, V), the mean cross-entropy over the targets
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher[0](x, y)
+        keep = y != -1
+        s = F.log_softmax(logits[keep].float() / self.T, dim=-1)  # (N, V)
+        t = F.log_softmax(teacher_logits[keep].float() / self.T, dim=-1)
+        kl = F.kl_div(s, t, log_target=True, reduction='batchmean')  # summed over the vocabulary, mean over positions
+        return {'kl': kl.detach(), 'ce': ce.detach()}, self.alpha * self.T ** 2 * kl + (1 - self.alpha) * ce
+
+
 def main(cfg, objective=None):
     """Train; returns the last evaluation's losses (and an objective's stats), e.g. {'train', 'val', 'val_acc'}."""
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
-        return train(sized_for_machine(cfg, rt), rt, objective)
+        cfg = sized_for_machine(cfg, rt)
+        if cfg.teacher_dir:
+            if objective:
+                raise SystemExit("error: teacher_dir (distillation) does not combine with another objective")
+            objective = Distill.from_config(cfg, rt)
+        return train(cfg, rt, objective)
     finally:
         if rt.ddp and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
 def train(cfg, rt, objective=None):
-    """The training loop. `objective` (reward.py, dpo.py) trains for another loss than the next token's on the same
-    loop: objective.batches(cfg, meta, device) gives the batches, and objective.wrap(model) a module whose
-    forward(x, y) returns (stats, loss), stats being a dict of scalar tensors to log. The model saved is the GPT."""
+    """The training loop. `objective` (Distill above, reward.py, dpo.py) trains for another loss than the next
+    token's on the same loop: objective.batches(cfg, meta, device) gives the batches, and objective.wrap(model)
+    a module whose forward(x, y) returns (stats, loss), stats being a dict of scalar tensors to log. The model
+    saved is the GPT."""
     if cfg.grad_accum % rt.world_size:
         raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
     if cfg.vocab_size != GPTConfig.vocab_size:
@@ -425,6 +503,10 @@ def train(cfg, rt, objective=None):
     model_args, state = start_from(cfg, meta, ckpt)
     model = build_model(model_args, state, rt, cfg.fsdp)
     del state
+    masks = {k: m.to(rt.device) for k, m in start_masks(cfg, ckpt).items()}
+    if masks and (cfg.fsdp or cfg.lora_rank > 0):
+        raise SystemExit("error: a pruned checkpoint (with masks) fine-tunes without fsdp and lora_rank")
+    apply_masks(model, masks)
     if cfg.freeze_blocks > model_args['n_layer'] or cfg.freeze_blocks < 0:
         raise SystemExit(f"error: freeze_blocks={cfg.freeze_blocks}, but the model has {model_args['n_layer']} blocks")
     if ckpt and ('lora' in ckpt) != (cfg.lora_rank > 0):
@@ -503,7 +585,8 @@ def train(cfg, rt, objective=None):
             'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
             'optimizers': optim_state, 'scaler': scaler.state_dict(), 'iter_num': iter_num,
             'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed, 'rng': rng,
-            'evals_since_best': evals_since_best, **({'lora': lora_state} if lora_state else {})})
+            'evals_since_best': evals_since_best, **({'lora': lora_state} if lora_state else {}),
+            **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
 
     def evaluate():
         nonlocal best_val_loss, evals_since_best
@@ -570,6 +653,7 @@ def train(cfg, rt, objective=None):
             scaler.update()
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
+            apply_masks(orig_model, masks)
             iter_num += 1
 
             if iter_num % cfg.log_interval == 0:
