@@ -31,6 +31,8 @@ class Config(train.Config):
     data_dir: str = 'data/preferences'  # made by prepare/preferences.py
     out_dir: str = 'out-dpo-tasks'
     beta: float = 0.1  # how far from the reference the policy may go: small beta, far
+    sft_coef: float = 0.0  # > 0 adds this times the chosen answers' mean NLL (RPO, https://arxiv.org/abs/2404.19733):
+    # DPO alone can lower the chosen answers' likelihood too, as long as the rejected ones' falls faster
 
 
 def answer_logprobs(model, x, y):
@@ -41,18 +43,22 @@ def answer_logprobs(model, x, y):
 class DPOLoss(torch.nn.Module):
     """forward(x, y) -> (stats, loss) on a batch of pairs: chosen rows first, rejected rows after."""
 
-    def __init__(self, policy, ref, beta):
+    def __init__(self, policy, ref, beta, sft_coef=0.0):
         super().__init__()
-        self.policy, self.beta = policy, beta
+        self.policy, self.beta, self.sft_coef = policy, beta, sft_coef
         self.ref = [ref]  # in a list: not a submodule, so never trained, saved or moved by DDP
 
     def forward(self, x, y):
         with torch.no_grad():
             ref = answer_logprobs(self.ref[0], x, y)
-        ratio = answer_logprobs(self.policy, x, y) - ref  # log pi - log ref, per row
-        chosen, rejected = ratio.chunk(2)
+        logp = answer_logprobs(self.policy, x, y)
+        chosen, rejected = (logp - ref).chunk(2)  # log pi - log ref, per row
         margin = self.beta * (chosen - rejected)  # the implicit reward margin
-        return {'margin': margin.mean(), 'acc': (margin > 0).float().mean()}, -F.logsigmoid(margin).mean()
+        loss = -F.logsigmoid(margin).mean()
+        n_chosen = (y != -1).sum(dim=1).chunk(2)[0].clamp(min=1)
+        nll = -(logp.chunk(2)[0] / n_chosen).mean()  # per token of the chosen answers
+        stats = {'margin': margin.mean(), 'acc': (margin > 0).float().mean(), 'chosen_nll': nll.detach()}
+        return stats, loss + self.sft_coef * nll
 
 
 class Objective:
@@ -69,7 +75,7 @@ class Objective:
         ref, _ = load_model(ref_dir, device, next(policy.parameters()).dtype)
         if replace(ref.config, dropout=0.0) != replace(policy.config, dropout=0.0):
             raise SystemExit(f"error: the reference {ref_dir} is another architecture than the policy")
-        return DPOLoss(policy, ref.requires_grad_(False), self.cfg.beta)
+        return DPOLoss(policy, ref.requires_grad_(False), self.cfg.beta, self.cfg.sft_coef)
 
 
 if __name__ == '__main__':

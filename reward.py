@@ -63,9 +63,27 @@ class Objective:
         return BradleyTerry(model)
 
 
+@torch.no_grad()
+def pair_accuracy(model, pairs, batch_size=64):
+    """The share of pairs, each ((chosen ids, mask), (rejected ids, mask)), whose chosen one scores higher."""
+    device = next(model.parameters()).device
+    right = 0
+    for start in range(0, len(pairs), batch_size):
+        convs = [ids for pair in pairs[start:start + batch_size] for ids, _ in pair]  # chosen, rejected, ...
+        x = torch.zeros(len(convs), max(len(c) for c in convs), dtype=torch.long)
+        for row, ids in enumerate(convs):
+            x[row, :len(ids)] = torch.tensor(ids)
+        r = scores(model, x.to(device), torch.tensor([len(c) - 1 for c in convs], device=device))
+        right += (r[0::2] > r[1::2]).sum().item()
+    return right / len(pairs)
+
+
 if __name__ == '__main__':
     cfg = load_config(Config)
-    last = train.main(cfg, Objective())
-    if last:
-        print(f"held-out pair accuracy: {last['val_acc']:.3f} (val pairs scored chosen > rejected, at the last "
-              f"evaluation); {cfg.out_dir}/ckpt.pt holds the best val loss")
+    if train.main(cfg, Objective()):
+        from common import load_meta
+        from sample import load_model
+        model, _ = load_model(cfg.out_dir, 'cpu')
+        val = train.PairBatches(cfg, load_meta(cfg.data_dir), 'cpu').rows['val']
+        print(f"held-out pair accuracy of {cfg.out_dir}/ckpt.pt (the best val loss): {pair_accuracy(model, val):.3f} "
+              f"on all {len(val)} val pairs")

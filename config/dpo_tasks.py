@@ -8,6 +8,7 @@ ref_dir = 'out-sft-tasks'  # stays the reference when the run resumes
 data_dir = 'data/preferences'
 out_dir = 'out-dpo-tasks'
 beta = 0.1
+sft_coef = 1.0  # plus the chosen answers' NLL: without it DPO taught this model to skip <|end|> (docs/rl.md)
 block_size = 64
 batch_size = 16  # pairs per batch: 32 conversations, each through the policy and the reference
 max_iters = 300

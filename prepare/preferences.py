@@ -2,7 +2,7 @@
 Preference pairs for reward.py and dpo.py, made from the task suite and an SFT model's own answers.
 
     python prepare/preferences.py --from=out-sft-tasks              # -> data/preferences/
-    python prepare/preferences.py --from=out-sft-tasks --n_train=4000 --samples=8
+    python prepare/preferences.py --from=out-sft-tasks --n_train=2000 --samples=8
 
 For each question (the first --n_train of data/tasks' train split and --n_val of its val split), the model
 answers --samples times at --temperature, and prepare/tasks.py's check judges each answer. A pair is
@@ -74,7 +74,7 @@ def make_pairs(model, tok, records, samples, temperature, batch_size, seed, max_
     return pairs
 
 
-def prepare(from_dir, data_dir=None, out_dir=None, n_train=2000, n_val=250, samples=4, temperature=1.0,
+def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samples=4, temperature=1.0,
             batch_size=64, seed=1337, device='auto', quiet=False):
     """Write the pairs to out_dir (default data/preferences); returns the meta dict."""
     from sample import load_model
@@ -119,7 +119,7 @@ def main(argv=None):
     p.add_argument('--from', dest='from_dir', required=True, help='the SFT run (out_dir) whose answers to judge')
     p.add_argument('--data_dir', default=None, help="the task suite (default: the one the SFT run trained on)")
     p.add_argument('--out_dir', default=None, help='output directory (default data/preferences)')
-    p.add_argument('--n_train', type=int, default=2000, help='train questions, hence pairs')
+    p.add_argument('--n_train', type=int, default=8000, help='train questions, hence pairs')
     p.add_argument('--n_val', type=int, default=250, help='val (held-out) questions, hence pairs')
     p.add_argument('--samples', type=int, default=4, help='answers sampled per question')
     p.add_argument('--temperature', type=float, default=1.0)

@@ -19,7 +19,7 @@ import rl
 import train
 from common import load_config, load_tokenizer, render_prompt, stream_reply
 from conftest import ROOT, read_log, run_script
-from model import GPTConfig, left_pad
+from model import GPT, GPTConfig, left_pad
 from prepare import preferences, tasks
 from sample import load_model
 from test_chat import make_ckpt, one_line_error
@@ -452,3 +452,35 @@ def test_clipped_loss_hand_computed():
                                   returns, torch.zeros(1, 1), torch.ones(1, 1))
     # unclipped (1 - 2)^2 = 1, clipped (0.2 - 2)^2 = 3.24: the larger counts
     assert stats['value_loss'].item() == pytest.approx(0.5 * 3.24) and loss.item() == pytest.approx(0.5 * 3.24)
+
+
+def test_dpo_sft_coef_adds_the_chosen_nll():
+    """sft_coef adds the chosen answers' mean NLL per token to the DPO loss, and nothing else changes."""
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20))
+    ref = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20))
+    x = torch.randint(0, 20, (4, 8))
+    y = torch.full((4, 8), -1)
+    y[:, 3:6] = x[:, 4:7]  # three answer tokens per row; rows 0-1 chosen, 2-3 rejected
+    y[1, 5] = -1  # the second chosen answer is two tokens long
+    stats0, plain = dpo.DPOLoss(policy, ref, 0.1)(x, y)
+    stats1, with_nll = dpo.DPOLoss(policy, ref, 0.1, sft_coef=0.5)(x, y)
+    logits, _ = policy(x, y)
+    logp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y != -1)
+    nll = -(logp[0].sum() / 3 + logp[1].sum() / 2) / 2
+    assert stats1['chosen_nll'].item() == pytest.approx(nll.item(), rel=1e-5)
+    assert with_nll.item() == pytest.approx(plain.item() + 0.5 * nll.item(), rel=1e-5)
+    assert stats0['margin'].item() == pytest.approx(stats1['margin'].item())
+
+
+def test_pair_accuracy_counts_chosen_above_rejected():
+    """reward.pair_accuracy scores each conversation at its last token, padded batches included."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, value_head=True)).eval()
+    convs = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14], [3, 2, 1], [5, 5]]
+    alone = [reward.scores(model, torch.tensor([c]), torch.tensor([len(c) - 1])).item() for c in convs]
+    pairs = [((convs[i], None), (convs[i + 1], None)) for i in (0, 2, 4)]
+    expected = sum(alone[i] > alone[i + 1] for i in (0, 2, 4)) / 3
+    assert reward.pair_accuracy(model, pairs, batch_size=2) == pytest.approx(expected)
+    flipped = [(b, a) for a, b in pairs]
+    assert reward.pair_accuracy(model, flipped) == pytest.approx(1 - expected)
