@@ -1,12 +1,14 @@
 """train.py after pretraining: chat SFT batches with loss masking, fine-tuning from a seedgpt checkpoint,
 and from GPT-2 weights in a local Hugging Face directory."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import common
 import train
-from conftest import read_log, run_train
+from conftest import ROOT, read_log, run_train
 from prepare import tasks
 
 
@@ -79,3 +81,27 @@ def test_fine_tune_from_hf_gpt2(tmp_path):
               '--block_size=16', '--eval_interval=1')
     ours = train.GPT(train.GPTConfig(**torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']))
     assert ours.config.n_layer == 2 and ours.config.vocab_size == 50257 and ours.config.block_size == 16
+
+
+@pytest.mark.parametrize('config', ['finetune_shakespeare', 'finetune_lora_shakespeare'])
+def test_gpt2_finetune_configs_run(tmp_path, config):
+    """The GPT-2 fine-tuning configs as shipped, on a tiny random GPT-2 in a local HF directory (the real
+    weights are not on the test machine) and tiny BPE data: only sizes and paths are overridden."""
+    transformers = pytest.importorskip('transformers')
+    from conftest import make_text, write
+    from prepare import corpus
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
+    hf.save_pretrained(tmp_path / 'hf')
+    data = tmp_path / 'data'
+    corpus.prepare([str(write(tmp_path / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(data),
+                   block_size=16, quiet=True)
+    cfg = common.load_config(train.Config, [str(ROOT / 'config' / f'{config}.py'), f'--hf_dir={tmp_path / "hf"}',
+                                            f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--block_size=16',
+                                            '--grad_accum=2', '--max_iters=3', '--eval_iters=2', '--device=cpu',
+                                            '--dtype=float32'])
+    assert cfg.init_from == 'gpt2'
+    losses = train.main(cfg)
+    assert math.isfinite(losses['val'])
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    assert ckpt['model_args']['n_layer'] == 2 and ckpt['model_args']['block_size'] == 16
+    assert ('lora' in ckpt) == (config == 'finetune_lora_shakespeare')
