@@ -67,35 +67,36 @@ def test_bad_init_from(tmp_path, char_data):
         run_train(tmp_path / 'x', char_data, '--init_from=gpt2')
 
 
-def test_fine_tune_from_hf_gpt2(tmp_path):
-    """A random GPT2LMHeadModel in a local directory: train.py starts from exactly its weights."""
+@pytest.fixture(scope='module')
+def tiny_gpt2(tmp_path_factory):
+    """(hf_dir, data_dir): a random 2-layer GPT2LMHeadModel saved as a local HF directory, and GPT-2 BPE data."""
     transformers = pytest.importorskip('transformers')
     from conftest import make_text, write
     from prepare import corpus
+    root = tmp_path_factory.mktemp('gpt2')
+    torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
-    hf.save_pretrained(tmp_path / 'hf')
-    data = tmp_path / 'data'
-    corpus.prepare([str(write(tmp_path / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(data),
+    hf.save_pretrained(root / 'hf')
+    corpus.prepare([str(write(root / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(root / 'data'),
                    block_size=16, quiet=True)
-    run_train(tmp_path / 'ft', data, '--init_from=gpt2', f'--hf_dir={tmp_path / "hf"}', '--max_iters=1',
+    return root / 'hf', root / 'data', hf
+
+
+def test_fine_tune_from_hf_gpt2(tmp_path, tiny_gpt2):
+    """A random GPT2LMHeadModel in a local directory: train.py starts from exactly its weights."""
+    hf_dir, data, _ = tiny_gpt2
+    run_train(tmp_path / 'ft', data, '--init_from=gpt2', f'--hf_dir={hf_dir}', '--max_iters=1',
               '--block_size=16', '--eval_interval=1')
     ours = train.GPT(train.GPTConfig(**torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']))
     assert ours.config.n_layer == 2 and ours.config.vocab_size == 50257 and ours.config.block_size == 16
 
 
 @pytest.mark.parametrize('config', ['finetune_shakespeare', 'finetune_lora_shakespeare'])
-def test_gpt2_finetune_configs_run(tmp_path, config):
+def test_gpt2_finetune_configs_run(tmp_path, tiny_gpt2, config):
     """The GPT-2 fine-tuning configs as shipped, on a tiny random GPT-2 in a local HF directory (the real
     weights are not on the test machine) and tiny BPE data: only sizes and paths are overridden."""
-    transformers = pytest.importorskip('transformers')
-    from conftest import make_text, write
-    from prepare import corpus
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
-    hf.save_pretrained(tmp_path / 'hf')
-    data = tmp_path / 'data'
-    corpus.prepare([str(write(tmp_path / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(data),
-                   block_size=16, quiet=True)
-    cfg = common.load_config(train.Config, [str(ROOT / 'config' / f'{config}.py'), f'--hf_dir={tmp_path / "hf"}',
+    hf_dir, data, _ = tiny_gpt2
+    cfg = common.load_config(train.Config, [str(ROOT / 'config' / f'{config}.py'), f'--hf_dir={hf_dir}',
                                             f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--block_size=16',
                                             '--grad_accum=2', '--max_iters=3', '--eval_iters=2', '--device=cpu',
                                             '--dtype=float32'])
