@@ -64,17 +64,22 @@ class Objective:
 
 
 @torch.no_grad()
+def score_conversations(model, convs):
+    """(N,) the reward of each conversation, a list of token ids: one right-padded batch, read at each
+    row's last token (causal attention never sees the padding after it)."""
+    device = next(model.parameters()).device
+    x = torch.zeros(len(convs), max(len(c) for c in convs), dtype=torch.long)
+    for row, ids in enumerate(convs):
+        x[row, :len(ids)] = torch.tensor(ids)
+    return scores(model, x.to(device), torch.tensor([len(c) - 1 for c in convs], device=device))
+
+
 def pair_accuracy(model, pairs, batch_size=64):
     """The share of pairs, each ((chosen ids, mask), (rejected ids, mask)), whose chosen one scores higher."""
-    device = next(model.parameters()).device
     right = 0
     for start in range(0, len(pairs), batch_size):
-        convs = [ids for pair in pairs[start:start + batch_size] for ids, _ in pair]  # chosen, rejected, ...
-        x = torch.zeros(len(convs), max(len(c) for c in convs), dtype=torch.long)
-        for row, ids in enumerate(convs):
-            x[row, :len(ids)] = torch.tensor(ids)
-        r = scores(model, x.to(device), torch.tensor([len(c) - 1 for c in convs], device=device))
-        right += (r[0::2] > r[1::2]).sum().item()
+        r = score_conversations(model, [ids for pair in pairs[start:start + batch_size] for ids, _ in pair])
+        right += (r[0::2] > r[1::2]).sum().item()  # chosen, rejected, chosen, ...
     return right / len(pairs)
 
 

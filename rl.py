@@ -38,7 +38,6 @@ import train
 from common import (fast_matmul_dtype, fmt_time, generate_replies, load_checkpoint, load_config, load_meta,
                     load_tokenizer, print0, render_chat, render_prompt, reply_text, save_checkpoint, setup_runtime)
 from eval import accuracy, load_records, question
-from model import left_pad
 from prepare.tasks import check
 from sample import load_model
 
@@ -161,11 +160,11 @@ class Rewarder:
     def __init__(self, cfg, tok, device):
         self.kind, self.tok, self.model = cfg.reward, tok, None
         if cfg.reward == 'model':
-            from reward import scores
+            from reward import score_conversations
             self.model, _ = load_model(cfg.reward_dir, device, torch.float32)
             if self.model.value_head is None:
                 raise SystemExit(f"error: {cfg.reward_dir} has no value head; train one with reward.py")
-            self.scores = scores
+            self.score = score_conversations
         elif cfg.reward != 'check':
             raise SystemExit(f"error: reward must be 'check' or 'model', got {cfg.reward!r}")
 
@@ -175,11 +174,7 @@ class Rewarder:
             return right, right
         convs = [render_chat(self.tok, question(r) + [{'role': 'assistant', 'content': t}])[0]
                  for r, t in zip(records, texts)]
-        x, _ = left_pad([c[::-1] for c in convs])  # padded on the right: each row reversed, padded, reversed back
-        x = x.flip(1).to(next(self.model.parameters()).device)
-        last = torch.tensor([len(c) - 1 for c in convs], device=x.device)
-        with torch.no_grad():
-            return self.scores(self.model, x, last).cpu(), right  # the learned reward, and the truth to watch
+        return self.score(self.model, convs).cpu(), right  # the learned reward, and the truth to watch
 
 
 def main(cfg):

@@ -198,6 +198,11 @@ class PairBatches(Batches):
         return self.to_device(x, y)
 
 
+def data_batches(cfg, meta, device):
+    """The loader for a dataset: whole padded conversations for a chat one, random crops otherwise."""
+    return (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, device)
+
+
 @torch.no_grad()
 def estimate_loss(model, batches, rt, eval_iters):
     """Mean loss on the same eval_iters batches of each split every time, shared out over the processes."""
@@ -444,7 +449,7 @@ class Distill(torch.nn.Module):
         return cls(teacher.requires_grad_(False), cfg.distill_temperature, cfg.distill_alpha)
 
     def batches(self, cfg, meta, device):
-        return (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, device)
+        return data_batches(cfg, meta, device)  # the run's own data, as without a teacher
 
     def wrap(self, model):
         self.student = model
@@ -492,8 +497,7 @@ def train(cfg, rt, objective=None):
     micro_steps = cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes together
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
     meta = load_meta(cfg.data_dir)
-    loader = objective.batches if objective else ChatBatches if meta.get('format') == 'chat' else Batches
-    batches = loader(cfg, meta, rt.device)
+    batches = (objective.batches if objective else data_batches)(cfg, meta, rt.device)
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
 
