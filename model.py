@@ -17,6 +17,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from seedgpt.generate import sample_next
+from seedgpt.optim import Muon
+
 
 @dataclass
 class GPTConfig:
@@ -130,7 +133,7 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
         # on a CPU, the flash kernel's backward is slow on short sequences: plain math trains faster up
-        # to ~128 tokens (bench.py, cpu-recipe size), flash beyond (baby size)
+        # to ~128 tokens (bench/speed.py, cpu-recipe size), flash beyond (baby size)
         short_cpu = x.device.type == 'cpu' and k.size(2) <= 128 and torch.is_grad_enabled()
         with sdpa_kernel(SDPBackend.MATH) if short_cpu else nullcontext():
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
@@ -337,185 +340,3 @@ class GPT(nn.Module):
         return torch.cat([idx] + new, dim=1)
 
 
-def left_pad(rows, device='cpu'):
-    """Token lists of different lengths as one batch (B, T), each padded on the left with id 0, and
-    pad (B,): how many tokens of each row are padding (generate_stream's pad)."""
-    T = max(len(r) for r in rows)
-    idx = torch.zeros(len(rows), T, dtype=torch.long)
-    for b, r in enumerate(rows):
-        idx[b, T - len(r):] = torch.tensor(r, dtype=torch.long)
-    pad = torch.tensor([T - len(r) for r in rows], dtype=torch.long)
-    return idx.to(device), pad.to(device)
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next token (B, 1) from logits (B, V): greedy at temperature 0, else sampled."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    if temperature != 1:  # skipped when it changes nothing: a few ops less per token
-        logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and 0 < top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-class Int8Linear(nn.Module):
-    """A Linear with int8 weights and one scale per output row: y = (x @ W8^T) * scale + bias.
-
-    Weight-only and symmetric: scale = max|row| / 127, activations keep their dtype (fp32 on a CPU).
-    A quarter of fp32's bytes to read per token, which is what bounds batch-1 decoding; but only a
-    compiled step reads them as int8 (below). Eager, the weights are converted at each call, and
-    torch._weight_int8pack_mm is no faster: on x86 it has vector code for bf16 activations only, and
-    with fp32 ones runs ~9x slower than the fp32 matmul for one row (~50x for 128 rows).
-    """
-
-    def __init__(self, linear):
-        super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
-        self.register_buffer('weight', torch.round(w / scale[:, None]).to(torch.int8))  # (out, in)
-        self.register_buffer('scale', scale.to(linear.weight.dtype))
-        self.bias = linear.bias
-
-    def forward(self, x):
-        w = self.weight.to(x.dtype)
-        if torch.compiler.is_compiling() and x.numel() == x.size(-1):
-            # one row (a decoded token): written as a reduction, inductor fuses the int8 -> float
-            # conversion into one pass over the int8 weights instead of materialising a float copy
-            y = (x.unsqueeze(-2) * w).sum(-1)
-        else:
-            y = F.linear(x, w)
-        y = y * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias
-
-
-def quantize_int8(model):
-    """Swap every Linear in the blocks for an Int8Linear, in place; returns the model.
-
-    The embeddings and lm_head (tied to wte) stay as they are: a lookup reads one row per token, and
-    lm_head is 65 x n_embd for a char model; for GPT-2's 50k vocab it would be worth an int8 copy.
-    """
-    for module in list(model.transformer.h.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child))
-    return model
-
-
-class LoRALinear(nn.Module):
-    """A frozen Linear plus a trainable low-rank update (LoRA, https://arxiv.org/abs/2106.09685):
-
-        y = x W^T + b + (alpha / rank) * B(A(dropout(x)))      A: (rank, in), B: (out, rank)
-
-    It keeps the Linear's own weight and bias under their names, so a LoRA model's state dict is a GPT's
-    plus lora_A and lora_B per adapted layer. B starts at zero: the adapted model starts as the base.
-    """
-
-    def __init__(self, linear, rank, alpha, dropout=0.0):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
-        w = linear.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, w.size(1), device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(w.size(0), rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
-        self.scale = alpha / rank  # so changing the rank needs no new learning rate
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-
-
-def add_lora(model, rank, alpha, dropout=0.0, targets=('c_attn', 'c_proj')):
-    """Freeze every parameter of the model, then give the Linears named in `targets` inside the blocks
-    trainable adapters, in place; returns the model. 'c_proj' names attention's and the MLP's;
-    'attn.c_proj' or 'mlp.c_proj' names one of them."""
-    model.requires_grad_(False)
-    for t in targets:
-        names = [n for n, m in model.transformer.h[0].named_modules() if isinstance(m, nn.Linear)]
-        if not any(n == t or n.endswith('.' + t) for n in names):
-            raise ValueError(f"LoRA target {t!r} names no Linear in a block; they are {', '.join(names)}")
-    for block in model.transformer.h:
-        for name, linear in list(block.named_modules()):
-            if isinstance(linear, nn.Linear) and any(name == t or name.endswith('.' + t) for t in targets):
-                parent, _, child = name.rpartition('.')
-                setattr(block.get_submodule(parent), child, LoRALinear(linear, rank, alpha, dropout))
-    return model
-
-
-@torch.no_grad()
-def merge_lora(state, alpha):
-    """A LoRA model's state dict split in two: the merged weights W + (alpha / rank) B A under the plain GPT
-    names, which load into a GPT like any checkpoint's; and what resuming needs on top of them, each
-    adapted layer's base weight, A and B (the base cannot be recovered exactly by subtracting B A)."""
-    merged, lora = dict(state), {}
-    for key in [k for k in state if k.endswith('.lora_A')]:
-        layer = key[:-len('.lora_A')]
-        A, B, W = (merged.pop(f'{layer}.{name}') for name in ('lora_A', 'lora_B', 'weight'))
-        lora.update({f'{layer}.weight': W, f'{layer}.lora_A': A, f'{layer}.lora_B': B})
-        merged[f'{layer}.weight'] = W + (alpha / A.size(0)) * (B @ A)
-    return merged, lora
-
-
-def newton_schulz(G, steps=5, dtype=torch.bfloat16):
-    """An approximate orthogonalisation of each matrix in G (..., m, n): the U V^T of its SVD, by a
-    quintic Newton-Schulz iteration (https://kellerjordan.github.io/posts/muon/).
-
-    The iteration pushes every singular value towards 1 without computing an SVD: only matmuls, which
-    run fast in low precision. `dtype` is the fastest one the device really has: bf16 on GPUs and on CPUs
-    with AVX512-BF16 or AMX, fp32 elsewhere (emulated bf16 runs ~4x slower than fp32 on such CPUs).
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315  # tuned to push small singular values up fast, not to converge exactly
-    X = G.to(dtype)
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
-    transposed = G.size(-2) > G.size(-1)
-    if transposed:  # work on the wide side: X @ X^T is then the smaller square
-        X = X.mT
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X  # X <- p(X X^T) X, an odd polynomial in the singular values
-    return (X.mT if transposed else X).to(G.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """SGD with Nesterov momentum whose update is orthogonalised before it is applied.
-
-    For 2-D hidden weight matrices only; embeddings, the head and gains stay with AdamW. An orthogonal
-    update moves every direction of the matrix by the same amount, so rare directions learn as fast as
-    common ones: it trains small models in markedly fewer steps (docs/benchmarks.md). Matrices of the same
-    shape are orthogonalised together, as one batched matmul per iteration.
-    """
-
-    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5, ns_dtype=torch.bfloat16):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            by_shape = {}
-            for p in group['params']:
-                if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():
-                updates = []
-                for p in params:
-                    state = self.state[p]
-                    if 'momentum_buffer' not in state:
-                        state['momentum_buffer'] = torch.zeros_like(p.grad)
-                    buf = state['momentum_buffer']
-                    buf.lerp_(p.grad, 1 - group['momentum'])
-                    updates.append(p.grad.lerp(buf, group['momentum']))  # Nesterov: look one step ahead
-                updates = newton_schulz(torch.stack(updates), group['ns_steps'], self.ns_dtype)  # (n, m, n)
-                scale = max(1.0, shape[0] / shape[1]) ** 0.5  # the same RMS step for tall matrices
-                for p, update in zip(params, updates):
-                    p.mul_(1 - group['lr'] * group['weight_decay'])
-                    p.add_(update, alpha=-group['lr'] * scale)

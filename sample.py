@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from common import load_checkpoint, load_config, load_tokenizer, setup_runtime
-from model import GPT, GPTConfig, quantize_int8
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.runtime import setup_runtime
 
 
 @dataclass
@@ -32,32 +33,6 @@ class Config:
     use_cache: bool = True  # the KV cache: each new token costs one position, not the whole context
     quant: str = 'none'  # 'int8': int8 weights in the blocks (a quarter of fp32's bytes); pays only with --compile on a CPU
     compile: bool = False  # torch.compile the one-token step: a C++ compiler and a minute or more up front
-
-
-def load_model(out_dir, device, dtype=torch.float32, quant='none'):
-    """The model and tokenizer of a checkpoint, ready for inference, its weights cast to dtype.
-
-    quant='int8' stores the blocks' Linear weights as int8 (quantised from the fp32 weights, before the cast).
-    A checkpoint written by compress.py --int8 holds them as int8 already: they load into Int8Linear layers
-    as they are, with no float copy made on the way.
-
-    Casting once, not autocasting every step: one token at a time, sampling is bound by reading the
-    weights, so half-size bf16 weights (which fit in a CPU's L3 cache at baby-GPT size) nearly double it.
-    """
-    if quant not in ('none', 'int8'):
-        raise SystemExit(f"error: quant must be 'none' or 'int8', got {quant!r}")
-    ckpt = load_checkpoint(out_dir)  # memory-mapped: the optimizer state is never read
-    with torch.device('meta'):  # shapes only: the checkpoint's own tensors take their places below
-        model = GPT(GPTConfig(**ckpt['model_args']))
-    if ckpt.get('quant') == 'int8':
-        quantize_int8(model)
-    model.load_state_dict(ckpt['model'], assign=True)
-    model.transformer.wte.weight = model.lm_head.weight  # assigning untied them
-    model.init_buffers()  # the rope tables, now on the weights' device
-    if quant == 'int8' and not ckpt.get('quant'):
-        quantize_int8(model)
-    model.eval().to(device=device, dtype=dtype)  # int8 weights keep their dtype: only float tensors are cast
-    return model, load_tokenizer(ckpt['meta'])
 
 
 def main(cfg):

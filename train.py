@@ -18,19 +18,25 @@ import math
 import os
 import sys
 import time
-import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import numpy as np
 import torch
-from torch.nn import functional as F
 
-from common import (check_type, checkpoint_path, fast_matmul_dtype, fmt_time, load_checkpoint, load_config, load_meta,
-                    load_tokens, peak_flops, print0, save_checkpoint, setup_runtime)
-from hf import GPT2_NAMES, load_gpt2
-from model import GPT, GPTConfig, add_lora, merge_lora, padded_vocab
-from plot import loss_png
+from model import GPTConfig
+from seedgpt.checkpoint import (
+    build_model, full_state, load_checkpoint, restore_rng, rng_states, save_checkpoint, set_optimizer_state, start_from,
+    start_masks
+)
+from seedgpt.config import check_type, load_config
+from seedgpt.data import data_batches, load_meta
+from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
+from seedgpt.lora import freeze_and_adapt, merge_lora
+from seedgpt.objectives import Distill
+from seedgpt.optim import Stepper, lr_at
+from seedgpt.plot import loss_png
+from seedgpt.prune import apply_masks
+from seedgpt.runtime import peak_flops, print0, rank0_float, setup_runtime
 
 
 @dataclass
@@ -89,120 +95,6 @@ class Config(GPTConfig):
     wandb_run_name: str = 'run'
 
 
-def lr_at(cfg, it, elapsed):
-    """Linear warmup, then cosine decay to min_lr, by iterations or by wall clock, whichever is further on."""
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    if cfg.max_time > 0:
-        progress = max(progress, elapsed / cfg.max_time)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-class Batches:
-    """Random crops of block_size + 1 tokens, drawn from a generator seeded by (seed, split, step).
-
-    A step's batch depends on nothing else, so the loader's position is the iteration number: resuming
-    needs no other state, and 1 process with grad_accum=k sees the same tokens as k processes.
-    """
-
-    def __init__(self, cfg, meta, device):
-        self.cfg, self.meta, self.device = cfg, meta, device
-        for split in ('train', 'val'):
-            n = len(load_tokens(cfg.data_dir, split, meta))
-            if n <= cfg.block_size + 1:
-                raise SystemExit(f"error: the {split} split of {cfg.data_dir} has {n} tokens, too few for "
-                                 f"block_size={cfg.block_size}; use a smaller block_size or a bigger corpus")
-
-    def get(self, split, step, micro, tag='train'):
-        """Micro-batch number `micro` of the whole batch of iteration `step`."""
-        cfg = self.cfg
-        data = load_tokens(cfg.data_dir, split, self.meta)  # a fresh memmap each time avoids a slow leak
-        g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
-        ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size * cfg.grad_accum,), generator=g)
-        ix = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()
-        xy = torch.from_numpy(np.stack([data[i:i + cfg.block_size + 1].astype(np.int64) for i in ix]))
-        return self.to_device(xy[:, :-1].contiguous(), xy[:, 1:].contiguous())
-
-    def to_device(self, x, y):
-        if self.device.startswith('cuda'):  # pinned memory: the copy overlaps the GPU's work
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
-
-
-class ChatBatches(Batches):
-    """Whole conversations, one per row from its first token, padded and never cut: the loss falls only on
-    what the assistant writes (the target is -1, left out of the loss, everywhere else). Made by
-    prepare/tasks.py: {split}.bin tokens, {split}.mask.bin (1 on assistant tokens), {split}.idx.bin starts."""
-
-    def __init__(self, cfg, meta, device):
-        self.cfg, self.meta, self.device = cfg, meta, device
-        if meta['max_conversation_tokens'] > cfg.block_size + 1:
-            raise SystemExit(f"error: {cfg.data_dir} has conversations of {meta['max_conversation_tokens']} tokens; "
-                             f"use block_size >= {meta['max_conversation_tokens'] - 1}")
-        self.starts = {s: np.fromfile(os.path.join(cfg.data_dir, f'{s}.idx.bin'), dtype=np.int64) for s in ('train', 'val')}
-
-    def get(self, split, step, micro, tag='train'):
-        cfg = self.cfg
-        data = load_tokens(cfg.data_dir, split, self.meta)
-        mask = np.memmap(os.path.join(cfg.data_dir, f'{split}.mask.bin'), dtype=np.uint8, mode='r')
-        starts = self.starts[split]
-        ends = np.append(starts[1:], len(data))
-        g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
-        ix = torch.randint(len(starts), (cfg.batch_size * cfg.grad_accum,), generator=g)
-        ix = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()
-        T = max(ends[c] - starts[c] for c in ix) - 1  # as long as the batch's longest: padding costs compute too
-        if self.device.startswith('cuda') or self.cfg.compile:
-            T = cfg.block_size  # one shape: a compiled model or CUDA graph would recompile for each new length
-        x = np.zeros((cfg.batch_size, T), dtype=np.int64)  # padding, never a target
-        y = np.full((cfg.batch_size, T), -1, dtype=np.int64)
-        for row, c in enumerate(ix):
-            s, e = starts[c], ends[c]
-            x[row, :e - s - 1] = data[s:e - 1]
-            y[row, :e - s - 1] = np.where(mask[s + 1:e] == 1, data[s + 1:e].astype(np.int64), -1)
-        return self.to_device(torch.from_numpy(x), torch.from_numpy(y))
-
-
-class PairBatches(Batches):
-    """Preference pairs (prepare/preferences.py): each micro-batch is x (2B, T), B chosen conversations then
-    their B rejected ones, right-padded, and y the next-token targets on the answers only (-1 elsewhere), as
-    ChatBatches makes them. reward.py and dpo.py train on these."""
-
-    def __init__(self, cfg, meta, device):
-        from common import load_tokenizer, render_chat
-        self.cfg, self.device = cfg, device
-        tok = load_tokenizer(meta)
-        self.rows = {}
-        for split in ('train', 'val'):
-            with open(os.path.join(cfg.data_dir, f'{split}.jsonl'), encoding='utf-8') as f:
-                pairs = [json.loads(line) for line in f if line.strip()]
-            self.rows[split] = [[render_chat(tok, p['prompt'] + [{'role': 'assistant', 'content': p[side]}])
-                                 for side in ('chosen', 'rejected')] for p in pairs]
-            longest = max(len(ids) for pair in self.rows[split] for ids, _ in pair)
-            if longest > cfg.block_size:
-                raise SystemExit(f"error: {cfg.data_dir} has conversations of {longest} tokens; use block_size >= {longest}")
-
-    def get(self, split, step, micro, tag='train'):
-        cfg, rows = self.cfg, self.rows[split]
-        g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
-        ix = torch.randint(len(rows), (cfg.batch_size * cfg.grad_accum,), generator=g)
-        convs = [rows[i][side] for side in (0, 1) for i in ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()]
-        T = max(len(ids) for ids, _ in convs)
-        x = torch.zeros(len(convs), T, dtype=torch.long)
-        y = torch.full((len(convs), T), -1, dtype=torch.long)
-        for row, (ids, mask) in enumerate(convs):
-            x[row, :len(ids)] = torch.tensor(ids)
-            y[row, :len(ids) - 1] = torch.tensor([i if m else -1 for i, m in zip(ids[1:], mask[1:])])
-        return self.to_device(x, y)
-
-
-def data_batches(cfg, meta, device):
-    """The loader for a dataset: whole padded conversations for a chat one, random crops otherwise."""
-    return (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, device)
-
-
 @torch.no_grad()
 def estimate_loss(model, batches, rt, eval_iters):
     """Mean loss on the same eval_iters batches of each split every time, shared out over the processes."""
@@ -221,25 +113,6 @@ def estimate_loss(model, batches, rt, eval_iters):
     return out
 
 
-def add_stats(sums, stats):
-    """Add a step's scalar tensors to running sums, counting them under '#'."""
-    for key, value in stats.items():
-        sums[key] = sums.get(key, 0) + value.detach().float()
-    sums['#'] = sums.get('#', 0) + 1
-
-
-def mean_stats(sums, rt):
-    """The means of the sums over every step and process, as floats."""
-    keys = [k for k in sums if k != '#']
-    if not keys:
-        return {}
-    total = torch.stack([torch.as_tensor(sums[k], device=rt.device).float() for k in keys]
-                        + [torch.tensor(float(sums['#']), device=rt.device)])
-    if rt.ddp:
-        torch.distributed.all_reduce(total)
-    return {k: (total[i] / total[-1]).item() for i, k in enumerate(keys)}
-
-
 def grad_sync(model, fsdp, last):
     """Under DDP/FSDP, average gradients only on the last micro-batch of an iteration."""
     if fsdp:
@@ -247,160 +120,6 @@ def grad_sync(model, fsdp, last):
     elif hasattr(model, 'no_sync') and not last:
         return model.no_sync()
     return nullcontext()
-
-
-def start_from(cfg, meta, ckpt):
-    """The model's args and weights (None: a fresh init) for cfg.init_from."""
-    if ckpt:
-        return ckpt['model_args'], ckpt['model']
-    if cfg.init_from == 'scratch':
-        return {**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)}, 'vocab_size': meta['vocab_size']}, None
-    if cfg.init_from.split('/')[-1] in GPT2_NAMES:  # OpenAI's weights, from a local Hugging Face copy
-        if meta['tokenizer'] != 'gpt2':
-            raise SystemExit(f"error: init_from={cfg.init_from} needs a GPT-2 BPE dataset; {cfg.data_dir} is "
-                             f"{meta['tokenizer']}-level (prepare it with --tokenizer=gpt2)")
-        args, state = load_gpt2(cfg.init_from, cfg.hf_dir, cfg.dropout)
-    else:  # a seedgpt checkpoint: its weights, with a fresh optimizer and step count
-        path = checkpoint_path(cfg.init_from)
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: init_from={cfg.init_from!r}: no checkpoint at {path}; use 'scratch', 'resume', "
-                             f"a GPT-2 name ({', '.join(GPT2_NAMES)}) or a seedgpt out_dir")
-        base = load_checkpoint(path)
-        ours, theirs = meta.get('chars', []), base['meta'].get('chars', [])
-        if base['meta']['tokenizer'] != meta['tokenizer'] or ours[:len(theirs)] != theirs:
-            raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
-                             "would mean other characters")
-        if base.get('quant'):
-            raise SystemExit(f"error: {path} holds {base['quant']} weights, which do not train; fine-tune the float "
-                             "checkpoint and compress the result")
-        args, state = {**base['model_args'], 'dropout': cfg.dropout}, base['model']
-        if cfg.value_head and not args.get('value_head'):  # a scalar head on a language model (reward.py), from zero
-            args['value_head'] = True
-            n_embd = args['n_embd']
-            state = {**state, 'value_head.weight': torch.zeros(1, n_embd), 'value_head.bias': torch.zeros(1)}
-    if meta['vocab_size'] > args['vocab_size']:  # e.g. a chat dataset's role tokens, after GPT-2's 50257
-        if padded_vocab(meta['vocab_size']) != padded_vocab(args['vocab_size']):
-            raise SystemExit(f"error: {cfg.data_dir} has {meta['vocab_size']} tokens, more than the model's table "
-                             f"of {padded_vocab(args['vocab_size'])} rows")
-        args['vocab_size'] = meta['vocab_size']  # the new ids take rows of the padding
-    if cfg.block_size < args['block_size']:  # fine-tune on shorter blocks: fewer positions to learn from
-        args['block_size'] = cfg.block_size
-        if 'transformer.wpe.weight' in state:
-            state = {**state, 'transformer.wpe.weight': state['transformer.wpe.weight'][:cfg.block_size]}
-    return args, state
-
-
-def start_masks(cfg, ckpt):
-    """The pruning masks of the checkpoint a run starts from (compress.py --prune), {} for none: {name: bool tensor}."""
-    if ckpt:
-        return ckpt.get('masks', {})
-    if cfg.init_from == 'scratch' or cfg.init_from.split('/')[-1] in GPT2_NAMES:
-        return {}
-    return load_checkpoint(cfg.init_from).get('masks', {})
-
-
-@torch.no_grad()
-def apply_masks(model, masks):
-    """Zero the pruned weights: every optimizer step moves them, the masks put them back."""
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        params[name].mul_(mask)
-
-
-def build_model(model_args, state, rt, fsdp):
-    """The model on rt.device: with the weights in `state` (a full state dict), else freshly initialised.
-
-    Under FSDP no process ever holds the whole model on its GPU: each builds it on the meta device (shapes
-    only, no memory) and shards it, then rank 0 sends every rank its shards of the weights, which it read
-    from the checkpoint or initialised on the CPU from the same seed as a single process would.
-    """
-    config = GPTConfig(**model_args)
-    if not fsdp:
-        model = GPT(config)
-        if state is not None:
-            model.load_state_dict(state)
-        return model.to(rt.device)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import fully_shard
-    if rt.master and state is None:
-        state = GPT(config).state_dict()
-    with torch.device('meta'):
-        model = GPT(config)
-    for block in model.transformer.h:  # one unit per block, then the rest; tensors become DTensors
-        fully_shard(block)
-    fully_shard(model)
-    model.to_empty(device=rt.device)
-    model.init_buffers()  # the rope tables, which no state dict carries
-    set_model_state_dict(model, state if rt.master else {},
-                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    return model
-
-
-def full_state(model, optimizers, fsdp):
-    """Whole (unsharded) model and optimizer state dicts, gathered to the CPU under FSDP."""
-    if not fsdp:
-        return model.state_dict(), [opt.state_dict() for opt in optimizers]
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), [get_optimizer_state_dict(model, opt, options=opts)
-                                                        for opt in optimizers]
-
-
-def set_optimizer_state(model, optimizers, states, rt, fsdp):
-    """Load full optimizer states; under FSDP rank 0 holds them and sends each rank its shards."""
-    if not fsdp:
-        for opt, state in zip(optimizers, states):
-            opt.load_state_dict(state)  # moves the moments to the parameters' device
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    for opt, state in zip(optimizers, states):
-        set_optimizer_state_dict(model, opt, state if rt.master else {},
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-
-def rng_states(rt):
-    """Every rank's RNG states (each draws its own dropout masks), gathered to rank 0 for the checkpoint."""
-    mine = {'cpu': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}
-    if not rt.ddp:
-        return [mine]
-    every = [None] * rt.world_size
-    torch.distributed.all_gather_object(every, mine)
-    return every
-
-
-def rank0_float(value, rt):
-    """rank 0's value of a float on every rank: one clock for all, so ranks agree on when to stop (one that
-    stopped alone would leave the others hanging in the next collective) and on the time-based learning rate."""
-    if not rt.ddp:
-        return value
-    t = torch.tensor(value, dtype=torch.float64, device=rt.device)
-    torch.distributed.broadcast(t, 0)
-    return t.item()
-
-
-class Logger:
-    """log.jsonl in out_dir, and Weights & Biases when asked; does nothing on ranks other than 0."""
-
-    def __init__(self, cfg, rt):
-        self.file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a') if rt.master else None
-        self.wandb = None
-        if cfg.wandb_log and rt.master:
-            import wandb
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
-
-    def log(self, **row):
-        if self.file:
-            self.file.write(json.dumps(row) + '\n')
-            self.file.flush()
-        if self.wandb:
-            self.wandb.log(row, step=row['iter'])
-
-    def close(self):
-        if self.file:
-            self.file.close()
-        if self.wandb:
-            self.wandb.finish()  # uploads what is left; skipped, a run's last rows can be lost
 
 
 def sized_for_machine(cfg, rt):
@@ -420,52 +139,6 @@ def sized_for_machine(cfg, rt):
     return cfg if fast else slow_cfg
 
 
-class Distill(torch.nn.Module):
-    """Knowledge distillation (https://arxiv.org/abs/1503.02531) as a train() objective: the student learns the
-    teacher's next-token distribution, softened by a temperature T, as well as the data's next token:
-
-        loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)
-
-    over the positions with a target (y != -1). T^2 keeps the KL term's gradients on CE's scale whatever T.
-    """
-
-    def __init__(self, teacher, temperature, alpha):
-        super().__init__()
-        self.teacher = [teacher]  # in a list: not a submodule, so never trained, saved, or switched to train mode
-        self.T, self.alpha = temperature, alpha
-
-    @classmethod
-    def from_config(cls, cfg, rt):
-        from sample import load_model
-        if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:
-            raise SystemExit("error: distill_temperature must be > 0 and distill_alpha in [0, 1]")
-        ours, theirs = load_meta(cfg.data_dir), load_checkpoint(cfg.teacher_dir)['meta']
-        if any(ours.get(k) != theirs.get(k) for k in ('tokenizer', 'vocab_size', 'chars', 'special_tokens')):
-            raise SystemExit(f"error: the teacher {cfg.teacher_dir} has another tokenizer or vocabulary than "
-                             f"{cfg.data_dir}; its logits would be over other tokens")
-        teacher, _ = load_model(cfg.teacher_dir, rt.device)  # fp32 weights, eval mode
-        if teacher.config.block_size < cfg.block_size:
-            raise SystemExit(f"error: the teacher sees {teacher.config.block_size} tokens; use block_size <= that")
-        return cls(teacher.requires_grad_(False), cfg.distill_temperature, cfg.distill_alpha)
-
-    def batches(self, cfg, meta, device):
-        return data_batches(cfg, meta, device)  # the run's own data, as without a teacher
-
-    def wrap(self, model):
-        self.student = model
-        return self
-
-    def forward(self, x, y):
-        logits, ce = self.student(x, y)  # (B, T, V), the mean cross-entropy over the targets
-        with torch.no_grad():
-            teacher_logits, _ = self.teacher[0](x, y)
-        keep = y != -1
-        s = F.log_softmax(logits[keep].float() / self.T, dim=-1)  # (N, V)
-        t = F.log_softmax(teacher_logits[keep].float() / self.T, dim=-1)
-        kl = F.kl_div(s, t, log_target=True, reduction='batchmean')  # summed over the vocabulary, mean over positions
-        return {'kl': kl.detach(), 'ce': ce.detach()}, self.alpha * self.T ** 2 * kl + (1 - self.alpha) * ce
-
-
 def main(cfg, objective=None):
     """Train; returns the last evaluation's losses (and an objective's stats), e.g. {'train', 'val', 'val_acc'}."""
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
@@ -482,7 +155,7 @@ def main(cfg, objective=None):
 
 
 def train(cfg, rt, objective=None):
-    """The training loop. `objective` (Distill above, reward.py, dpo.py) trains for another loss than the next
+    """The training loop. `objective` (Distill above, feedback/reward.py, feedback/dpo.py) trains for another loss than the next
     token's on the same loop: objective.batches(cfg, meta, device) gives the batches, and objective.wrap(model)
     a module whose forward(x, y) returns (stats, loss), stats being a dict of scalar tensors to log. The model
     saved is the GPT."""
@@ -511,47 +184,16 @@ def train(cfg, rt, objective=None):
     if masks and (cfg.fsdp or cfg.lora_rank > 0):
         raise SystemExit("error: a pruned checkpoint (with masks) fine-tunes without fsdp and lora_rank")
     apply_masks(model, masks)
-    if cfg.freeze_blocks > model_args['n_layer'] or cfg.freeze_blocks < 0:
-        raise SystemExit(f"error: freeze_blocks={cfg.freeze_blocks}, but the model has {model_args['n_layer']} blocks")
-    if ckpt and ('lora' in ckpt) != (cfg.lora_rank > 0):
-        raise SystemExit("error: resume with the lora_rank of the run that saved the checkpoint")
-    if cfg.lora_rank > 0:  # every weight fixed, adapters added
-        try:
-            targets = [t.strip() for t in cfg.lora_targets.split(',')]
-            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-        if ckpt:  # the checkpoint's weights are merged: put back the base weights under them, and the adapters
-            model.load_state_dict({**model.state_dict(), **ckpt['lora']})
-    frozen = list(model.transformer.h[:cfg.freeze_blocks])
-    if cfg.freeze_embeddings:  # wte is lm_head's weight too: the output layer stays fixed with it
-        frozen += [model.transformer.wte, model.transformer.wpe]
-    for module in frozen:
-        if module is not None:  # no wpe with rope
-            module.requires_grad_(False)
-    # the hidden matrices' Newton-Schulz runs in bf16 only where the hardware has it
-    optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                            rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group['base_lr'] = group['lr']  # the schedule scales each optimizer's own peak
-    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
+    freeze_and_adapt(model, cfg, ckpt)  # fine-tuning: frozen blocks or embeddings, LoRA adapters
+    stepper = Stepper(model, cfg, rt, masks)
     iter_num, best_val_loss, elapsed, evals_since_best = 0, float('inf'), 0.0, 0
     torch.manual_seed(cfg.seed + rt.rank)  # the same weights everywhere, but each rank its own dropout masks
     if ckpt:
-        set_optimizer_state(model, optimizers, ckpt['optimizers'], rt, cfg.fsdp)
-        scaler.load_state_dict(ckpt['scaler'])
+        set_optimizer_state(model, stepper.optimizers, ckpt['optimizers'], rt, cfg.fsdp)
+        stepper.scaler.load_state_dict(ckpt['scaler'])
         iter_num, best_val_loss, elapsed = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['elapsed']
         evals_since_best = ckpt.get('evals_since_best', 0)
-        if len(ckpt['rng']) == rt.world_size:
-            rng = ckpt['rng'][rt.rank]
-            torch.set_rng_state(rng['cpu'])
-            if rt.device_type == 'cuda' and rng['cuda'] is not None:
-                torch.cuda.set_rng_state(rng['cuda'], rt.device)
-        else:
-            torch.manual_seed(cfg.seed + rt.rank + 1000 * iter_num)
-            print0(f"note: saved by {len(ckpt['rng'])} processes, resumed on {rt.world_size}: dropout masks "
-                   "differ from an uninterrupted run")
+        restore_rng(ckpt, rt, cfg.seed)
     del ckpt
 
     orig_model = model  # unwrapped and uncompiled: what gets saved
@@ -577,7 +219,7 @@ def train(cfg, rt, objective=None):
     last_losses = {}
 
     def save(val_loss):
-        model_state, optim_state = full_state(orig_model, optimizers, cfg.fsdp)  # every rank takes part
+        model_state, optim_state = full_state(orig_model, stepper.optimizers, cfg.fsdp)  # every rank takes part
         # a LoRA run saves merged weights under the plain names (a normal checkpoint, for sample.py and the rest)
         # and, under 'lora', the base weights and adapters that resuming it needs
         model_state, lora_state = merge_lora(model_state, cfg.lora_alpha)
@@ -587,7 +229,7 @@ def train(cfg, rt, objective=None):
         save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
             'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
             'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
-            'optimizers': optim_state, 'scaler': scaler.state_dict(), 'iter_num': iter_num,
+            'optimizers': optim_state, 'scaler': stepper.scaler.state_dict(), 'iter_num': iter_num,
             'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed, 'rng': rng,
             'evals_since_best': evals_since_best, **({'lora': lora_state} if lora_state else {}),
             **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
@@ -633,9 +275,7 @@ def train(cfg, rt, objective=None):
                 break
 
             lr = lr_at(cfg, iter_num, elapsed)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group['lr'] = lr * group['base_lr'] / cfg.learning_rate
+            stepper.set_lr(lr)
             loss_sum, stat_sums = torch.zeros((), device=rt.device), {}
             for micro in range(micro_steps):
                 x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
@@ -646,18 +286,9 @@ def train(cfg, rt, objective=None):
                         add_stats(stat_sums, stats)
                     # dividing by the micro-steps makes the summed gradients those of the mean loss over the
                     # whole batch; DDP then averages over the processes, which together make grad_accum
-                    scaler.scale(loss / micro_steps).backward()
+                    stepper.backward(loss / micro_steps)
                 loss_sum += loss.detach()
-            if cfg.grad_clip > 0:
-                for opt in optimizers:
-                    scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(orig_model.parameters(), cfg.grad_clip)
-            for opt in optimizers:
-                scaler.step(opt)  # skipped when fp16 gradients overflowed
-            scaler.update()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            apply_masks(orig_model, masks)
+            stepper.step()  # unscale, clip, step, zero the gradients, re-apply pruning masks
             iter_num += 1
 
             if iter_num % cfg.log_interval == 0:

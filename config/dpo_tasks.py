@@ -1,7 +1,7 @@
 """DPO on the task suite's preference pairs, from the SFT model.
 
-    python prepare/preferences.py --from=out-sft-tasks && python dpo.py config/dpo_tasks.py
-    python eval.py --out_dir=out-dpo-tasks
+    python -m prepare.preferences --from_dir=out-sft-tasks && python -m feedback.dpo config/dpo_tasks.py
+    python -m chat.eval --out_dir=out-dpo-tasks
 """
 init_from = 'out-sft-tasks'
 ref_dir = 'out-sft-tasks'  # stays the reference when the run resumes

@@ -1,8 +1,8 @@
 """LoRA fine-tune of GPT-2 (124M) on tiny Shakespeare: the same run as finetune_shakespeare.py, but only
 low-rank adapters on the attention and MLP projections train (811,008 of 124M parameters, so the optimizer
-state is 0.7% of a full fine-tune's). The checkpoint holds merged weights: sample.py and export.py read it as is.
+state is 0.7% of a full fine-tune's). The checkpoint holds merged weights: sample.py and export/hf.py read it as is.
 
-    python prepare/shakespeare.py --tokenizer=gpt2
+    python -m prepare.shakespeare --tokenizer=gpt2
     python train.py config/finetune_lora_shakespeare.py
     python sample.py --out_dir=out-shakespeare-lora
 

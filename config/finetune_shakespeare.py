@@ -1,6 +1,6 @@
 """Fine-tune GPT-2 (124M) on tiny Shakespeare, GPT-2 BPE, as nanoGPT's finetune_shakespeare does.
 
-    python prepare/shakespeare.py --tokenizer=gpt2
+    python -m prepare.shakespeare --tokenizer=gpt2
     python train.py config/finetune_shakespeare.py                             # GPT-2 from the local HF cache
     python train.py config/finetune_shakespeare.py --hf_dir=path/to/gpt2       # ... or from a local directory
     python train.py config/finetune_shakespeare.py --init_from=out-mine        # ... or from a seedgpt checkpoint

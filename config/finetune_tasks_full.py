@@ -1,10 +1,10 @@
 """Fine-tune the SFT chat model to 3-digit arithmetic, every weight trained: the reference for LoRA's run,
 config/finetune_tasks_lora.py, on the same data with the same budget.
 
-    python prepare/tasks.py --digits=3 --out_dir=data/tasks3   # the same suite with numbers up to 999
+    python -m prepare.tasks --digits=3 --out_dir=data/tasks3   # the same suite with numbers up to 999
     python train.py config/finetune_tasks_full.py              # from out-sft-tasks (train.py config/sft_tasks.py)
     python train.py config/finetune_tasks_lora.py
-    python eval.py --out_dir=out-tasks3-full --data_dir=data/tasks3
+    python -m chat.eval --out_dir=out-tasks3-full --data_dir=data/tasks3
 
 Same tokenizer (every printable character), so the model reads the new data as is; the loss is on the
 answers only, as in SFT.

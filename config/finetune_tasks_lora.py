@@ -1,10 +1,10 @@
 """The same fine-tune as config/finetune_tasks_full.py (3-digit arithmetic from the SFT model, same data,
 same iterations and batches), with LoRA: low-rank adapters on every Linear of the blocks, the base weights fixed.
 
-    python prepare/tasks.py --digits=3 --out_dir=data/tasks3
+    python -m prepare.tasks --digits=3 --out_dir=data/tasks3
     python train.py config/finetune_tasks_full.py && python train.py config/finetune_tasks_lora.py
 
-The checkpoint holds merged weights: eval.py, chat.py, sample.py and export.py read it as is.
+The checkpoint holds merged weights: chat/eval.py, chat/talk.py, sample.py and export/hf.py read it as is.
 """
 init_from = 'out-sft-tasks'
 data_dir = 'data/tasks3'

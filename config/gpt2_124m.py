@@ -1,6 +1,6 @@
 """GPT-2 124M on a GPT-2 BPE corpus, on 8 GPUs: about 300B tokens, as OpenAI's GPT-2 saw.
 
-    python prepare/corpus.py /path/to/openwebtext/ --name=owt   # any large BPE corpus
+    python -m prepare.corpus /path/to/openwebtext/ --name=owt   # any large BPE corpus
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
 """
 out_dir = 'out-gpt2-124m'

@@ -1,6 +1,6 @@
 """A reward model for the task suite: the SFT model's trunk plus a scalar head, on preference pairs.
 
-    python prepare/preferences.py --from=out-sft-tasks && python reward.py config/reward_tasks.py
+    python -m prepare.preferences --from_dir=out-sft-tasks && python -m feedback.reward config/reward_tasks.py
 """
 init_from = 'out-sft-tasks'
 data_dir = 'data/preferences'

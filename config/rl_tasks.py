@@ -1,9 +1,9 @@
 """RL on the task suite from the SFT model: PPO by default, --algo=grpo, and --reward=model.
 
-    python rl.py config/rl_tasks.py
-    python rl.py config/rl_tasks.py --algo=grpo
-    python rl.py config/rl_tasks.py --reward=model --reward_dir=out-reward-tasks
-    python eval.py --out_dir=out-rl-tasks
+    python -m feedback.rl config/rl_tasks.py
+    python -m feedback.rl config/rl_tasks.py --algo=grpo
+    python -m feedback.rl config/rl_tasks.py --reward=model --reward_dir=out-reward-tasks
+    python -m chat.eval --out_dir=out-rl-tasks
 """
 init_from = 'out-sft-tasks'
 ref_dir = 'out-sft-tasks'  # stays the reference when the run resumes
@@ -12,7 +12,7 @@ out_dir = 'out-rl-tasks'
 max_iters = 100000
 max_time = 600  # 10 minutes of RL, evaluations included
 eval_interval = 50
-eval_examples = 500  # 100 test questions per task at each evaluation; eval.py answers all 1,000 at the end
+eval_examples = 500  # 100 test questions per task at each evaluation; chat/eval.py answers all 1,000 at the end
 log_interval = 5
 prompts_per_step = 32
 group_size = 8  # 256 answers per step

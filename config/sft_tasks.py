@@ -1,8 +1,8 @@
 """Chat SFT on the offline task suite (addition, subtraction, reversing, sorting, counting), char-level.
 
-    python prepare/tasks.py && python train.py config/sft_tasks.py
-    python eval.py --out_dir=out-sft-tasks                      # exact-match accuracy per task
-    python chat.py --out_dir=out-sft-tasks --prompt="What is 48+75?"
+    python -m prepare.tasks && python train.py config/sft_tasks.py
+    python -m chat.eval --out_dir=out-sft-tasks                      # exact-match accuracy per task
+    python -m chat.talk --out_dir=out-sft-tasks --prompt="What is 48+75?"
 
 Each batch row is one whole conversation, padded; the loss falls only on the assistant's answers
 (prepare/tasks.py --show=3 prints which tokens those are).

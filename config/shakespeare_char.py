@@ -1,6 +1,6 @@
 """nanoGPT's baby GPT on tiny Shakespeare, char-level: a GPU config (about 3 minutes on one A100-class GPU).
 
-    python prepare/shakespeare.py && python train.py config/shakespeare_char.py
+    python -m prepare.shakespeare && python train.py config/shakespeare_char.py
 """
 out_dir = 'out-shakespeare-char'
 data_dir = 'data/shakespeare_char'

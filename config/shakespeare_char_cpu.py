@@ -1,6 +1,6 @@
 """Tiny Shakespeare char-level on a 2-core CPU in about 95 seconds: the best model we found for that budget.
 
-    python prepare/shakespeare.py && python train.py config/shakespeare_char_cpu.py
+    python -m prepare.shakespeare && python train.py config/shakespeare_char_cpu.py
 
 nanoGPT's CPU recipe (4 layers, 128 wide, block 64, fp32) reaches val loss 1.886 in the same time;
 docs/benchmarks.md has the side-by-side runs, on CPUs with and without bf16, and the gain of each switch.

@@ -1,9 +1,9 @@
 """The quick-start demo: a char-level GPT on the Python standard library, about 3 minutes on 2 CPU cores.
 
-    python prepare/stdlib.py && python train.py config/stdlib_char.py && python sample.py --out_dir=out-stdlib-char
+    python -m prepare.stdlib && python train.py config/stdlib_char.py && python sample.py --out_dir=out-stdlib-char
 """
 out_dir = 'out-stdlib-char'
-data_dir = 'data/stdlib_char'  # python prepare/stdlib.py
+data_dir = 'data/stdlib_char'  # python -m prepare.stdlib
 max_time = 170  # seconds of training; the learning rate decays over this budget
 max_iters = 100000  # the time budget stops us first
 eval_interval = 250

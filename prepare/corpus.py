@@ -1,9 +1,9 @@
 """
 Tokenize any text corpus into data/<name>/{train,val}.bin and meta.json.
 
-    python prepare/corpus.py notes/ 'books/*.txt' chats.jsonl --name=mine               # GPT-2 BPE
-    python prepare/corpus.py poems.txt --name=poems --tokenizer=char                     # one id per character
-    python prepare/corpus.py data.jsonl --name=mine --text_field=content
+    python -m prepare.corpus notes/ 'books/*.txt' chats.jsonl --name=mine               # GPT-2 BPE
+    python -m prepare.corpus poems.txt --name=poems --tokenizer=char                     # one id per character
+    python -m prepare.corpus data.jsonl --name=mine --text_field=content
 
 Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; every file must be
 UTF-8. A .txt or .md file is one document, a .jsonl line is one document (its text field). In BPE
@@ -16,7 +16,9 @@ cut instead: its first 90% of characters are train, the rest val, as nanoGPT doe
 Tokens are flat uint16 (uint32 past 65535 ids). The corpus is streamed in pieces of about 1 MB, so
 memory stays flat however large it is; BPE uses every core. Output appears only when complete.
 """
-import argparse
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m prepare.corpus ...")
+
 import glob
 import json
 import os
@@ -26,11 +28,13 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import EOT, fmt_time, gpt2_encoding  # noqa: E402
+from seedgpt.config import load_config
+from seedgpt.log import fmt_time
+from seedgpt.tokenizer import EOT, gpt2_encoding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_EXTS = ('.txt', '.md', '.jsonl')
@@ -284,17 +288,23 @@ def publish(tmp_dir, out_dir, meta):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main(argv=None, description=__doc__):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('inputs', nargs='+', help='files, directories or globs of .txt/.md/.jsonl')
-    p.add_argument('--name', required=True, help='dataset name: output goes to data/<name>/')
-    p.add_argument('--tokenizer', default='gpt2', choices=['gpt2', 'char'])
-    p.add_argument('--out_dir', default=None, help='output directory (default data/<name>)')
-    p.add_argument('--val_fraction', type=float, default=0.1)
-    p.add_argument('--text_field', default='text', help='the field holding the text in .jsonl lines')
-    p.add_argument('--block_size', type=int, default=256, help='each split must hold more tokens than this')
-    args = p.parse_args(argv)
-    run(lambda: prepare(**vars(args)))
+@dataclass
+class Config:
+    positional = 'inputs'  # bare arguments are the inputs
+    inputs: str = ''  # files, directories or globs of .txt/.md/.jsonl (bare arguments, or comma-separated)
+    name: str = ''  # the dataset's name: it goes to data/<name>/
+    tokenizer: str = 'gpt2'  # 'gpt2' (GPT-2 BPE) or 'char' (one id per character)
+    out_dir: str = ''  # output directory; '' is data/<name>
+    val_fraction: float = 0.1  # share of the documents that go to val
+    text_field: str = 'text'  # the field holding the text in .jsonl lines
+    block_size: int = 256  # each split must hold more tokens than this
+
+
+def main(cfg):
+    if not cfg.inputs or not cfg.name:
+        raise SystemExit("error: give the inputs and a name, e.g. python -m prepare.corpus notes/ --name=notes")
+    run(lambda: prepare(cfg.inputs.split(','), name=cfg.name, tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None,
+                        val_fraction=cfg.val_fraction, text_field=cfg.text_field, block_size=cfg.block_size))
 
 
 def run(fn):
@@ -307,4 +317,4 @@ def run(fn):
 
 
 if __name__ == '__main__':
-    main()
+    main(load_config(Config))

@@ -1,8 +1,8 @@
 """
-Preference pairs for reward.py and dpo.py, made from the task suite and an SFT model's own answers.
+Preference pairs for feedback/reward.py and feedback/dpo.py, made from the task suite and an SFT model's own answers.
 
-    python prepare/preferences.py --from=out-sft-tasks              # -> data/preferences/
-    python prepare/preferences.py --from=out-sft-tasks --n_train=2000 --samples=8
+    python -m prepare.preferences --from_dir=out-sft-tasks              # -> data/preferences/
+    python -m prepare.preferences --from_dir=out-sft-tasks --n_train=2000 --samples=8
 
 For each question (the first --n_train of data/tasks' train split and --n_val of its val split), the model
 answers --samples times at --temperature, and prepare/tasks.py's check judges each answer. A pair is
@@ -14,21 +14,28 @@ Output, written to a temp dir and renamed when whole:
                      "rejected_from": "model" or "rule"}}
   meta.json          the suite's tokenizer (the model's), format 'pairs', counts and settings
 """
-import argparse
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m prepare.preferences ...")
+
 import json
 import os
 import random
 import shutil
 import sys
 from collections import Counter
+from dataclasses import asdict, dataclass
 
 import torch
 
+from prepare.corpus import publish
+from seedgpt.chat import render_prompt
+from seedgpt.checkpoint import load_checkpoint, load_model
+from seedgpt.config import load_config
+from seedgpt.generate import generate_replies, reply_text
+from seedgpt.runtime import setup_runtime
+from seedgpt.tasks import check
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'prepare')]
-from common import generate_replies, load_checkpoint, render_prompt, reply_text, setup_runtime  # noqa: E402
-from corpus import publish  # noqa: E402
-from tasks import check  # noqa: E402
 
 
 def near_miss(task, answer, rng):
@@ -77,7 +84,6 @@ def make_pairs(model, tok, records, samples, temperature, batch_size, seed, max_
 def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samples=4, temperature=1.0,
             batch_size=64, seed=1337, device='auto', quiet=False):
     """Write the pairs to out_dir (default data/preferences); returns the meta dict."""
-    from sample import load_model
     if not os.path.exists(os.path.join(from_dir, 'ckpt.pt')) and not from_dir.endswith('.pt'):
         raise SystemExit(f"error: --from={from_dir}: no checkpoint there; train one first: python train.py config/sft_tasks.py")
     data_dir = data_dir or load_checkpoint(from_dir)['config'].get('data_dir', 'data/tasks')
@@ -114,23 +120,27 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
     return out_meta
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--from', dest='from_dir', required=True, help='the SFT run (out_dir) whose answers to judge')
-    p.add_argument('--data_dir', default=None, help="the task suite (default: the one the SFT run trained on)")
-    p.add_argument('--out_dir', default=None, help='output directory (default data/preferences)')
-    p.add_argument('--n_train', type=int, default=8000, help='train questions, hence pairs')
-    p.add_argument('--n_val', type=int, default=250, help='val (held-out) questions, hence pairs')
-    p.add_argument('--samples', type=int, default=4, help='answers sampled per question')
-    p.add_argument('--temperature', type=float, default=1.0)
-    p.add_argument('--batch_size', type=int, default=64, help='questions answered together')
-    p.add_argument('--seed', type=int, default=1337)
-    p.add_argument('--device', default='auto')
-    args = p.parse_args(argv)
-    if min(args.n_train, args.n_val, args.samples) < 1 or args.temperature < 0:
+@dataclass
+class Config:
+    from_dir: str = ''  # the SFT run (out_dir) whose answers to judge
+    data_dir: str = ''  # the task suite; '' is the one the SFT run trained on
+    out_dir: str = ''  # output directory; '' is data/preferences
+    n_train: int = 8000  # train questions, hence pairs
+    n_val: int = 250  # val (held-out) questions, hence pairs
+    samples: int = 4  # answers sampled per question
+    temperature: float = 1.0  # of the sampled answers
+    batch_size: int = 64  # questions answered together
+    seed: int = 1337
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
+
+
+def main(cfg):
+    if not cfg.from_dir:
+        raise SystemExit("error: name the SFT run, e.g. python -m prepare.preferences --from_dir=out-sft-tasks")
+    if min(cfg.n_train, cfg.n_val, cfg.samples) < 1 or cfg.temperature < 0:
         raise SystemExit("error: n_train, n_val and samples must be at least 1, temperature at least 0")
-    prepare(**vars(args))
+    prepare(**{**asdict(cfg), 'data_dir': cfg.data_dir or None, 'out_dir': cfg.out_dir or None})
 
 
 if __name__ == '__main__':
-    main()
+    main(load_config(Config))

@@ -1,17 +1,21 @@
 """
 Tiny Shakespeare (1,115,394 characters), char-level as nanoGPT's shakespeare_char or GPT-2 BPE.
 
-    python prepare/shakespeare.py                              # download, char-level -> data/shakespeare_char/
-    python prepare/shakespeare.py --input=tinyshakespeare.txt  # offline, from a local copy
-    python prepare/shakespeare.py --tokenizer=gpt2             # -> data/shakespeare_gpt2/
+    python -m prepare.shakespeare                              # download, char-level -> data/shakespeare_char/
+    python -m prepare.shakespeare --input=tinyshakespeare.txt  # offline, from a local copy
+    python -m prepare.shakespeare --tokenizer=gpt2             # -> data/shakespeare_gpt2/
 
 Char-level output equals nanoGPT's: a 65-character vocab, the first 90% train and the last 10% val.
 """
-import argparse
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m prepare.shakespeare ...")
+
 import os
 import urllib.request
+from dataclasses import dataclass
 
-from corpus import CorpusError, ROOT, prepare, run
+from prepare.corpus import ROOT, CorpusError, prepare, run
+from seedgpt.config import load_config
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -29,19 +33,24 @@ def download(path):
     os.replace(tmp, path)
 
 
-if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--input', default=None, help='a local tinyshakespeare.txt (else it is downloaded once)')
-    p.add_argument('--tokenizer', default='char', choices=['char', 'gpt2'])
-    p.add_argument('--out_dir', default=None, help='output directory (default data/shakespeare_<tokenizer>)')
-    args = p.parse_args()
+@dataclass
+class Config:
+    input: str = ''  # a local tinyshakespeare.txt; '' downloads it once to data/
+    tokenizer: str = 'char'  # 'char' or 'gpt2'
+    out_dir: str = ''  # output directory; '' is data/shakespeare_<tokenizer>
 
+
+def main(cfg):
     def go():
-        path = args.input
-        if path is None:
+        path = cfg.input
+        if not path:
             path = os.path.join(ROOT, 'data', 'tinyshakespeare.txt')
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 download(path)
-        return prepare([path], name=f'shakespeare_{args.tokenizer}', tokenizer=args.tokenizer, out_dir=args.out_dir)
+        return prepare([path], name=f'shakespeare_{cfg.tokenizer}', tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None)
     run(go)
+
+
+if __name__ == '__main__':
+    main(load_config(Config))

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests import common, model, train, sample and prepare.corpus
 
-import common  # noqa: E402
 import train  # noqa: E402
 from prepare import corpus  # noqa: E402
+from seedgpt.config import load_config
+from seedgpt.tokenizer import gpt2_encoding
 
 # one thread: these models are tiny, and on a shared 2-core machine a second thread mostly spins
 torch.set_num_threads(1)
@@ -62,14 +62,14 @@ def train_losses(out_dir):
 
 def run_train(out_dir, data_dir, *args):
     """train.py in this process on the tiny config; returns the logged training losses."""
-    cfg = common.load_config(train.Config, TINY + [f'--out_dir={out_dir}', f'--data_dir={data_dir}', *map(str, args)])
+    cfg = load_config(train.Config, TINY + [f'--out_dir={out_dir}', f'--data_dir={data_dir}', *map(str, args)])
     train.main(cfg)
     return train_losses(out_dir)
 
 
-def run_script(*args, timeout=120, **kwargs):
+def run_script(*args, timeout=120, env=None, **kwargs):
     """`python *args` from the repo root, capturing bytes-exact stdout and stderr as text."""
-    env = dict(os.environ, PYTHONIOENCODING='utf-8', OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONIOENCODING='utf-8', OMP_NUM_THREADS='1', **(env or {}))
     p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, env=env,
                        timeout=timeout, **kwargs)
     p.stdout, p.stderr = p.stdout.decode('utf-8'), p.stderr.decode('utf-8')
@@ -79,7 +79,7 @@ def run_script(*args, timeout=120, **kwargs):
 @pytest.fixture(scope='session')
 def gpt2_enc():
     """The offline GPT-2 encoding, built once per session (about 2 s)."""
-    return common.gpt2_encoding()
+    return gpt2_encoding()
 
 
 @pytest.fixture(scope='session')

@@ -4,13 +4,15 @@ import json
 import pytest
 import torch
 
-import eval as evaluate
-from chat import fit
-from common import CHAT_SPECIALS, CharTokenizer, generate_replies, render_prompt, reply_text, save_checkpoint, stream_reply
+from chat.talk import fit
 from conftest import run_script
 from model import GPT, GPTConfig
 from prepare import tasks
-from sample import load_model
+from seedgpt.chat import CHAT_SPECIALS, render_prompt
+from seedgpt.checkpoint import load_model, save_checkpoint
+from seedgpt.generate import generate_replies, reply_text, stream_reply
+from seedgpt.tasks import TASKS, load_records, question, score
+from seedgpt.tokenizer import CharTokenizer
 
 CPU = ['--device=cpu', '--dtype=float32']
 
@@ -50,12 +52,12 @@ def one_line_error(p, *words):
 
 def test_eval_json(suite):
     data, out = suite
-    p = run_script('eval.py', f'--out_dir={out}', f'--data_dir={data}', '--max_examples=12', '--max_new_tokens=6',
+    p = run_script('-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_examples=12', '--max_new_tokens=6',
                    '--json', *CPU)
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.splitlines()) == 1
     result = json.loads(p.stdout)
-    assert result['n'] == 12 and result['split'] == 'test' and set(result['tasks']) <= set(tasks.TASKS)
+    assert result['n'] == 12 and result['split'] == 'test' and set(result['tasks']) <= set(TASKS)
     assert sum(row['n'] for row in result['tasks'].values()) == 12
     for row in result['tasks'].values():
         assert 0 <= row['correct'] <= row['n'] and row['accuracy'] == row['correct'] / row['n']
@@ -65,30 +67,30 @@ def test_eval_json(suite):
 
 def test_eval_table(suite):
     data, out = suite
-    p = run_script('eval.py', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=4', *CPU)
+    p = run_script('-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=4', *CPU)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].split() == ['task', 'n', 'correct', 'accuracy']
-    assert [line.split()[0] for line in lines[1:]] == sorted(tasks.TASKS) + ['mean']
+    assert [line.split()[0] for line in lines[1:]] == sorted(TASKS) + ['mean']
     assert all(line.split()[1] == '6' for line in lines[1:-1]) and lines[-1].split()[1] == '30'
 
 
 def test_score_perfect_and_wrong_answerers(suite):
     data, _ = suite
-    records = evaluate.load_records(data, 'test')
-    perfect = evaluate.score(records, [r['messages'][-1]['content'] for r in records])
+    records = load_records(data, 'test')
+    perfect = score(records, [r['messages'][-1]['content'] for r in records])
     assert perfect['mean'] == 1.0 and all(row['accuracy'] == 1.0 for row in perfect['tasks'].values())
-    wrong = evaluate.score(records, [r['meta']['answer'] + '?' for r in records])
+    wrong = score(records, [r['meta']['answer'] + '?' for r in records])
     assert wrong['mean'] == 0.0
-    half = evaluate.score(records, [r['meta']['answer'] if r['meta']['task'] in ('add', 'sort') else ''
+    half = score(records, [r['meta']['answer'] if r['meta']['task'] in ('add', 'sort') else ''
                                     for r in records])
     assert half['mean'] == pytest.approx(2 / 5) and half['tasks']['add']['accuracy'] == 1.0
-    assert all(m['role'] == 'user' for r in records for m in evaluate.question(r))
+    assert all(m['role'] == 'user' for r in records for m in question(r))
 
 
 def test_chat_prompt_prints_the_greedy_reply(suite):
     _, out = suite
-    p = run_script('chat.py', f'--out_dir={out}', '--prompt=What is 48+75?', '--max_new_tokens=20', *CPU)
+    p = run_script('-m', 'chat.talk', f'--out_dir={out}', '--prompt=What is 48+75?', '--max_new_tokens=20', *CPU)
     assert p.returncode == 0, p.stderr
     model, tok = load_model(out, 'cpu')
     expected = ''.join(stream_reply(model, tok, [{'role': 'user', 'content': 'What is 48+75?'}], 20, temperature=0))
@@ -119,14 +121,14 @@ def test_reply_stops_at_end_of_turn():
 
 def test_chat_interactive(suite):
     _, out = suite
-    p = run_script('chat.py', f'--out_dir={out}', '--max_new_tokens=8', *CPU,
+    p = run_script('-m', 'chat.talk', f'--out_dir={out}', '--max_new_tokens=8', *CPU,
                    input='What is 1+1?\n\n/reset\nSort abc.\n'.encode())
     assert p.returncode == 0, p.stderr
     lines = p.stdout.split('> ')
     assert len(lines) == 6 and lines[-1] == '\n'  # five prompts (one per line, one more at EOF), then a clean exit
     assert all(len(reply) == 9 for reply in (lines[1], lines[4]))  # 8 characters and a newline
     assert '(a new conversation)' in p.stderr
-    bad = run_script('chat.py', f'--out_dir={out}', *CPU, input='snow ☃\n'.encode())
+    bad = run_script('-m', 'chat.talk', f'--out_dir={out}', *CPU, input='snow ☃\n'.encode())
     assert bad.returncode == 0 and "'☃' is not in this model's vocabulary" in bad.stderr
 
 
@@ -148,27 +150,27 @@ def test_fit_drops_oldest_turns():
 def test_base_model_is_refused(tmp_path):
     meta = {'tokenizer': 'char', 'chars': list('abc '), 'vocab_size': 4, 'dtype': 'uint16'}
     out = make_ckpt(tmp_path, meta, block_size=16)
-    one_line_error(run_script('chat.py', f'--out_dir={out}', '--prompt=abc', *CPU), 'no chat tokens', 'SFT')
-    one_line_error(run_script('eval.py', f'--out_dir={out}', *CPU), 'no chat tokens', 'SFT')
+    one_line_error(run_script('-m', 'chat.talk', f'--out_dir={out}', '--prompt=abc', *CPU), 'no chat tokens', 'SFT')
+    one_line_error(run_script('-m', 'chat.eval', f'--out_dir={out}', *CPU), 'no chat tokens', 'SFT')
 
 
 def test_batched_replies_equal_each_alone(suite):
     """generate_replies (eval's left-padded batches) gives every question the greedy reply it gets alone."""
     data, out = suite
     model, tok = load_model(out, 'cpu')
-    records = evaluate.load_records(data, 'test')
-    prompts = [render_prompt(tok, evaluate.question(r)) for r in records]
+    records = load_records(data, 'test')
+    prompts = [render_prompt(tok, question(r)) for r in records]
     assert len({len(p) for p in prompts}) > 1  # the batch really is padded
     batched = generate_replies(model, tok, prompts, 12, temperature=0)
     for prompt, record, ids in zip(prompts, records, batched):
         alone = generate_replies(model, tok, [prompt], 12, temperature=0)[0]
         assert ids == alone
-        assert reply_text(tok, ids) == ''.join(stream_reply(model, tok, evaluate.question(record), 12, temperature=0))
+        assert reply_text(tok, ids) == ''.join(stream_reply(model, tok, question(record), 12, temperature=0))
 
 
 def test_eval_batch_size_changes_nothing(suite):
     data, out = suite
-    runs = [run_script('eval.py', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=6', '--json',
+    runs = [run_script('-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=6', '--json',
                        f'--batch_size={b}', *CPU) for b in (1, 7)]
     assert all(p.returncode == 0 for p in runs), runs[0].stderr
     assert json.loads(runs[0].stdout) == json.loads(runs[1].stdout)

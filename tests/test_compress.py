@@ -7,19 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
-import compress
-import train
+from compress import shrink as compress
 from conftest import make_text, run_script, run_train, write
-from model import GPT, GPTConfig, Int8Linear, quantize_int8
+from model import GPT, GPTConfig
 from prepare import corpus
-from sample import load_model
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.int8 import Int8Linear
+from seedgpt.objectives import Distill
+from seedgpt.prune import block_matrices, sparsity
 
 
 def compressed(tmp_path, src, name, *args):
     """compress.py's main on `src` with these --key=value args; returns the output directory."""
     out = tmp_path / name
-    compress.main(common.load_config(compress.Config, [f'--out_dir={src}', f'--to={out}', *args]))
+    compress.main(load_config(compress.Config, [f'--out_dir={src}', f'--to={out}', *args]))
     return out
 
 
@@ -60,7 +62,7 @@ def test_magnitude_pruning(tmp_path, trained_out):
     for fraction in (0.3, 0.5, 0.9):
         ckpt = torch.load(compressed(tmp_path, trained_out, f'p{fraction}', f'--prune={fraction}') / 'ckpt.pt',
                           weights_only=True)
-        matrices = compress.block_matrices(src)
+        matrices = block_matrices(src)
         assert sorted(ckpt['masks']) == sorted(matrices) and len(matrices) == 8
         for name, w in matrices.items():
             pruned, mask = ckpt['model'][name], ckpt['masks'][name]
@@ -69,20 +71,20 @@ def test_magnitude_pruning(tmp_path, trained_out):
             assert w[~mask].abs().max() <= w[mask].abs().min()  # the smallest went
         for name in set(src) - set(matrices):  # embeddings, norms
             assert torch.equal(ckpt['model'][name], src[name]), name
-        assert compress.sparsity(ckpt['model']) == pytest.approx(fraction, abs=1e-3)
+        assert sparsity(ckpt['model']) == pytest.approx(fraction, abs=1e-3)
 
 
 def test_2_4_pattern(tmp_path, trained_out):
     src = torch.load(trained_out / 'ckpt.pt', weights_only=True)['model']
     ckpt = torch.load(compressed(tmp_path, trained_out, 'p24', '--prune_pattern=2:4') / 'ckpt.pt', weights_only=True)
-    for name, w in compress.block_matrices(src).items():
+    for name, w in block_matrices(src).items():
         groups = ckpt['model'][name].view(w.size(0), -1, 4)  # 4 consecutive inputs of one output row
         assert ((groups != 0).sum(-1) == 2).all(), name
         orig = w.abs().view(w.size(0), -1, 4)
         kept = ckpt['masks'][name].view(w.size(0), -1, 4)
         # in every group, each kept weight is at least as large as each dropped one
         assert (orig.masked_fill(~kept, float('inf')).amin(-1) >= orig.masked_fill(kept, 0).amax(-1)).all(), name
-    assert compress.sparsity(ckpt['model']) == 0.5
+    assert sparsity(ckpt['model']) == 0.5
 
 
 def test_masks_survive_fine_tuning_and_resume(tmp_path, char_data, trained_out):
@@ -111,7 +113,7 @@ def test_compress_refuses_bad_input(tmp_path, char_data, trained_out):
                         ([f'--to={tmp_path / "x"}', '--prune_pattern=4:2'], 'N:M'),
                         ([f'--to={tmp_path / "x"}', '--prune_pattern=2:5'], 'multiple of 5')]:
         with pytest.raises(SystemExit, match=f'^error: .*{words}'):
-            compress.main(common.load_config(compress.Config, [f'--out_dir={trained_out}', *args]))
+            compress.main(load_config(compress.Config, [f'--out_dir={trained_out}', *args]))
     assert (trained_out / 'ckpt.pt').read_bytes() == before
     assert not (tmp_path / 'x').exists()
     int8 = compressed(tmp_path, trained_out, 'int8', '--int8')
@@ -129,7 +131,7 @@ def test_distillation_kl_against_a_direct_computation():
     y = x.clone()
     y[0, :5] = -1  # positions without a target (chat prompts) are left out
     T, alpha = 2.0, 0.3
-    stats, loss = train.Distill(teacher, T, alpha).wrap(student)(x, y)
+    stats, loss = Distill(teacher, T, alpha).wrap(student)(x, y)
     keep = y != -1
     p = F.softmax(teacher(x, y)[0][keep] / T, -1)
     q = F.softmax(student(x, y)[0][keep] / T, -1)
@@ -137,7 +139,7 @@ def test_distillation_kl_against_a_direct_computation():
     assert stats['kl'].item() == pytest.approx(kl.item(), rel=1e-5)
     assert stats['ce'].item() == pytest.approx(student(x, y)[1].item(), rel=1e-6)
     assert loss.item() == pytest.approx(alpha * T ** 2 * kl.item() + (1 - alpha) * stats['ce'].item(), rel=1e-5)
-    same = train.Distill(copy.deepcopy(student).eval(), T, alpha).wrap(student.eval())
+    same = Distill(copy.deepcopy(student).eval(), T, alpha).wrap(student.eval())
     assert same(x, y)[0]['kl'].abs().item() < 1e-6  # a student that is its teacher has nothing to learn
 
 

@@ -1,4 +1,4 @@
-"""common.load_config with train.Config: files, overrides, types, errors and --help."""
+"""load_config with train.Config: files, overrides, types, errors and --help."""
 import dataclasses
 import re
 
@@ -6,8 +6,9 @@ import pytest
 
 import sample
 import train
-from common import _field_comments, config_help, load_config, read_config_file
 from conftest import ROOT, write
+from seedgpt.config import _field_comments, config_help, load_config, read_config_file
+from seedgpt.runtime import Runtime
 
 
 def fails(argv, *words, cls=train.Config):
@@ -121,7 +122,9 @@ def test_missing_config_file(tmp_path):
 def test_shipped_configs_load(name):
     """Every shipped config holds only known keys of the right types, and changes something."""
     path = ROOT / 'config' / name
-    import dpo, reward, rl  # the scripts whose Config adds settings to train.py's
+    from feedback import dpo  # the scripts whose Config adds settings to train.py's
+    from feedback import reward
+    from feedback import rl
     script = {'dpo_': dpo, 'reward_': reward, 'rl_': rl}.get(name.split('_')[0] + '_', train)
     cfg = load_config(script.Config, [str(path)])
     assert cfg != script.Config() and cfg.data_dir.startswith('data/') and cfg.out_dir.startswith('out-')
@@ -171,8 +174,7 @@ def test_help_shows_comments_of_inherited_fields():
 
 def test_slow_settings_replace_the_others_below_the_peak(monkeypatch, capsys):
     """A config sizes itself: below slow_tflops of measured peak its `slow` settings win, and it says so."""
-    import common
-    rt = common.Runtime('cpu', 'cpu', 'float32', False, 0, 0, 1)
+    rt = Runtime('cpu', 'cpu', 'float32', False, 0, 0, 1)
     cfg = load_config(train.Config, ['--n_embd=256', '--slow_tflops=0.6', "--slow={'n_embd': 128, 'batch_size': 4}"])
     monkeypatch.setattr(train, 'peak_flops', lambda rt: 0.2e12)
     slow = train.sized_for_machine(cfg, rt)

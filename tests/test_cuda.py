@@ -6,10 +6,11 @@ Every test here is marked `cuda` and skipped without a GPU; run them on a GPU ma
 import pytest
 import torch
 
-import common
-import sample
 from conftest import run_train
 from model import GPT, GPTConfig
+from seedgpt import runtime
+from seedgpt.checkpoint import load_model
+from seedgpt.runtime import fast_bf16
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
 
@@ -17,14 +18,14 @@ ON_GPU = ['--device=cuda']  # after conftest's TINY, so it overrides its --devic
 
 
 def fresh(*args):
-    common._measured_peak.clear()
+    runtime._measured_peak.clear()
     return run_train(*args)
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
 def test_mixed_precision_trains(tmp_path, char_data, dtype):
     """bf16 autocast, and fp16 with the gradient scaler (its state is checkpointed): the loss falls."""
-    if dtype == 'bfloat16' and not common.fast_bf16('cuda'):
+    if dtype == 'bfloat16' and not fast_bf16('cuda'):
         pytest.skip('this GPU has no native bf16')
     losses = run_train(tmp_path / dtype, char_data, *ON_GPU, f'--dtype={dtype}', '--max_iters=40')
     assert all(loss == loss for loss in losses.values())  # no NaN
@@ -73,7 +74,7 @@ def test_sampling_loads_weights_only(trained_out):
     """sample.py puts the model on the GPU and nothing else: not the optimizer's moments."""
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
-    model, _ = sample.load_model(str(trained_out), 'cuda')
+    model, _ = load_model(str(trained_out), 'cuda')
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     assert torch.cuda.memory_allocated() - before <= weights + buffers + 2 ** 20

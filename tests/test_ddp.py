@@ -6,8 +6,6 @@ from conftest import TINY, read_log, run_script, run_train, train_losses
 from model import GPT, GPTConfig
 
 
-
-
 def torchrun(out_dir, data_dir, *args):
     p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py', *TINY,
                    f'--out_dir={out_dir}', f'--data_dir={data_dir}', *args, timeout=300)

@@ -5,11 +5,12 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-import explain
 from conftest import run_script, run_train, write
+from explain import attention as explain
 from model import GPT, GPTConfig
 from prepare import corpus
-from sample import load_model
+from seedgpt.checkpoint import load_model
+from seedgpt.tokenizer import GPT2Tokenizer
 
 
 def peaky_model(**switches):
@@ -93,7 +94,7 @@ class Spans(HTMLParser):
 
 def test_script_writes_text_png_and_html(trained_out, tmp_path):
     image = pytest.importorskip('matplotlib.image')
-    p = run_script('explain.py', f'--out_dir={trained_out}', '--prompt=the cat', '--tokens=8', '--device=cpu',
+    p = run_script('-m', 'explain.attention', f'--out_dir={trained_out}', '--prompt=the cat', '--tokens=8', '--device=cpu',
                    f'--png={tmp_path / "png"}', f'--html={tmp_path / "page.html"}')
     assert p.returncode == 0, p.stderr
     assert '\x1b' not in p.stdout  # not a terminal: plain text, the weights as numbers
@@ -112,7 +113,7 @@ def test_script_writes_text_png_and_html(trained_out, tmp_path):
 
 
 def test_terminal_colours(trained_out):
-    p = run_script('explain.py', f'--out_dir={trained_out}', '--prompt=the', '--tokens=3', '--device=cpu',
+    p = run_script('-m', 'explain.attention', f'--out_dir={trained_out}', '--prompt=the', '--tokens=3', '--device=cpu',
                    '--color=always', '--layer=0', '--head=1')
     assert p.returncode == 0, p.stderr
     assert p.stdout.count('\x1b[1;38;2;235;50;50m') >= 3  # each generated token in red
@@ -137,7 +138,7 @@ def zh_out(tmp_path_factory):
 
 def test_cjk_one_token_per_character(zh_out, tmp_path):
     image = pytest.importorskip('matplotlib.image')
-    p = run_script('explain.py', f'--out_dir={zh_out}', '--prompt=都是勇敢的', '--tokens=6', '--device=cpu',
+    p = run_script('-m', 'explain.attention', f'--out_dir={zh_out}', '--prompt=都是勇敢的', '--tokens=6', '--device=cpu',
                    f'--png={tmp_path}')
     assert p.returncode == 0, p.stderr
     assert "step 1: " in p.stdout and "  attention: 都 " in p.stdout and ' 的 ' in p.stdout
@@ -149,7 +150,6 @@ def test_cjk_one_token_per_character(zh_out, tmp_path):
 
 
 def test_bpe_tokens_are_their_own_text(gpt2_enc):
-    from common import GPT2Tokenizer
     tok = GPT2Tokenizer()
     ids = tok.encode('Attention is all you need.')
     assert explain.pieces(tok, ids) == [gpt2_enc.decode([i]) for i in ids]

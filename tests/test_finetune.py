@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import common
 import train
 from conftest import ROOT, read_log, run_train
+from model import GPT, GPTConfig
 from prepare import tasks
+from seedgpt.config import load_config
+from seedgpt.data import ChatBatches, load_meta, load_tokens
 
 
 @pytest.fixture(scope='module')
@@ -20,10 +22,10 @@ def task_data(tmp_path_factory):
 
 
 def test_chat_batches_are_whole_masked_conversations(task_data):
-    meta = common.load_meta(task_data)
-    cfg = common.load_config(train.Config, [f'--data_dir={task_data}', '--block_size=64', '--batch_size=8'])
-    x, y = train.ChatBatches(cfg, meta, 'cpu').get('train', 3, 0)
-    ids = common.load_tokens(task_data, 'train', meta)
+    meta = load_meta(task_data)
+    cfg = load_config(train.Config, [f'--data_dir={task_data}', '--block_size=64', '--batch_size=8'])
+    x, y = ChatBatches(cfg, meta, 'cpu').get('train', 3, 0)
+    ids = load_tokens(task_data, 'train', meta)
     mask = np.fromfile(task_data / 'train.mask.bin', dtype=np.uint8)
     starts = set(np.fromfile(task_data / 'train.idx.bin', dtype=np.int64).tolist())
     for row in range(8):
@@ -87,7 +89,7 @@ def test_fine_tune_from_hf_gpt2(tmp_path, tiny_gpt2):
     hf_dir, data, _ = tiny_gpt2
     run_train(tmp_path / 'ft', data, '--init_from=gpt2', f'--hf_dir={hf_dir}', '--max_iters=1',
               '--block_size=16', '--eval_interval=1')
-    ours = train.GPT(train.GPTConfig(**torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']))
+    ours = GPT(GPTConfig(**torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']))
     assert ours.config.n_layer == 2 and ours.config.vocab_size == 50257 and ours.config.block_size == 16
 
 
@@ -96,7 +98,7 @@ def test_gpt2_finetune_configs_run(tmp_path, tiny_gpt2, config):
     """The GPT-2 fine-tuning configs as shipped, on a tiny random GPT-2 in a local HF directory (the real
     weights are not on the test machine) and tiny BPE data: only sizes and paths are overridden."""
     hf_dir, data, _ = tiny_gpt2
-    cfg = common.load_config(train.Config, [str(ROOT / 'config' / f'{config}.py'), f'--hf_dir={hf_dir}',
+    cfg = load_config(train.Config, [str(ROOT / 'config' / f'{config}.py'), f'--hf_dir={hf_dir}',
                                             f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--block_size=16',
                                             '--grad_accum=2', '--max_iters=3', '--eval_iters=2', '--device=cpu',
                                             '--dtype=float32'])

@@ -11,8 +11,9 @@ transformers = pytest.importorskip('transformers')
 pytest.importorskip('safetensors')
 
 from conftest import run_script  # noqa: E402
-import hf  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig
+from seedgpt import hf
+from seedgpt.hf import find_cached, load_gpt2, save_hf_dir, to_hf
 
 SMALL = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128)
 
@@ -82,7 +83,7 @@ def save_hf(model, d, fmt, prefixed):
 def test_hf_weights_give_the_same_logits(tmp_path, fmt, prefixed):
     theirs = hf_model(seed=1)
     save_hf(theirs, tmp_path, fmt, prefixed)
-    model_args, sd = hf.load_gpt2(hf_dir=str(tmp_path))
+    model_args, sd = load_gpt2(hf_dir=str(tmp_path))
     assert model_args['vocab_size'] == 300 and model_args['block_size'] == 128
     ours = GPT(GPTConfig(**model_args)).eval()
     ours.load_state_dict(sd)  # strict
@@ -92,7 +93,7 @@ def test_hf_weights_give_the_same_logits(tmp_path, fmt, prefixed):
 def test_full_gpt2_vocabulary(tmp_path):
     theirs = hf_model(vocab_size=50257)
     theirs.save_pretrained(tmp_path)
-    model_args, sd = hf.load_gpt2(hf_dir=str(tmp_path))
+    model_args, sd = load_gpt2(hf_dir=str(tmp_path))
     ours = GPT(GPTConfig(**model_args)).eval()
     ours.load_state_dict(sd)
     assert max_logit_diff(ours, theirs, 50257) < 1e-4
@@ -107,13 +108,13 @@ def test_padded_tables_in_and_out(tmp_path, monkeypatch):
     theirs = hf_model(seed=2)
     theirs.save_pretrained(tmp_path)
     monkeypatch.setattr(hf, 'GPT', padded_gpt(320))
-    model_args, sd = hf.load_gpt2(hf_dir=str(tmp_path))
+    model_args, sd = load_gpt2(hf_dir=str(tmp_path))
     wte = theirs.transformer.wte.weight
     assert model_args['vocab_size'] == 300 and sd['transformer.wte.weight'].shape == (320, 64)
     assert torch.equal(sd['transformer.wte.weight'][:300], wte)
     assert not sd['transformer.wte.weight'][300:].any()  # padding rows are zero
     assert sd['lm_head.weight'] is sd['transformer.wte.weight']
-    config, tensors = hf.to_hf(model_args, sd)  # out again: cropped to the real vocabulary
+    config, tensors = to_hf(model_args, sd)  # out again: cropped to the real vocabulary
     assert config['vocab_size'] == 300 and torch.equal(tensors['transformer.wte.weight'], wte)
 
 
@@ -124,7 +125,7 @@ def test_lm_head_must_be_tied(tmp_path):
     sd['lm_head.weight'] = sd['lm_head.weight'] + 1
     torch.save(sd, tmp_path / 'pytorch_model.bin')
     with pytest.raises(SystemExit, match='lm_head different from wte'):
-        hf.load_gpt2(hf_dir=str(tmp_path))
+        load_gpt2(hf_dir=str(tmp_path))
 
 
 def test_unsupported_hf_config(tmp_path):
@@ -132,18 +133,18 @@ def test_unsupported_hf_config(tmp_path):
     theirs.config.activation_function = 'relu'
     theirs.save_pretrained(tmp_path)
     with pytest.raises(SystemExit, match="activation_function='relu'"):
-        hf.load_gpt2(hf_dir=str(tmp_path))
+        load_gpt2(hf_dir=str(tmp_path))
 
 
 def test_export_loads_in_transformers(tmp_path):
     ours, args = seed_model(seed=3)
-    config, tensors = hf.to_hf(args, ours.state_dict())
-    hf.save_hf_dir(tmp_path / 'out', config, tensors)
+    config, tensors = to_hf(args, ours.state_dict())
+    save_hf_dir(tmp_path / 'out', config, tensors)
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'out', local_files_only=True).eval()
     assert theirs.config.activation_function == 'gelu_new'
     assert max_logit_diff(ours, theirs, 300) < 1e-4
     # and back in: the same weights (the real vocabulary rows of the tables: padding rows come back zero)
-    _, sd = hf.load_gpt2(hf_dir=str(tmp_path / 'out'))
+    _, sd = load_gpt2(hf_dir=str(tmp_path / 'out'))
     for k, v in ours.state_dict().items():
         rows = 300 if k in ('transformer.wte.weight', 'lm_head.weight') else None
         assert torch.equal(sd[k][:rows], v[:rows]), k
@@ -172,30 +173,30 @@ def test_finds_the_hub_cache(tmp_path, monkeypatch, repo):
     fake_cache(tmp_path / 'hub', repo, theirs)
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
     for name in ('gpt2', 'openai-community/gpt2'):
-        model_args, sd = hf.load_gpt2(name)
+        model_args, sd = load_gpt2(name)
         ours = GPT(GPTConfig(**model_args)).eval()
         ours.load_state_dict(sd)
         assert max_logit_diff(ours, theirs, 300) < 1e-4
     # HF_HOME/hub when HF_HUB_CACHE is not set
     monkeypatch.delenv('HF_HUB_CACHE')
     monkeypatch.setenv('HF_HOME', str(tmp_path))
-    assert hf.find_cached('gpt2')[0].endswith('a1b2c3')
+    assert find_cached('gpt2')[0].endswith('a1b2c3')
 
 
 def test_missing_weights_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty'))
     with pytest.raises(SystemExit) as e:
-        hf.load_gpt2('gpt2-medium')
+        load_gpt2('gpt2-medium')
     msg = str(e.value)
     assert msg.startswith('error:') and '\n' not in msg
     assert str(tmp_path / 'empty' / 'models--openai-community--gpt2-medium') in msg
     assert 'hf download openai-community/gpt2-medium' in msg and '--hf_dir' in msg
     with pytest.raises(SystemExit) as e:
-        hf.load_gpt2('gpt2', hf_dir=str(tmp_path))
+        load_gpt2('gpt2', hf_dir=str(tmp_path))
     msg = str(e.value)
     assert msg.startswith('error:') and '\n' not in msg and str(tmp_path) in msg
     with pytest.raises(SystemExit, match='unknown GPT-2 model'):
-        hf.load_gpt2('gpt3')
+        load_gpt2('gpt3')
 
 
 @pytest.mark.parametrize('setting', [dict(pos='rope'), dict(norm='rms'), dict(qk_norm=True), dict(mlp='relu2'),
@@ -203,26 +204,26 @@ def test_missing_weights_is_one_clear_line(tmp_path, monkeypatch):
 def test_export_refuses_what_gpt2_cannot_be(setting):
     model, args = seed_model(**setting)
     with pytest.raises(SystemExit) as e:
-        hf.to_hf(args, model.state_dict())
+        to_hf(args, model.state_dict())
     (key, value), = setting.items()
     assert str(e.value).startswith('error:') and f'{key}={value!r}' in str(e.value) and '\n' not in str(e.value)
 
 
 def test_save_is_all_or_nothing(tmp_path):
     ours, args = seed_model()
-    config, tensors = hf.to_hf(args, ours.state_dict())
+    config, tensors = to_hf(args, ours.state_dict())
     broken = dict(tensors, bad='not a tensor')
     with pytest.raises(Exception):
-        hf.save_hf_dir(tmp_path / 'new', config, broken)
+        save_hf_dir(tmp_path / 'new', config, broken)
     assert os.listdir(tmp_path) == []  # no half directory, no temp left
     (tmp_path / 'old').mkdir()
     (tmp_path / 'old' / 'keep.txt').write_text('x')
     with pytest.raises(SystemExit, match='not empty'):
-        hf.save_hf_dir(tmp_path / 'old', config, tensors)
+        save_hf_dir(tmp_path / 'old', config, tensors)
     with pytest.raises(Exception):
-        hf.save_hf_dir(tmp_path / 'old', config, broken, force=True)
+        save_hf_dir(tmp_path / 'old', config, broken, force=True)
     assert sorted(os.listdir(tmp_path)) == ['old'] and os.listdir(tmp_path / 'old') == ['keep.txt']
-    hf.save_hf_dir(tmp_path / 'old', config, tensors, force=True)
+    save_hf_dir(tmp_path / 'old', config, tensors, force=True)
     assert sorted(os.listdir(tmp_path / 'old')) == ['config.json', 'model.safetensors']
 
 
@@ -235,24 +236,24 @@ def test_export_script_char_model(tmp_path):
     chars = [chr(i) for i in range(32, 127)]
     ours, args = seed_model(vocab_size=len(chars))
     save_ckpt(tmp_path / 'out', ours, args, {'tokenizer': 'char', 'chars': chars, 'vocab_size': len(chars)})
-    p = run_script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
+    p = run_script('-m', 'export.hf', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
     assert p.returncode == 0, p.stderr
     assert 'note:' in p.stdout and 'char tokenizer' in p.stdout
     assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json', 'model.safetensors']
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf', local_files_only=True).eval()
     assert max_logit_diff(ours, theirs, len(chars)) < 1e-4
     # a second export does not overwrite without --force
-    p = run_script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
+    p = run_script('-m', 'export.hf', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
     lines = p.stderr.strip().splitlines()
     assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith('error:') and 'not empty' in lines[0]
-    p = run_script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}', '--force')
+    p = run_script('-m', 'export.hf', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}', '--force')
     assert p.returncode == 0, p.stderr
 
 
 def test_export_script_gpt2_tokenizer(tmp_path, gpt2_enc):
     ours, args = seed_model(vocab_size=50257, n_embd=32, n_head=2)
     save_ckpt(tmp_path / 'out', ours, args, {'tokenizer': 'gpt2', 'vocab_size': 50257})
-    p = run_script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
+    p = run_script('-m', 'export.hf', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
     assert p.returncode == 0, p.stderr
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf', local_files_only=True).eval()
     assert theirs.config.eos_token_id == 50256
@@ -266,7 +267,7 @@ def test_export_script_gpt2_tokenizer(tmp_path, gpt2_enc):
 def test_export_script_refuses_rope(tmp_path):
     ours, args = seed_model(pos='rope', vocab_size=2)
     save_ckpt(tmp_path / 'out', ours, args, {'tokenizer': 'char', 'chars': list('ab'), 'vocab_size': 2})
-    p = run_script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
+    p = run_script('-m', 'export.hf', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
     lines = p.stderr.strip().splitlines()
     assert p.returncode != 0 and len(lines) == 1 and "pos='rope'" in lines[0], p.stderr
     assert not (tmp_path / 'hf').exists()

@@ -7,10 +7,11 @@ import re
 import pytest
 import torch
 
-import common
 import train
 from conftest import read_log, run_train
-from model import GPT, GPTConfig, LoRALinear, add_lora, merge_lora
+from model import GPT, GPTConfig
+from seedgpt import runtime
+from seedgpt.lora import LoRALinear, add_lora, merge_lora
 
 TINY_MODEL = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, bias=True)
 
@@ -150,7 +151,7 @@ def test_early_stopping_on_a_rising_val_loss(tmp_path, char_data, trained_out):
 
 
 def fresh_run_train(*args):
-    common._measured_peak.clear()
+    runtime._measured_peak.clear()
     return run_train(*args)
 
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig, Int8Linear, KVCache, left_pad, quantize_int8, sample_next
+from model import GPT, GPTConfig, KVCache
+from seedgpt.generate import left_pad, sample_next
+from seedgpt.int8 import Int8Linear, quantize_int8
 
 VARIANTS = {
     'learned': dict(pos='learned'),

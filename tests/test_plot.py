@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
-import plot
 from conftest import read_log, run_script, run_train
+from seedgpt import plot
+from seedgpt.plot import draw_run, draw_runs, loss_png
 
 
 def test_loss_png_after_a_tiny_run(tmp_path, char_data):
@@ -15,7 +16,7 @@ def test_loss_png_after_a_tiny_run(tmp_path, char_data):
     assert pixels.ndim == 3 and min(pixels.shape[:2]) > 300 and pixels.std() > 0.05
     # the figure holds the logged numbers: step losses, eval train and val losses, the learning rate
     rows = read_log(out)
-    fig = plot.draw_run(out, tmp_path / 'again.png', tokens=4 * 16)
+    fig = draw_run(out, tmp_path / 'again.png', tokens=4 * 16)
     lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
     assert list(lines['val loss (eval)'].get_ydata()) == [r['val_loss'] for r in rows if 'val_loss' in r]
     assert list(lines['train loss (each logged step)'].get_xdata()) == [1, 2, 3, 4, 5, 6]
@@ -37,20 +38,20 @@ def test_loss_png_never_raises(tmp_path, capsys):
     pytest.importorskip('matplotlib')
     (tmp_path / 'log.jsonl').write_text('{"iter": 0, "val_loss": \n')  # a torn line
     plot._hinted = False
-    plot.loss_png(tmp_path)
+    loss_png(tmp_path)
     assert 'could not write' in capsys.readouterr().out and not (tmp_path / 'loss.png').exists()
 
 
 def test_plot_overlays_runs(tmp_path, char_data, trained_out):
     image = pytest.importorskip('matplotlib.image')
     run_train(tmp_path / 'b', char_data, '--max_iters=10', '--eval_interval=5', '--n_layer=1')
-    p = run_script('plot.py', trained_out, tmp_path / 'b', '--x=tokens', f'--out={tmp_path / "runs.png"}')
+    p = run_script('-m', 'explain.plot', trained_out, tmp_path / 'b', '--x=tokens', f'--out={tmp_path / "runs.png"}')
     assert p.returncode == 0, p.stderr
     assert image.imread(tmp_path / 'runs.png').std() > 0.05
-    fig = plot.draw_runs([trained_out, tmp_path / 'b'], tmp_path / 'runs2.png', x='tokens')
+    fig = draw_runs([trained_out, tmp_path / 'b'], tmp_path / 'runs2.png', x='tokens')
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0].startswith('out: val (best') and labels[1].startswith('b: val (best')
     val_b = fig.axes[0].get_lines()[3]  # b's val line, after trained_out's two
     assert list(val_b.get_xdata()) == [0, 5 * 64, 10 * 64]  # tokens: iterations * batch_size 4 * block_size 16
-    p = run_script('plot.py', tmp_path / 'nothing')
+    p = run_script('-m', 'explain.plot', tmp_path / 'nothing')
     assert p.returncode != 0 and 'no ' in p.stderr and 'log.jsonl' in p.stderr

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from common import EOT, CharTokenizer
 from conftest import make_text, run_script, write
 from prepare import corpus
+from seedgpt.tokenizer import EOT, CharTokenizer
 
 EOT_ID = 50256
 
@@ -198,8 +198,7 @@ def test_text_without_whitespace_is_cut_anyway(tmp_path, monkeypatch):
 # only grows, so one process compares them all and imports torch once
 PEAK_CHILD = r"""
 import sys
-sys.path[:0] = ['prepare', '.']
-import corpus
+from prepare import corpus
 corpus.PIECE = 1 << 13
 peak = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
 out, small, large = sys.argv[1], sys.argv[2::2], sys.argv[3::2]
@@ -283,7 +282,7 @@ def leftovers(tmp):
 @pytest.mark.parametrize('case', ['missing', 'empty_dir', 'empty_file', 'binary', 'latin1', 'jsonl_field', 'too_small'])
 def test_bad_input(tmp_path, case):
     args, words = bad_inputs(tmp_path)[case]
-    p = run_script('prepare/corpus.py', *args, '--tokenizer=char', '--name=x', f'--out_dir={tmp_path / "out"}')
+    p = run_script('-m', 'prepare.corpus', *args, '--tokenizer=char', '--name=x', f'--out_dir={tmp_path / "out"}')
     check_failed(p, words)
     assert leftovers(tmp_path) == []
 
@@ -295,6 +294,6 @@ def test_failed_prepare_keeps_old_dataset(tmp_path, case):
     corpus.prepare([str(tmp_path / 'good.txt')], tokenizer='char', out_dir=str(out), block_size=8, quiet=True)
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
     args, words = bad_inputs(tmp_path)[case]
-    check_failed(run_script('prepare/corpus.py', *args, '--tokenizer=char', '--name=x', f'--out_dir={out}'), words)
+    check_failed(run_script('-m', 'prepare.corpus', *args, '--tokenizer=char', '--name=x', f'--out_dir={out}'), words)
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
     assert leftovers(tmp_path) == ['out']

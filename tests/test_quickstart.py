@@ -8,7 +8,7 @@ SEP = '\n---------------\n'
 
 def test_quickstart(tmp_path):
     data, out = tmp_path / 'data', tmp_path / 'out'
-    p = run_script('prepare/stdlib.py', f'--out_dir={data}')
+    p = run_script('-m', 'prepare.stdlib', f'--out_dir={data}')
     assert p.returncode == 0, p.stderr
     meta = json.loads((data / 'meta.json').read_text(encoding='utf-8'))
     assert meta['tokenizer'] == 'char' and meta['train_tokens'] > 1_000_000 and meta['val_tokens'] > 100_000

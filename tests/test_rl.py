@@ -10,19 +10,24 @@ import sys
 
 import pytest
 import torch
-
-import chat
-import dpo
-import eval as evaluate
-import reward
-import rl
-import train
-from common import load_config, load_tokenizer, render_prompt, stream_reply
-from conftest import ROOT, read_log, run_script
-from model import GPT, GPTConfig, left_pad
-from prepare import preferences, tasks
-from sample import load_model
 from test_chat import make_ckpt, one_line_error
+
+import train
+from chat import eval as evaluate
+from chat import talk as chat
+from conftest import ROOT, read_log, run_script
+from feedback import dpo, reward, rl
+from model import GPT, GPTConfig
+from prepare import preferences, tasks
+from seedgpt.chat import render_prompt
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.data import PairBatches
+from seedgpt.generate import left_pad, stream_reply
+from seedgpt.objectives import DPOLoss, answer_logprobs, pair_accuracy, scores, token_logprobs
+from seedgpt.policy import as_batch, clipped_loss, gae, group_advantages, kl_per_token
+from seedgpt.tasks import TASKS, check
+from seedgpt.tokenizer import load_tokenizer
 
 CPU = ['--device=cpu', '--dtype=float32', '--compile=False']
 # a few steps of any stage from the tiny random chat model; block_size is the model's
@@ -119,15 +124,15 @@ def test_dpo_loss_is_log2_when_policy_is_reference(suite, pairs):
     policy, _ = load_model(sft, 'cpu')
     ref, _ = load_model(sft, 'cpu')
     cfg = load_config(dpo.Config, TINY_RUN + [f'--data_dir={pairs}', '--batch_size=8'])
-    x, y = train.PairBatches(cfg, json.loads((pairs / 'meta.json').read_text()), 'cpu').get('val', 0, 0)
-    stats, loss = dpo.DPOLoss(policy, ref, beta=0.1)(x, y)
+    x, y = PairBatches(cfg, json.loads((pairs / 'meta.json').read_text()), 'cpu').get('val', 0, 0)
+    stats, loss = DPOLoss(policy, ref, beta=0.1)(x, y)
     # the same numbers up to rounding: with and without autograd, kernels may sum in another order
     assert abs(loss.item() - LOG2) < 1e-6 and abs(stats['margin'].item()) < 1e-6
     # answer_logprobs sums log pi over the answer's tokens only: the model's mean loss times their count
     _, mean = policy(x, y)
-    total = dpo.answer_logprobs(policy, x, y).sum()
+    total = answer_logprobs(policy, x, y).sum()
     assert total.item() == pytest.approx(-mean.item() * (y != -1).sum().item(), rel=1e-5)
-    assert torch.allclose(dpo.answer_logprobs(policy, x, y), rl.token_logprobs(policy, x, y)[0].sum(1), atol=1e-5)
+    assert torch.allclose(answer_logprobs(policy, x, y), token_logprobs(policy, x, y)[0].sum(1), atol=1e-5)
 
 
 @pytest.fixture(scope='module')
@@ -161,7 +166,7 @@ def test_gae_hand_computed():
     rewards = torch.tensor([[5.0, 0.0, 0.0, 1.0], [-0.1, 2.0, 3.0, 3.0]])
     values = torch.tensor([[7.0, 0.5, 0.4, 0.2], [0.3, 1.0, 9.0, 9.0]])
     mask = torch.tensor([[0.0, 1, 1, 1], [1, 1, 0, 0]])
-    adv, returns = rl.gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    adv, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
     # row 0: delta_3 = 1 - 0.2 = 0.8                 A_3 = 0.8
     #        delta_2 = 0.9 * 0.2 - 0.4 = -0.22       A_2 = -0.22 + 0.72 * 0.8 = 0.356
     #        delta_1 = 0.9 * 0.4 - 0.5 = -0.14       A_1 = -0.14 + 0.72 * 0.356 = 0.11632
@@ -172,14 +177,14 @@ def test_gae_hand_computed():
     torch.testing.assert_close(returns, torch.tensor([[0.0, 0.61632, 0.756, 1.0], [1.52, 2.0, 0.0, 0.0]]),
                                rtol=0, atol=1e-6)
     # lam = 1: the advantage is the discounted reward to come, minus the value
-    adv, _ = rl.gae(rewards, values, mask, gamma=0.9, lam=1.0)
+    adv, _ = gae(rewards, values, mask, gamma=0.9, lam=1.0)
     to_come = torch.tensor([[0.0, 0.81 - 0.5, 0.9 - 0.4, 1 - 0.2], [-0.1 + 0.9 * 2 - 0.3, 2 - 1.0, 0, 0]])
     torch.testing.assert_close(adv, to_come, rtol=0, atol=1e-6)
 
 
 def test_group_advantages_hand_computed():
     scores = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
-    adv, zero_var = rl.group_advantages(scores, 4)
+    adv, zero_var = group_advantages(scores, 4)
     # group 0: mean 0.25, unbiased std sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5; group 1: all alike, nothing to learn
     torch.testing.assert_close(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]) / torch.tensor(
         [0.5001] * 4 + [1.0] * 4), rtol=0, atol=1e-6)
@@ -193,11 +198,11 @@ def test_kl_is_zero_when_policy_is_reference(suite):
     recs = records(data, 'train')[:6]
     prompts = [render_prompt(tok, r['messages'][:-1]) for r in recs]
     answers = [tok.encode(r['meta']['answer']) + [tok.special_ids['<|end|>']] for r in recs]
-    x, y = rl.as_batch(prompts, answers, 'cpu')
-    logp, _ = rl.token_logprobs(policy, x, y)
-    ref_logp, _ = rl.token_logprobs(ref, x, y)
+    x, y = as_batch(prompts, answers, 'cpu')
+    logp, _ = token_logprobs(policy, x, y)
+    ref_logp, _ = token_logprobs(ref, x, y)
     for estimator in ('k1', 'k3'):
-        assert torch.equal(rl.kl_per_token(logp, ref_logp, estimator), torch.zeros_like(logp))
+        assert torch.equal(kl_per_token(logp, ref_logp, estimator), torch.zeros_like(logp))
     # and token_logprobs is the model's own cross-entropy, on the answer tokens only
     _, mean = policy(x, y)
     assert logp.sum().item() == pytest.approx(-mean.item() * (y != -1).sum().item(), rel=1e-5)
@@ -210,9 +215,9 @@ def test_kl_estimators_are_unbiased():
     ref_logp = torch.log_softmax(torch.randn(3, 50, generator=g), -1)
     exact = (logp.exp() * (logp - ref_logp)).sum(-1)
     for estimator in ('k1', 'k3'):
-        k = rl.kl_per_token(logp, ref_logp, estimator)
+        k = kl_per_token(logp, ref_logp, estimator)
         torch.testing.assert_close((logp.exp() * k).sum(-1), exact, rtol=1e-5, atol=1e-6)
-    assert (rl.kl_per_token(logp, ref_logp, 'k3') >= 0).all()
+    assert (kl_per_token(logp, ref_logp, 'k3') >= 0).all()
 
 
 # -----------------------------------------------------------------------------
@@ -279,8 +284,8 @@ def test_every_stage_loads_in_sample_chat_eval(suite, reward_run, dpo_run, toy_r
                                                     '--json', *CPU[:2]]))
         result = json.loads(capsys.readouterr().out)
         assert result['n'] == 10 and 0 <= result['mean'] <= 1, stage
-    argvs = [['chat.py', f'--out_dir={outs["ppo"]}', '--prompt=What is 2+2?', '--max_new_tokens=5', *CPU[:2]],
-             ['eval.py', f'--out_dir={outs["reward"]}', f'--data_dir={data}', '--max_new_tokens=5', '--json',
+    argvs = [['-m', 'chat.talk', f'--out_dir={outs["ppo"]}', '--prompt=What is 2+2?', '--max_new_tokens=5', *CPU[:2]],
+             ['-m', 'chat.eval', f'--out_dir={outs["reward"]}', f'--data_dir={data}', '--max_new_tokens=5', '--json',
               *CPU[:2]]]
     for argv, (code, stdout, stderr) in zip(argvs, run_scripts(*argvs)):
         assert code == 0 and 'error' not in stderr and 'Traceback' not in stderr, (argv, stderr)
@@ -322,7 +327,7 @@ def test_bad_settings_are_one_line_errors(suite, pairs, toy_runs, dpo_run, tmp_p
     raises_error(lambda: run_stage(reward, lambda cfg: reward.Objective(), tmp_path / 'r', f'--init_from={sft}',
                                    f'--data_dir={pairs}', '--value_head=False'), 'value_head')
     # and as a script
-    one_line_error(run_script('rl.py', *rl_args, '--algo=grpo', '--group_size=1', f'--out_dir={tmp_path / "f"}',
+    one_line_error(run_script('-m', 'feedback.rl', *rl_args, '--algo=grpo', '--group_size=1', f'--out_dir={tmp_path / "f"}',
                               *CPU[:2]), 'group_size')
 
 
@@ -343,7 +348,7 @@ def test_preferences_from_a_model(suite, tmp_path):
         for r in rows:
             task, m = r['meta']['task'], r['meta']
             assert r['chosen'] != r['rejected'] and r['meta']['rejected_from'] in ('model', 'rule')
-            assert tasks.check(task, m, r['chosen']) and not tasks.check(task, m, r['rejected'])
+            assert check(task, m, r['chosen']) and not check(task, m, r['rejected'])
         assert meta['counts'][split]['pairs'] == n
     # the random model is always wrong: every rejected answer is its own
     assert meta['counts']['train'].get('model') == 10 and meta['counts']['train']['model_accuracy'] == 0
@@ -375,7 +380,7 @@ def test_preferences_from_a_perfect_model_use_near_misses(suite):
     for p, r in zip(pairs, recs):
         task, m = r['meta']['task'], r['meta']
         assert p['meta']['rejected_from'] == 'rule' and p['meta']['model_right'] == 2
-        assert p['chosen'] == m['answer'] and not tasks.check(task, m, p['rejected'])
+        assert p['chosen'] == m['answer'] and not check(task, m, p['rejected'])
 
 
 def test_near_miss_is_always_wrong(suite):
@@ -383,13 +388,13 @@ def test_near_miss_is_always_wrong(suite):
     recs = [r for split in ('train', 'val', 'test') for r in records(data, split)]
     recs += [{'meta': {'task': t, 'answer': a}} for t, a in (('add', '0'), ('sub', '1'), ('count', '10'),
                                                              ('sort', 'aaa'), ('reverse', 'abba'), ('sort', 'aab'))]
-    assert {r['meta']['task'] for r in recs} == set(tasks.TASKS)
+    assert {r['meta']['task'] for r in recs} == set(TASKS)
     for seed in range(5):
         rng = random.Random(seed)
         for r in recs:
             m = r['meta']
             miss = preferences.near_miss(m['task'], m['answer'], rng)
-            assert not tasks.check(m['task'], m, miss), (m, miss)
+            assert not check(m['task'], m, miss), (m, miss)
 
 
 def test_pairs_from_a_rambling_model_fit_its_context(suite, tmp_path):
@@ -401,7 +406,7 @@ def test_pairs_from_a_rambling_model_fit_its_context(suite, tmp_path):
     preferences.prepare(str(sft), data_dir=str(data), out_dir=str(out), n_train=2, n_val=2, samples=1,
                         temperature=0, batch_size=1, device='cpu', quiet=True)
     cfg = load_config(reward.Config, TINY_RUN + [f'--data_dir={out}'])  # block_size 64, the model's
-    train.PairBatches(cfg, json.loads((out / 'meta.json').read_text()), 'cpu')
+    PairBatches(cfg, json.loads((out / 'meta.json').read_text()), 'cpu')
 
 
 # -----------------------------------------------------------------------------
@@ -440,7 +445,7 @@ def test_clipped_loss_hand_computed():
     adv = torch.tensor([[2.0], [-2.0], [2.0], [-2.0]])
     mask = torch.ones(4, 1)
     zeros = torch.zeros(4, 1)
-    loss, stats = rl.clipped_loss(cfg, logp, None, old, zeros, adv, zeros, logp, mask)
+    loss, stats = clipped_loss(cfg, logp, None, old, zeros, adv, zeros, logp, mask)
     # -min(r A, clip(r) A): 1.5*2 -> clipped to 1.2*2; 1.5*-2 stays; 0.5*2 stays; 0.5*-2 -> clipped to 0.8*-2
     expected = -torch.tensor([1.2 * 2, 1.5 * -2, 0.5 * 2, 0.8 * -2]).mean()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -448,7 +453,7 @@ def test_clipped_loss_hand_computed():
     # ppo adds half the clipped squared value error: values may move value_clip from the rollout's
     cfg = rl.Config(algo='ppo', clip_eps=0.2, vf_coef=1.0, value_clip=0.2)
     values, old_values, returns = torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]])
-    loss, stats = rl.clipped_loss(cfg, torch.zeros(1, 1), values, torch.zeros(1, 1), old_values, torch.zeros(1, 1),
+    loss, stats = clipped_loss(cfg, torch.zeros(1, 1), values, torch.zeros(1, 1), old_values, torch.zeros(1, 1),
                                   returns, torch.zeros(1, 1), torch.ones(1, 1))
     # unclipped (1 - 2)^2 = 1, clipped (0.2 - 2)^2 = 3.24: the larger counts
     assert stats['value_loss'].item() == pytest.approx(0.5 * 3.24) and loss.item() == pytest.approx(0.5 * 3.24)
@@ -463,8 +468,8 @@ def test_dpo_sft_coef_adds_the_chosen_nll():
     y = torch.full((4, 8), -1)
     y[:, 3:6] = x[:, 4:7]  # three answer tokens per row; rows 0-1 chosen, 2-3 rejected
     y[1, 5] = -1  # the second chosen answer is two tokens long
-    stats0, plain = dpo.DPOLoss(policy, ref, 0.1)(x, y)
-    stats1, with_nll = dpo.DPOLoss(policy, ref, 0.1, sft_coef=0.5)(x, y)
+    stats0, plain = DPOLoss(policy, ref, 0.1)(x, y)
+    stats1, with_nll = DPOLoss(policy, ref, 0.1, sft_coef=0.5)(x, y)
     logits, _ = policy(x, y)
     logp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y != -1)
     nll = -(logp[0].sum() / 3 + logp[1].sum() / 2) / 2
@@ -474,13 +479,13 @@ def test_dpo_sft_coef_adds_the_chosen_nll():
 
 
 def test_pair_accuracy_counts_chosen_above_rejected():
-    """reward.pair_accuracy scores each conversation at its last token, padded batches included."""
+    """pair_accuracy scores each conversation at its last token, padded batches included."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, value_head=True)).eval()
     convs = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14], [3, 2, 1], [5, 5]]
-    alone = [reward.scores(model, torch.tensor([c]), torch.tensor([len(c) - 1])).item() for c in convs]
+    alone = [scores(model, torch.tensor([c]), torch.tensor([len(c) - 1])).item() for c in convs]
     pairs = [((convs[i], None), (convs[i + 1], None)) for i in (0, 2, 4)]
     expected = sum(alone[i] > alone[i + 1] for i in (0, 2, 4)) / 3
-    assert reward.pair_accuracy(model, pairs, batch_size=2) == pytest.approx(expected)
+    assert pair_accuracy(model, pairs, batch_size=2) == pytest.approx(expected)
     flipped = [(b, a) for a, b in pairs]
-    assert reward.pair_accuracy(model, flipped) == pytest.approx(1 - expected)
+    assert pair_accuracy(model, flipped) == pytest.approx(1 - expected)

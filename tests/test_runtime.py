@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import common
-from conftest import TINY, read_log, run_script, run_train
-from model import GPT, GPTConfig, newton_schulz, padded_vocab
+from conftest import ROOT, TINY, read_log, run_script, run_train
+from model import GPT, GPTConfig, padded_vocab
+from seedgpt.optim import newton_schulz
+from seedgpt.runtime import fast_matmul_dtype, gpu_peak_flops, pick_dtype
 
 
 @pytest.mark.parametrize('name,dtype,flops', [
@@ -18,7 +19,7 @@ from model import GPT, GPTConfig, newton_schulz, padded_vocab
     ('NVIDIA L40S', 'bfloat16', 362e12), ('NVIDIA L4', 'bfloat16', 121e12), ('Tesla T4', 'float16', 65e12),
     ('NVIDIA GeForce GTX 1080', 'float16', None), ('NVIDIA L40', 'bfloat16', None)])
 def test_gpu_peak_matches_whole_names(name, dtype, flops):
-    assert common.gpu_peak_flops(name, dtype) == flops
+    assert gpu_peak_flops(name, dtype) == flops
 
 
 @pytest.mark.parametrize('capability,dtype', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),
@@ -26,13 +27,13 @@ def test_gpu_peak_matches_whole_names(name, dtype, flops):
 def test_gpu_auto_dtype_by_compute_capability(monkeypatch, capability, dtype):
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda *a: capability)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # it counts emulation too
-    assert common.pick_dtype('cuda') == dtype
-    assert common.fast_matmul_dtype('cuda') == (torch.bfloat16 if dtype == 'bfloat16' else torch.float32)
+    assert pick_dtype('cuda') == dtype
+    assert fast_matmul_dtype('cuda') == (torch.bfloat16 if dtype == 'bfloat16' else torch.float32)
 
 
 def test_cpu_without_bf16_gets_fp32_everywhere(monkeypatch):
     monkeypatch.setenv('SEEDGPT_CPU_BF16', '0')
-    assert common.pick_dtype('cpu') == 'float32' and common.fast_matmul_dtype('cpu') == torch.float32
+    assert pick_dtype('cpu') == 'float32' and fast_matmul_dtype('cpu') == torch.float32
 
 
 def test_newton_schulz_dtype_and_batching():
@@ -106,12 +107,12 @@ def test_eval_only_leaves_no_process_group(tmp_path, char_data, monkeypatch):
 # rank 1's clock runs 1000 s ahead: it alone would think the time budget spent at once
 SKEWED = r"""
 import os, sys, time
-sys.path.insert(0, os.getcwd())
 if os.environ['RANK'] == '1':
     real = time.time
     time.time = lambda: real() + 1000.0
-import common, train
-train.main(common.load_config(train.Config, sys.argv[1:]))
+import train
+from seedgpt.config import load_config
+train.main(load_config(train.Config, sys.argv[1:]))
 os._exit(0)
 """
 
@@ -122,7 +123,8 @@ def test_ranks_share_one_clock(tmp_path, char_data):
     script.write_text(SKEWED)
     p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *TINY,
                    f'--out_dir={tmp_path / "o"}', f'--data_dir={char_data}', '--grad_accum=2', '--max_time=4',
-                   '--max_iters=100000', timeout=120)
+                   '--max_iters=100000', timeout=120,
+                   env={'PYTHONPATH': str(ROOT)})  # the script lives in tmp_path; it imports train from the root
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     iters = [row['iter'] for row in read_log(tmp_path / 'o') if 'loss' in row]
     assert iters and iters[-1] > 5  # rank 0's 4 s, not rank 1's none

@@ -13,12 +13,15 @@ httpx = pytest.importorskip('httpx', reason='the serve tests need httpx (pip ins
 openai = pytest.importorskip('openai', reason='the serve tests need the openai client (pip install -e .[test])')
 uvicorn = pytest.importorskip('uvicorn', reason='the serve tests need fastapi and uvicorn (pip install -e .[serve])')
 
-import serve  # noqa: E402
-from common import CharTokenizer, generate_replies, render_prompt, reply_text, save_checkpoint  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from prepare import tasks  # noqa: E402
-from sample import load_model  # noqa: E402
 from test_chat import make_ckpt  # noqa: E402
+
+from model import GPT, GPTConfig
+from prepare.tasks import prepare as prepare_tasks
+from seedgpt.chat import render_prompt
+from seedgpt.checkpoint import load_model, save_checkpoint
+from seedgpt.generate import generate_replies, reply_text
+from seedgpt.tokenizer import CharTokenizer
+from serve import server as serve
 
 QUESTIONS = ['What is 48+75?', 'Sort the letters of plumb.', 'Reverse cat.']
 
@@ -27,7 +30,7 @@ QUESTIONS = ['What is 48+75?', 'Sort the letters of plumb.', 'Reverse cat.']
 def chat_model(tmp_path_factory):
     """(model, tok): a random tiny chat model (block_size 64) loaded the way serve.py loads one."""
     root = tmp_path_factory.mktemp('serve')
-    meta = tasks.prepare(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
+    meta = prepare_tasks(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
     (root / 'out').mkdir()
     return load_model(make_ckpt(root / 'out', meta), 'cpu', torch.float32)
 

@@ -4,10 +4,10 @@ import shutil
 import time
 
 import pytest
-
 from test_serve import QUESTIONS, chat_model, gated, greedy_reply, http, running  # noqa: F401  (chat_model: a fixture)
 
-from common import render_prompt, stream_reply
+from seedgpt.chat import render_prompt
+from seedgpt.generate import stream_reply
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMEDRIVER = shutil.which('chromedriver')

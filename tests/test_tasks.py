@@ -5,10 +5,11 @@ import string
 import numpy as np
 import pytest
 
-from common import (CHAT_SPECIALS, CharTokenizer, GPT2Tokenizer, chat_ids, load_tokenizer, parse_chat,
-                    render_chat, render_prompt)
 from conftest import run_script
 from prepare import tasks
+from seedgpt.chat import CHAT_SPECIALS, chat_ids, parse_chat, render_chat, render_prompt
+from seedgpt.tasks import PHRASES, TASKS, TaskError, check, generate
+from seedgpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
 CONV = [{'role': 'system', 'content': 'Be brief.'},
         {'role': 'user', 'content': 'What is 48+75?'},
@@ -93,12 +94,12 @@ def test_base_tokenizer_has_no_chat_tokens():
 
 
 def test_generator_is_deterministic_with_disjoint_splits():
-    a = tasks.generate(seed=5, n_train=300, n_val=30, n_test=40)
-    assert a == tasks.generate(seed=5, n_train=300, n_val=30, n_test=40)
-    assert a != tasks.generate(seed=6, n_train=300, n_val=30, n_test=40)
+    a = generate(seed=5, n_train=300, n_val=30, n_test=40)
+    assert a == generate(seed=5, n_train=300, n_val=30, n_test=40)
+    assert a != generate(seed=6, n_train=300, n_val=30, n_test=40)
     problems, questions = {}, {}
     for split, records in a.items():
-        assert len(records) == len(tasks.TASKS) * {'train': 300, 'val': 30, 'test': 40}[split]
+        assert len(records) == len(TASKS) * {'train': 300, 'val': 30, 'test': 40}[split]
         problems[split] = {json.dumps(r['meta'], sort_keys=True) for r in records}
         questions[split] = {r['messages'][0]['content'] for r in records}
         assert len(problems[split]) == len(records)  # no problem twice within a split
@@ -108,14 +109,14 @@ def test_generator_is_deterministic_with_disjoint_splits():
     used = set()  # every phrasing of every task is used, and each question states its operands
     for r in a['train']:
         operands = {k: v for k, v in r['meta'].items() if k not in ('task', 'answer')}
-        forms = [p.format(**operands) for p in tasks.PHRASES[r['meta']['task']]]
+        forms = [p.format(**operands) for p in PHRASES[r['meta']['task']]]
         used.add((r['meta']['task'], forms.index(r['messages'][0]['content'])))
-    assert used == {(t, i) for t in tasks.TASKS for i in range(len(tasks.PHRASES[t]))}
+    assert used == {(t, i) for t in TASKS for i in range(len(PHRASES[t]))}
 
 
 def test_generator_refuses_more_problems_than_exist():
-    with pytest.raises(tasks.TaskError, match='too few distinct add'):
-        tasks.generate(digits=1, n_train=100, n_val=1, n_test=1)
+    with pytest.raises(TaskError, match='too few distinct add'):
+        generate(digits=1, n_train=100, n_val=1, n_test=1)
 
 
 def reference_answer(m):
@@ -126,25 +127,25 @@ def reference_answer(m):
 
 
 def test_answers_are_right_and_checker_judges_them():
-    for r in tasks.generate(seed=2, digits=3, word_len=7, n_train=200, n_val=1, n_test=1)['train']:
+    for r in generate(seed=2, digits=3, word_len=7, n_train=200, n_val=1, n_test=1)['train']:
         m = r['meta']
         assert m['answer'] == reference_answer(m) == r['messages'][1]['content']
-        assert tasks.check(m['task'], m, m['answer'])
-        assert tasks.check(m['task'], m, f" {m['answer']}\n")
-        assert not tasks.check(m['task'], m, m['answer'] + 'x')
-        assert not tasks.check(m['task'], m, '')
+        assert check(m['task'], m, m['answer'])
+        assert check(m['task'], m, f" {m['answer']}\n")
+        assert not check(m['task'], m, m['answer'] + 'x')
+        assert not check(m['task'], m, '')
     q = {'a': 48, 'b': 75, 'answer': '123'}
-    assert tasks.check('add', q, '123') and tasks.check('add', q, '0123')
-    assert not tasks.check('add', q, '124') and not tasks.check('add', q, '12 3') and not tasks.check('add', q, '-123')
-    assert tasks.check('sub', {'answer': '0'}, '0') and not tasks.check('sub', {'answer': '0'}, 'zero')
-    assert tasks.check('reverse', {'w': 'kvit', 'answer': 'tivk'}, 'tivk')
-    assert not tasks.check('reverse', {'w': 'kvit', 'answer': 'tivk'}, 'Tivk')
-    assert tasks.check('sort', {'w': 'kvit', 'answer': 'iktv'}, 'iktv')
-    assert not tasks.check('sort', {'w': 'kvit', 'answer': 'iktv'}, 'ikvt')
-    assert tasks.check('count', {'c': 'a', 'w': 'abaca', 'answer': '3'}, '3')
-    assert not tasks.check('count', {'c': 'a', 'w': 'abaca', 'answer': '3'}, '2')
+    assert check('add', q, '123') and check('add', q, '0123')
+    assert not check('add', q, '124') and not check('add', q, '12 3') and not check('add', q, '-123')
+    assert check('sub', {'answer': '0'}, '0') and not check('sub', {'answer': '0'}, 'zero')
+    assert check('reverse', {'w': 'kvit', 'answer': 'tivk'}, 'tivk')
+    assert not check('reverse', {'w': 'kvit', 'answer': 'tivk'}, 'Tivk')
+    assert check('sort', {'w': 'kvit', 'answer': 'iktv'}, 'iktv')
+    assert not check('sort', {'w': 'kvit', 'answer': 'iktv'}, 'ikvt')
+    assert check('count', {'c': 'a', 'w': 'abaca', 'answer': '3'}, '3')
+    assert not check('count', {'c': 'a', 'w': 'abaca', 'answer': '3'}, '2')
     with pytest.raises(ValueError, match='unknown task'):
-        tasks.check('multiply', q, '1')
+        check('multiply', q, '1')
 
 
 def read_split(out, split, meta):
@@ -188,7 +189,7 @@ def test_prepare_writes_consistent_files(tmp_path, which):
 
 def test_show_colours_the_loss(tmp_path):
     out = tmp_path / 'tasks'
-    p = run_script('prepare/tasks.py', f'--out_dir={out}', '--n_train=5', '--n_val=2', '--n_test=2', '--show=2')
+    p = run_script('-m', 'prepare.tasks', f'--out_dir={out}', '--n_train=5', '--n_val=2', '--n_test=2', '--show=2')
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith('wrote') and len(lines) == 4  # summary, legend, two conversations
@@ -199,7 +200,7 @@ def test_show_colours_the_loss(tmp_path):
 
 
 def test_bad_settings_one_line_error(tmp_path):
-    p = run_script('prepare/tasks.py', f'--out_dir={tmp_path / "t"}', '--digits=1', '--n_train=500')
+    p = run_script('-m', 'prepare.tasks', f'--out_dir={tmp_path / "t"}', '--digits=1', '--n_train=500')
     assert p.returncode != 0 and 'Traceback' not in p.stderr
     assert p.stderr.strip().startswith('error: too few distinct') and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 't').exists()

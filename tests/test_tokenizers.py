@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from common import EOT, CharTokenizer, GPT2Tokenizer, load_meta, load_tokenizer, load_tokens
 from conftest import write
 from prepare import corpus
+from seedgpt.data import load_meta, load_tokens
+from seedgpt.tokenizer import EOT, CharTokenizer, GPT2Tokenizer, load_tokenizer
 
 CHINESE = "你好，世界。机器学习很有趣！\n深度学习 (deep learning) 与 GPT 模型：2024 年。\n"
 

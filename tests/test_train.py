@@ -4,9 +4,11 @@ import os
 import pytest
 import torch
 
-import common
 from conftest import read_log, run_train
 from model import GPT, GPTConfig
+from seedgpt import runtime
+from seedgpt.checkpoint import save_checkpoint
+from seedgpt.data import load_meta
 
 
 def test_grad_accum_equals_big_batch(tmp_path, char_data):
@@ -20,7 +22,7 @@ def test_grad_accum_equals_big_batch(tmp_path, char_data):
 
 def fresh_run_train(*args):
     """run_train as a new process would see it: the peak-FLOP/s measurement not yet cached."""
-    common._measured_peak.clear()
+    runtime._measured_peak.clear()
     return run_train(*args)
 
 
@@ -51,7 +53,7 @@ def test_checkpoint_contents(trained_out, char_data):
     assert not [k for k in ckpt['model'] if k.startswith(('_orig_mod.', 'module.')) or '._orig_mod.' in k]
     assert ckpt['iter_num'] == 30
     assert ckpt['config']['max_iters'] == 30 and ckpt['config']['data_dir'] == str(char_data)
-    assert ckpt['meta'] == common.load_meta(char_data)
+    assert ckpt['meta'] == load_meta(char_data)
     assert len(ckpt['rng']) == 1 and isinstance(ckpt['rng'][0]['cpu'], torch.Tensor)  # one state per process
     assert len(ckpt['optimizers']) == 1 and ckpt['optimizers'][0]['state']
     model = GPT(GPTConfig(**ckpt['model_args']))
@@ -74,7 +76,7 @@ def test_block_size_too_big_for_data(tmp_path, char_data):
 
 def test_atomic_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / 'ckpt.pt'
-    common.save_checkpoint(str(path), {'iter_num': 1, 'w': torch.arange(1000)})
+    save_checkpoint(str(path), {'iter_num': 1, 'w': torch.arange(1000)})
     real_save = torch.save
 
     def torn_save(obj, f):
@@ -85,11 +87,11 @@ def test_atomic_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', torn_save)
     with pytest.raises(OSError, match='disk full'):
-        common.save_checkpoint(str(path), {'iter_num': 2, 'w': torch.zeros(1000)})
+        save_checkpoint(str(path), {'iter_num': 2, 'w': torch.zeros(1000)})
     monkeypatch.undo()
     old = torch.load(path, weights_only=True)
     assert old['iter_num'] == 1 and torch.equal(old['w'], torch.arange(1000))
     assert os.listdir(tmp_path) == ['ckpt.pt']  # no temp file left behind
-    common.save_checkpoint(str(path), {'iter_num': 3})
+    save_checkpoint(str(path), {'iter_num': 3})
     assert torch.load(path, weights_only=True) == {'iter_num': 3}
     assert os.listdir(tmp_path) == ['ckpt.pt']

@@ -5,7 +5,7 @@ In:  load_gpt2('gpt2', hf_dir='') gives (model_args, state_dict) for GPT(GPTConf
      from a local directory (config.json + model.safetensors or pytorch_model.bin) or from the local
      Hugging Face cache (gpt2, gpt2-medium, gpt2-large, gpt2-xl, also as openai-community/<name>).
 Out: to_hf(model_args, state_dict) gives a GPT2LMHeadModel config and tensors; save_hf_dir writes them
-     (export.py is the command).
+     (export/hf.py is the command).
 
 The two formats differ in three ways only: HF's GPT-2 stores its four projection matrices as Conv1D,
 (in, out), where nn.Linear is (out, in); its files may hold the attention mask as a buffer; and our

@@ -1,11 +1,11 @@
 """
 See how a trained GPT thinks: what each new token attends to, and which tokens it chose among.
 
-    python explain.py --out_dir=out-stdlib-char --prompt="def main(" --tokens=40       # terminal: colours + top-k table
-    python explain.py --out_dir=out-zh --prompt="都是勇敢的" --png=explain-out/        # heat maps per layer and head
-    python explain.py --out_dir=out-stdlib-char --prompt="import " --html=explain.html  # one self-contained page
-    python explain.py --out_dir=out-stdlib-char --layer=0 --head=2 --temperature=0     # one head of the first block, greedy
-    python explain.py --out_dir=out-sft-tasks --chat --prompt="What is 48+75?"          # a chat model's answer
+    python -m explain.attention --out_dir=out-stdlib-char --prompt="def main(" --tokens=40       # terminal: colours + top-k table
+    python -m explain.attention --out_dir=out-zh --prompt="都是勇敢的" --png=explain-out/        # heat maps per layer and head
+    python -m explain.attention --out_dir=out-stdlib-char --prompt="import " --html=explain.html  # one self-contained page
+    python -m explain.attention --out_dir=out-stdlib-char --layer=0 --head=2 --temperature=0     # one head of the first block, greedy
+    python -m explain.attention --out_dir=out-sft-tasks --chat --prompt="What is 48+75?"          # a chat model's answer
 
 In a terminal each step prints the context, the token being generated in red, every earlier token
 shaded from grey (hardly looked at) to blue (looked at most) by the attention of the position that
@@ -16,6 +16,9 @@ The weights come out of the real model: its own modules run, and each block's at
 as softmax(q k^T / sqrt(hs)) under the causal mask, the computation model.py leaves to SDPA (a test
 checks that both give the same output). Prompt and generated tokens together must fit in block_size.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m explain.attention ...")
+
 import html
 import json
 import math
@@ -27,9 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from common import load_config, render_prompt, chat_ids, setup_runtime
 from model import apply_rope
-from sample import load_model
+from seedgpt.chat import chat_ids, render_prompt
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.plot import figure, save
+from seedgpt.runtime import setup_runtime
 
 
 @dataclass
@@ -221,7 +227,6 @@ def heat_maps(text, ids, n_prompt, logits, att, out_dir):
     """attention_layerN.png (one panel per head: rows read, columns are read) and probability.png."""
     import matplotlib
     import numpy as np
-    from plot import figure, save
     os.makedirs(out_dir, exist_ok=True)
     font = cjk_font()
     print(f"font: {font} for CJK labels, DejaVu Sans for the rest" if font else

@@ -3,11 +3,11 @@ Reinforcement learning from a reward, on a leash: the policy (from the SFT model
 task suite, each answer gets a reward, and the policy moves towards the better answers while a KL penalty
 to the frozen SFT model (the reference) keeps it from wandering off.
 
-    python rl.py config/rl_tasks.py                                    # PPO, reward = the task checker
-    python rl.py config/rl_tasks.py --algo=grpo                        # GRPO: no value head
-    python rl.py config/rl_tasks.py --reward=model --reward_dir=out-reward-tasks   # a learned reward
-    python rl.py config/rl_tasks.py --init_from=resume                 # go on from out_dir's checkpoint
-    python eval.py --out_dir=out-rl-tasks                              # the same evaluator as SFT
+    python -m feedback.rl config/rl_tasks.py                                    # PPO, reward = the task checker
+    python -m feedback.rl config/rl_tasks.py --algo=grpo                        # GRPO: no value head
+    python -m feedback.rl config/rl_tasks.py --reward=model --reward_dir=out-reward-tasks   # a learned reward
+    python -m feedback.rl config/rl_tasks.py --init_from=resume                 # go on from out_dir's checkpoint
+    python -m chat.eval --out_dir=out-rl-tasks                              # the same evaluator as SFT
 
 One step:
   1. rollouts: prompts_per_step questions, group_size answers each, sampled from the policy in one batch
@@ -24,22 +24,30 @@ One step:
      and for PPO a clipped value loss.
 KL per token is log pi_old - log ref (k1), or k3 = exp(ref - pi) - (ref - pi) - 1, which is never negative
 (http://joschu.net/blog/kl-approx.html); `kl_estimator` says which, and the log line names it.
-The model, checkpoints, optimizer, schedule and logging are train.py's and common.py's.
+The model, checkpoints, optimizer, schedule and logging are train.py's and seedgpt/'s.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m feedback.rl ...")
+
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 import train
-from common import (fast_matmul_dtype, fmt_time, generate_replies, load_checkpoint, load_config, load_meta,
-                    load_tokenizer, print0, render_chat, render_prompt, reply_text, save_checkpoint, setup_runtime)
-from eval import accuracy, load_records, question
-from prepare.tasks import check
-from sample import load_model
+from seedgpt.chat import render_chat, render_prompt
+from seedgpt.checkpoint import load_checkpoint, load_model, save_checkpoint
+from seedgpt.config import load_config
+from seedgpt.data import load_meta
+from seedgpt.generate import generate_replies, reply_text
+from seedgpt.log import fmt_time
+from seedgpt.objectives import score_conversations, token_logprobs
+from seedgpt.policy import advantages, as_batch, clipped_loss, kl_per_token
+from seedgpt.runtime import fast_matmul_dtype, print0, setup_runtime
+from seedgpt.tasks import accuracy, check, load_records, question
+from seedgpt.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -50,7 +58,7 @@ class Config(train.Config):
     out_dir: str = 'out-rl-tasks'
     algo: str = 'ppo'  # 'ppo' (value head, GAE) or 'grpo' (group baseline)
     reward: str = 'check'  # 'check': 1 if prepare/tasks.py judges the answer right, else 0; 'model': reward_dir's score
-    reward_dir: str = 'out-reward-tasks'  # with reward='model': a reward.py checkpoint
+    reward_dir: str = 'out-reward-tasks'  # with reward='model': a feedback/reward.py checkpoint
     prompts_per_step: int = 16  # questions per step
     group_size: int = 8  # answers sampled per question
     max_new_tokens: int = 16  # an answer is cut here
@@ -67,103 +75,15 @@ class Config(train.Config):
     eval_examples: int = 500  # test questions answered greedily at each evaluation; 0 all
 
 
-def token_logprobs(model, x, y, values=False):
-    """(N, T) log-probability of each target y under the model (0 where y is -1), and the value head's
-    (N, T) output at the same positions when values=True (else None)."""
-    h = model.hidden(x)
-    logits = model.lm_head(h)[..., :model.config.vocab_size].float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y != -1)
-    return logp, model.value_head(h).squeeze(-1).float() if values else None
-
-
-def kl_per_token(logp, ref_logp, estimator):
-    """KL(pi || ref) estimated at the sampled tokens: k1 = log pi - log ref, k3 = exp(-k1) + k1 - 1 >= 0."""
-    k1 = logp - ref_logp
-    return k1 if estimator == 'k1' else torch.exp(-k1) + k1 - 1
-
-
-def gae(rewards, values, mask, gamma, lam):
-    """Advantages and returns (N, T) by generalised advantage estimation, over the positions where mask is 1
-    (each row's answer, one contiguous run): A_t = delta_t + gamma * lam * A_{t+1}, with
-    delta_t = r_t + gamma * V_{t+1} - V_t and nothing after the last token."""
-    adv = torch.zeros_like(rewards)
-    next_value, next_adv = torch.zeros_like(rewards[:, 0]), torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.size(1))):
-        m = mask[:, t]
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        a = delta + gamma * lam * next_adv
-        adv[:, t] = a * m
-        next_value = torch.where(m > 0, values[:, t], next_value)  # past an answer's end, nothing follows
-        next_adv = torch.where(m > 0, a, next_adv)
-    return adv, adv + values * mask
-
-
-def group_advantages(scores, group_size):
-    """GRPO: (reward - its group's mean) / (the group's std + 1e-4), per answer; and the share of groups
-    where every answer got the same reward (nothing to learn from)."""
-    g = scores.view(-1, group_size)
-    adv = (g - g.mean(dim=1, keepdim=True)) / (g.std(dim=1, keepdim=True) + 1e-4)
-    return adv.view(-1), (g.std(dim=1) < 1e-6).float().mean().item()
-
-
-def advantages(cfg, scores, kl, mask, values):
-    """Per-token advantages (N, T), returns (N, T) for the value loss (ppo; zeros for grpo), and the share
-    of groups with one reward for all (grpo; None for ppo), from the answers' rewards scores (N,), the
-    KL per token to the reference (N, T), the answer mask and the values at the rollout (ppo)."""
-    if cfg.algo == 'grpo':
-        seq_adv, zero_var = group_advantages(scores, cfg.group_size)
-        return seq_adv[:, None] * mask, torch.zeros_like(mask), zero_var
-    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & (mask > 0)  # each answer's last token
-    rewards = -cfg.kl_coef * kl + scores[:, None] * last
-    adv, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
-    mu = masked_mean(adv, mask)
-    sd = masked_mean((adv - mu) ** 2, mask).sqrt()
-    return (adv - mu) / (sd + 1e-8) * mask, returns, None  # whitened over the batch's tokens
-
-
-def clipped_loss(cfg, logp, values, old_logp, old_values, adv, returns, ref_logp, mask):
-    """The loss of one minibatch, and its stats: the clipped policy objective, mean over answer tokens,
-    plus for ppo the clipped value loss, for grpo the k3 KL to the reference."""
-    ratio = torch.exp(logp - old_logp)  # pi_new / pi_old per token
-    pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
-    loss = masked_mean(pg, mask)
-    stats = {'clip_frac': masked_mean(((ratio - 1).abs() > cfg.clip_eps).float(), mask)}
-    if cfg.algo == 'ppo':
-        v_clipped = old_values + (values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
-        v_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
-        stats['value_loss'] = v_loss
-        return loss + cfg.vf_coef * v_loss, stats
-    return loss + cfg.kl_coef * masked_mean(kl_per_token(logp, ref_logp, 'k3'), mask), stats
-
-
-def masked_mean(x, mask):
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def as_batch(prompts, answers, device):
-    """x, y (N, T) for prompt + answer rows, right-padded: y holds the answer's tokens as targets (the
-    positions that predict them), -1 elsewhere."""
-    rows = [p + a for p, a in zip(prompts, answers)]
-    T = max(len(r) for r in rows) - 1
-    x = torch.zeros(len(rows), T, dtype=torch.long)
-    y = torch.full((len(rows), T), -1, dtype=torch.long)
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        r = p + a
-        x[i, :len(r) - 1] = torch.tensor(r[:-1])
-        y[i, len(p) - 1:len(r) - 1] = torch.tensor(a)
-    return x.to(device), y.to(device)
-
-
 class Rewarder:
     """An answer's reward: the task checker's verdict, or a reward model's score."""
 
     def __init__(self, cfg, tok, device):
         self.kind, self.tok, self.model = cfg.reward, tok, None
         if cfg.reward == 'model':
-            from reward import score_conversations
             self.model, _ = load_model(cfg.reward_dir, device, torch.float32)
             if self.model.value_head is None:
-                raise SystemExit(f"error: {cfg.reward_dir} has no value head; train one with reward.py")
+                raise SystemExit(f"error: {cfg.reward_dir} has no value head; train one with feedback/reward.py")
             self.score = score_conversations
         elif cfg.reward != 'check':
             raise SystemExit(f"error: reward must be 'check' or 'model', got {cfg.reward!r}")
@@ -184,7 +104,7 @@ def main(cfg):
         raise SystemExit("error: grpo needs group_size >= 2: the baseline is the group's mean")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     if rt.ddp:
-        raise SystemExit("error: rl.py runs in one process")
+        raise SystemExit("error: feedback/rl.py runs in one process")
     meta = load_meta(cfg.data_dir)
     tok = load_tokenizer(meta)
     os.makedirs(cfg.out_dir, exist_ok=True)

@@ -1,17 +1,17 @@
 """
 Make a trained checkpoint smaller: int8 weights, pruned weights, or only the weights (no optimizer state).
 
-    python compress.py --out_dir=out-stdlib-char --int8 --to=out-stdlib-char-int8            # int8 blocks
-    python compress.py --out_dir=out-stdlib-char --prune=0.5 --to=out-stdlib-char-p50         # half of each matrix zeroed
+    python -m compress.shrink --out_dir=out-stdlib-char --int8 --to=out-stdlib-char-int8            # int8 blocks
+    python -m compress.shrink --out_dir=out-stdlib-char --prune=0.5 --to=out-stdlib-char-p50         # half of each matrix zeroed
     python train.py --init_from=out-stdlib-char-p50 --out_dir=out-stdlib-char-p50-ft --block_size=128 --max_time=30
-    python compress.py --out_dir=out-stdlib-char --prune_pattern=2:4 --to=out-stdlib-char-2of4  # 2 of every 4 zeroed
-    python compress.py --out_dir=out-stdlib-char --dtype=bfloat16 --to=out-stdlib-char-bf16    # float weights in bf16
-    python compress.py --out_dir=out-stdlib-char --to=out-stdlib-char-fp32                     # the weights alone
+    python -m compress.shrink --out_dir=out-stdlib-char --prune_pattern=2:4 --to=out-stdlib-char-2of4  # 2 of every 4 zeroed
+    python -m compress.shrink --out_dir=out-stdlib-char --dtype=bfloat16 --to=out-stdlib-char-bf16    # float weights in bf16
+    python -m compress.shrink --out_dir=out-stdlib-char --to=out-stdlib-char-fp32                     # the weights alone
 
 What changes is the Linear layers of the blocks (attention's c_attn and c_proj, the MLP's c_fc and c_proj):
 nearly all the weights of a model with a small vocabulary. Embeddings (tied to lm_head) and norms stay.
   --int8           model.Int8Linear's scheme, stored: int8 weights and one scale per output row, a quarter of
-                   fp32's bytes; sample.py, chat.py and eval.py rebuild the int8 layers from the file.
+                   fp32's bytes; sample.py, chat/talk.py and chat/eval.py rebuild the int8 layers from the file.
   --prune=F        magnitude pruning, unstructured, per matrix: each matrix loses the fraction F of its weights
                    that are smallest in magnitude.
   --prune_pattern  'N:M': of every M consecutive weights along the input dimension, keep the N largest in
@@ -20,13 +20,19 @@ Pruned checkpoints hold the masks (ckpt['masks']); train.py keeps the pruned wei
 fine-tunes from one. A smaller model trained on a teacher's logits (distillation) is a train.py setting:
 see config/distill_stdlib.py.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m compress.shrink ...")
+
 import os
 from dataclasses import dataclass
 
 import torch
 
-from common import checkpoint_path, load_checkpoint, load_config, save_checkpoint
-from model import GPT, GPTConfig, quantize_int8
+from model import GPT, GPTConfig
+from seedgpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from seedgpt.config import load_config
+from seedgpt.int8 import quantize_int8
+from seedgpt.prune import block_matrices, magnitude_masks, pattern_masks, sparsity
 
 
 @dataclass
@@ -37,42 +43,6 @@ class Config:
     prune: float = 0.0  # zero this fraction of each block matrix, its smallest weights first
     prune_pattern: str = ''  # 'N:M': keep the N largest of every M consecutive weights along the input dim
     dtype: str = 'float32'  # the float tensors' dtype on disk: 'float32', 'bfloat16' or 'float16'
-
-
-def block_matrices(state):
-    """The weight matrices of the blocks' Linears in a GPT state dict: {name: tensor}."""
-    return {k: v for k, v in state.items() if k.startswith('transformer.h.') and k.endswith('.weight') and v.dim() == 2}
-
-
-def magnitude_masks(weights, fraction):
-    """{name: bool mask}, False on the round(fraction * numel) weights of each matrix smallest in magnitude."""
-    masks = {}
-    for name, w in weights.items():
-        mask = torch.ones(w.numel(), dtype=torch.bool)
-        k = round(fraction * w.numel())
-        if k:
-            mask[w.float().abs().flatten().topk(k, largest=False).indices] = False
-        masks[name] = mask.view(w.shape)
-    return masks
-
-
-def pattern_masks(weights, n, m):
-    """{name: bool mask} keeping the n largest in magnitude of every m consecutive weights of each row."""
-    masks = {}
-    for name, w in weights.items():
-        rows, cols = w.shape  # (out, in): a row is what one output reads from the inputs
-        if cols % m:
-            raise SystemExit(f"error: {name} has {cols} inputs, not a multiple of {m}; choose another prune_pattern")
-        groups = w.float().abs().view(rows, cols // m, m)
-        keep = groups.topk(n, dim=-1).indices
-        masks[name] = torch.zeros(groups.shape, dtype=torch.bool).scatter_(-1, keep, True).view(rows, cols)
-    return masks
-
-
-def sparsity(state):
-    """The fraction of the blocks' matrix weights that are exactly zero."""
-    weights = block_matrices(state).values()
-    return sum((w == 0).sum().item() for w in weights) / max(1, sum(w.numel() for w in weights))
 
 
 def compress(cfg):

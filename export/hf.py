@@ -1,8 +1,8 @@
 """
 Export a checkpoint with GPT-2's architecture as a Hugging Face GPT2LMHeadModel directory.
 
-    python export.py --out_dir=out-gpt2-arch --hf_dir=hf-out
-    python export.py --out_dir=out-gpt2-arch --hf_dir=hf-out --force   # replace an existing hf-out
+    python -m export.hf --out_dir=out-gpt2-arch --hf_dir=hf-out
+    python -m export.hf --out_dir=out-gpt2-arch --hf_dir=hf-out --force   # replace an existing hf-out
 
 Writes config.json and model.safetensors (plus vocab.json, merges.txt and tokenizer_config.json when the
 model uses the GPT-2 tokenizer), then, with transformers installed:
@@ -12,10 +12,14 @@ model uses the GPT-2 tokenizer), then, with transformers installed:
 Needs the safetensors package (pip install safetensors). Models with rope, rms norm, qk_norm, relu2 or
 bias=False are not GPT-2 and are refused.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m export.hf ...")
+
 from dataclasses import dataclass
 
-from common import load_checkpoint, load_config
-from hf import gpt2_tokenizer_files, save_hf_dir, to_hf
+from seedgpt.checkpoint import load_checkpoint
+from seedgpt.config import load_config
+from seedgpt.hf import gpt2_tokenizer_files, save_hf_dir, to_hf
 
 
 @dataclass

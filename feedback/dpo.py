@@ -6,22 +6,23 @@ pairs directly, with no reward model and no sampling, against a frozen reference
 
 log pi(answer) sums the log-probabilities of the answer's tokens only (its <|end|> included), not the prompt's.
 
-    python prepare/preferences.py --from=out-sft-tasks     # the pairs
-    python dpo.py config/dpo_tasks.py                      # -> out-dpo-tasks
-    python eval.py --out_dir=out-dpo-tasks                 # the same evaluator as SFT
+    python -m prepare.preferences --from_dir=out-sft-tasks     # the pairs
+    python -m feedback.dpo config/dpo_tasks.py                      # -> out-dpo-tasks
+    python -m chat.eval --out_dir=out-dpo-tasks                 # the same evaluator as SFT
 
 It runs train.py's loop (every train.py setting works, resume included). Logged besides the loss: margin,
 the implicit reward margin beta * [...] above, and acc, the share of pairs where it is positive.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m feedback.dpo ...")
+
 from dataclasses import dataclass, replace
 
-import torch
-import torch.nn.functional as F
-
 import train
-from common import load_config
-from rl import token_logprobs
-from sample import load_model
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.data import PairBatches
+from seedgpt.objectives import DPOLoss
 
 
 @dataclass
@@ -35,34 +36,8 @@ class Config(train.Config):
     # DPO alone can lower the chosen answers' likelihood too, as long as the rejected ones' falls faster
 
 
-def answer_logprobs(model, x, y):
-    """(N,) the summed log-probability of each row's answer tokens (where y != -1)."""
-    return token_logprobs(model, x, y)[0].sum(dim=1)
-
-
-class DPOLoss(torch.nn.Module):
-    """forward(x, y) -> (stats, loss) on a batch of pairs: chosen rows first, rejected rows after."""
-
-    def __init__(self, policy, ref, beta, sft_coef=0.0):
-        super().__init__()
-        self.policy, self.beta, self.sft_coef = policy, beta, sft_coef
-        self.ref = [ref]  # in a list: not a submodule, so never trained, saved or moved by DDP
-
-    def forward(self, x, y):
-        with torch.no_grad():
-            ref = answer_logprobs(self.ref[0], x, y)
-        logp = answer_logprobs(self.policy, x, y)
-        chosen, rejected = (logp - ref).chunk(2)  # log pi - log ref, per row
-        margin = self.beta * (chosen - rejected)  # the implicit reward margin
-        loss = -F.logsigmoid(margin).mean()
-        n_chosen = (y != -1).sum(dim=1).chunk(2)[0].clamp(min=1)
-        nll = -(logp.chunk(2)[0] / n_chosen).mean()  # per token of the chosen answers
-        stats = {'margin': margin.mean(), 'acc': (margin > 0).float().mean(), 'chosen_nll': nll.detach()}
-        return stats, loss + self.sft_coef * nll
-
-
 class Objective:
-    batches = train.PairBatches
+    batches = PairBatches
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -83,4 +58,4 @@ if __name__ == '__main__':
     last = train.main(cfg, Objective(cfg))
     if last:
         print(f"held-out: DPO loss {last['val']:.4f}, implicit reward margin {last['val_margin']:.3f}, "
-              f"pairs ranked right {last['val_acc']:.3f}; now: python eval.py --out_dir={cfg.out_dir}")
+              f"pairs ranked right {last['val_acc']:.3f}; now: python -m chat.eval --out_dir={cfg.out_dir}")

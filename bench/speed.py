@@ -1,23 +1,26 @@
 """
 Measure seedgpt on this machine, side by side with nanoGPT, and print the results as markdown tables.
 
-    python bench.py                                            # every section, seedgpt alone
-    python bench.py --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
-    python bench.py --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
-    python bench.py --only=train,sample --quick                # some sections, fewer and shorter rounds
-    python bench.py --only=quant --quant_out_dir=out-shakespeare-char-cpu  # int8's val-loss change
-    python bench.py --only=quant --quant_out_dir=out-stdlib-char-fp32,out-stdlib-char-bf16:bfloat16,out-stdlib-char-int8
-    python bench.py --help                                     # every setting
+    python -m bench.speed                                            # every section, seedgpt alone
+    python -m bench.speed --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
+    python -m bench.speed --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
+    python -m bench.speed --only=train,sample --quick                # some sections, fewer and shorter rounds
+    python -m bench.speed --only=quant --quant_out_dir=out-shakespeare-char-cpu  # int8's val-loss change
+    python -m bench.speed --only=quant --quant_out_dir=out-stdlib-char-fp32,out-stdlib-char-bf16:bfloat16,out-stdlib-char-int8
+    python -m bench.speed --help                                     # every setting
 
 Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +
 clip + AdamW step at two sizes, fp32 and bf16 autocast; --compile adds torch.compile'd rows); sample
 (tokens/s with and without the KV cache, fp32, bf16 and int8 weights, eager and compiled, and checks
 that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus: MB/s, cores used, and
-peak memory for a corpus 10x larger); quant (trained checkpoints, e.g. compress.py's, side by side:
+peak memory for a corpus 10x larger); quant (trained checkpoints, e.g. compress/shrink.py's, side by side:
 size on disk, zero block weights, val loss and decoding tokens/s, with each one's weights as loaded by
 sample.py; not in the default list). nanoGPT is imported at run time from the
 path given, never copied here. Progress goes to stderr, the tables to stdout.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m bench.speed ...")
+
 import contextlib
 import importlib.util
 import io
@@ -33,7 +36,11 @@ from dataclasses import dataclass
 import torch
 
 import model as seedgpt
-from common import cpu_has_bf16, load_config, measured_matmul_flops, setup_runtime
+from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
+from seedgpt.config import load_config
+from seedgpt.data import load_meta, load_tokens
+from seedgpt.prune import sparsity
+from seedgpt.runtime import cpu_has_bf16, measured_matmul_flops, setup_runtime
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -307,12 +314,9 @@ def bench_sample(cfg, rt, impls):
 
 @torch.no_grad()
 def bench_quant(cfg, rt):
-    """Checkpoints side by side, each loaded by sample.load_model (so compress.py's int8 ones as int8): size on
+    """Checkpoints side by side, each loaded by sample.load_model (so compress/shrink.py's int8 ones as int8): size on
     disk, the fraction of zero block weights, val loss on the same evenly spread windows, and decoding tokens/s
     (batch 1, KV cache, eager), the models taking turns round by round so a change in load hits all alike."""
-    from common import checkpoint_path, load_checkpoint, load_meta, load_tokens
-    from compress import sparsity
-    from sample import load_model
     if not cfg.quant_out_dir:
         raise SystemExit("error: the quant section needs --quant_out_dir=OUT_DIR[,OUT_DIR...] of trained runs")
     runs = []
@@ -379,7 +383,7 @@ print(json.dumps(dict(bytes=nbytes, files=len(files), wall=wall, cpu=cpu, tokens
 
 def bench_prepare(cfg, rt):
     sys.path.insert(0, os.path.join(ROOT, 'prepare'))
-    from stdlib import stdlib_files
+    from prepare.stdlib import stdlib_files
     root, files = stdlib_files()
 
     others = Others()

@@ -1,15 +1,15 @@
 """
 Serve a checkpoint over HTTP with the OpenAI API, and a chat page for people.
 
-    python serve.py --out_dir=out-sft-tasks --port=8000         # http://127.0.0.1:8000/ is the chat page
-    python serve.py --out_dir=out-stdlib-char --max_batch=1     # a base model (completions only), one request at a time
-    python serve.py --out_dir=out-sft-tasks --bench             # load test: batched against one at a time
+    python -m serve.server --out_dir=out-sft-tasks --port=8000         # http://127.0.0.1:8000/ is the chat page
+    python -m serve.server --out_dir=out-stdlib-char --max_batch=1     # a base model (completions only), one request at a time
+    python -m serve.server --out_dir=out-sft-tasks --bench             # load test: batched against one at a time
 
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "out-sft-tasks", "messages": [{"role": "user", "content": "What is 48+75?"}]}'
 
 Endpoints: POST /v1/completions and /v1/chat/completions (OpenAI shapes; "stream": true sends SSE
-chunks, then `data: [DONE]`), GET /v1/models, GET /health, GET / (serve.html). One model per server:
+chunks, then `data: [DONE]`), GET /v1/models, GET /health, GET / (serve/page.html). One model per server:
 the request's "model" is not checked. The chat endpoint needs a chat model (one with chat tokens);
 completions work for any.
 
@@ -24,6 +24,9 @@ Limits: at most queue_size requests wait (then 503); max_tokens is capped; a pro
 for its max_tokens in block_size (else 400, never cropped); a request gets `timeout` seconds in all.
 Bad input gets a 4xx and an OpenAI error body {"error": {"message", "type", "param", "code"}}.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m serve.server ...")
+
 import asyncio
 import json
 import math
@@ -43,9 +46,12 @@ from dataclasses import dataclass
 
 import torch
 
-from common import ROLES, chat_ids, load_config, render_prompt, setup_runtime
-from model import KVCache, left_pad, sample_next
-from sample import load_model
+from model import KVCache
+from seedgpt.chat import ROLES, chat_ids, render_prompt
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.generate import left_pad, sample_next
+from seedgpt.runtime import setup_runtime
 
 
 @dataclass
@@ -396,7 +402,7 @@ def make_app(model, tok, cfg, name):
         return {'status': 'ok', 'model': name, 'chat': chat_stop is not None, 'block_size': block_size,
                 'running': engine.running, 'queued': engine.pending.qsize()}
 
-    page = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve.html')
+    page = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve/page.html')
 
     @app.get('/')
     async def chat_page():
@@ -451,7 +457,7 @@ def percentile(xs, p):
 
 
 def bench(cfg):
-    """Start `python serve.py` with max_batch=1 and with cfg.max_batch, alternately, and load each."""
+    """Start `python -m serve.server` with max_batch=1 and with cfg.max_batch, alternately, and load each."""
     import httpx
     rnd = random.Random(0)
     prompts = [f"What is {rnd.randint(10, 99)}+{rnd.randint(10, 99)}?" for _ in range(64)]

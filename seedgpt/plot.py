@@ -1,19 +1,12 @@
 """
 Loss curves from training logs (out_dir/log.jsonl), as PNG files. matplotlib is optional: pip install matplotlib.
-
-    python plot.py out-stdlib-char                              # one run -> loss_runs.png
-    python plot.py out-stdlib-char out-shakespeare-char-cpu     # several runs overlaid in one PNG
-    python plot.py out-a out-b --x=tokens --out=compare.png     # x axis: iter, tokens or time (seconds)
-
-train.py also writes out_dir/loss.png at each evaluation (loss_png below): train and val loss against
+explain/plot.py is the command; train.py writes out_dir/loss.png at each evaluation (loss_png below): train and val loss against
 iterations (and tokens, on the top axis), with the learning rate on a second y axis.
 """
-import argparse
 import json
 import os
-import sys
 
-from common import atomic_write, load_checkpoint
+from seedgpt.checkpoint import atomic_write, load_checkpoint
 
 _hinted = False  # the "install matplotlib" hint is printed once per process
 
@@ -127,23 +120,3 @@ def draw_runs(out_dirs, path, x='iter'):
     save(fig, path)
     return fig
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument('out_dirs', nargs='+', help='training runs, each a directory holding log.jsonl')
-    p.add_argument('--out', default='loss_runs.png', help='the PNG to write')
-    p.add_argument('--x', choices=('iter', 'tokens', 'time'), default='iter', help='the x axis')
-    args = p.parse_args(argv)
-    for d in args.out_dirs:
-        if not os.path.isfile(os.path.join(d, 'log.jsonl')):
-            raise SystemExit(f"error: no {os.path.join(d, 'log.jsonl')}; pass the out_dir of a training run")
-    try:
-        draw_runs(args.out_dirs, args.out, args.x)
-    except ImportError:
-        raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
-    print(f"wrote {args.out}")
-
-
-if __name__ == '__main__':
-    sys.exit(main())

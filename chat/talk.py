@@ -1,20 +1,26 @@
 """
 Talk to a chat model (one fine-tuned on chat data, e.g. prepare/tasks.py's suite) in the terminal.
 
-    python chat.py --out_dir=out-sft-tasks                               # multi-turn, answers streamed
-    python chat.py --out_dir=out-sft-tasks --prompt="What is 48+75?"     # one turn: only the answer on stdout
-    python chat.py --out_dir=out-sft-tasks --system="Be brief." --temperature=0.8
+    python -m chat.talk --out_dir=out-sft-tasks                               # multi-turn, answers streamed
+    python -m chat.talk --out_dir=out-sft-tasks --prompt="What is 48+75?"     # one turn: only the answer on stdout
+    python -m chat.talk --out_dir=out-sft-tasks --system="Be brief." --temperature=0.8
 
 In the chat, /reset starts a new conversation and Ctrl-D (end of input) leaves; Ctrl-C stops an
 answer being written. When the conversation outgrows the model's context, the oldest turns are dropped.
 """
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m chat.talk ...")
+
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from common import chat_ids, load_config, render_prompt, setup_runtime, stream_reply
-from sample import load_model
+from seedgpt.chat import chat_ids, render_prompt
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.generate import stream_reply
+from seedgpt.runtime import setup_runtime
 
 
 @dataclass

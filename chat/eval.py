@@ -1,0 +1,60 @@
+"""
+Exact-match accuracy of a chat model on the task suite of prepare/tasks.py, per task.
+
+    python -m chat.eval --out_dir=out-sft-tasks                      # a table
+    python -m chat.eval --out_dir=out-sft-tasks --json               # one JSON object on stdout
+    python -m chat.eval --out_dir=out-sft-tasks --max_examples=200 --temperature=0.8 --split=val
+
+Each question of the split is rendered as a prompt (the user turn, then <|assistant|>), answered
+greedily by default up to <|end|>, and judged by prepare/tasks.py's check. The mean is over tasks.
+"""
+if not __package__:  # run as a file, the repo root is not on the path: say how to run it
+    raise SystemExit("error: run it from the repo root as a module: python -m chat.eval ...")
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from seedgpt.chat import chat_ids
+from seedgpt.checkpoint import load_model
+from seedgpt.config import load_config
+from seedgpt.runtime import setup_runtime
+from seedgpt.tasks import accuracy, load_records, table
+
+
+@dataclass
+class Config:
+    out_dir: str = 'out'  # the training run's directory, holding ckpt.pt
+    data_dir: str = 'data/tasks'  # made by prepare/tasks.py
+    split: str = 'test'  # which {split}.jsonl to answer
+    max_examples: int = 0  # answer only the first this many questions; 0 answers all
+    max_new_tokens: int = 32  # an answer longer than this is cut (and wrong)
+    temperature: float = 0.0  # 0 is greedy
+    top_k: int = 0  # keep only the k likeliest tokens; 0 keeps all
+    seed: int = 1337
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
+    dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
+    json: bool = False  # print one JSON object instead of the table
+    batch_size: int = 64  # questions answered together (left-padded, one KV cache); greedy answers do not depend on it
+
+
+def main(cfg):
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
+    chat_ids(tok)  # a base model stops here, with a one-line error
+    records = load_records(cfg.data_dir, cfg.split, cfg.max_examples)
+    g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+    try:
+        result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True,
+                          temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
+    except ValueError as e:  # a question with a character the model has never seen
+        raise SystemExit(f"error: {e}; was {cfg.data_dir} made with this model's tokenizer?")
+    if cfg.json:
+        print(json.dumps({'out_dir': cfg.out_dir, 'split': cfg.split, **result}))
+    else:
+        print(table(result))
+
+
+if __name__ == '__main__':
+    main(load_config(Config))

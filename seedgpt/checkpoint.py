@@ -1,0 +1,204 @@
+"""
+Checkpoints: what a run saves and where a run starts.
+
+A checkpoint is one torch file holding plain state dicts (no `module.` or `_orig_mod.` prefixes), the model
+args, the resolved config, the dataset's meta, the optimizer states, the iteration and every rank's RNG
+state. It is written to a temporary file, flushed to disk and renamed, then the directory itself is
+flushed: a crash at any moment leaves the previous checkpoint whole and findable.
+"""
+import os
+from dataclasses import fields
+
+import torch
+
+from model import GPT, GPTConfig, padded_vocab
+from seedgpt.hf import GPT2_NAMES, load_gpt2
+from seedgpt.int8 import quantize_int8
+from seedgpt.tokenizer import load_tokenizer
+
+
+def atomic_write(path, write_fn):
+    """Call write_fn(tmp_path), then rename over `path`: readers see the old or the new file, whole."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write_fn(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, ckpt):
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def checkpoint_path(where):
+    """A run's checkpoint: `where` itself if it names a .pt file, else where/ckpt.pt."""
+    where = os.fspath(where)  # a str or a pathlib.Path
+    return where if where.endswith('.pt') else os.path.join(where, 'ckpt.pt')
+
+
+def load_checkpoint(where):
+    """A checkpoint (an out_dir or a .pt file) on the CPU, memory-mapped: only the tensors a caller touches
+    are read from disk (so sampling never reads the optimizer's moments), and the caller moves what it
+    needs to its device."""
+    path = checkpoint_path(where)
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) or pass --out_dir")
+    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+
+
+
+def start_from(cfg, meta, ckpt):
+    """The model's args and weights (None: a fresh init) for cfg.init_from."""
+    if ckpt:
+        return ckpt['model_args'], ckpt['model']
+    if cfg.init_from == 'scratch':
+        return {**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)}, 'vocab_size': meta['vocab_size']}, None
+    if cfg.init_from.split('/')[-1] in GPT2_NAMES:  # OpenAI's weights, from a local Hugging Face copy
+        if meta['tokenizer'] != 'gpt2':
+            raise SystemExit(f"error: init_from={cfg.init_from} needs a GPT-2 BPE dataset; {cfg.data_dir} is "
+                             f"{meta['tokenizer']}-level (prepare it with --tokenizer=gpt2)")
+        args, state = load_gpt2(cfg.init_from, cfg.hf_dir, cfg.dropout)
+    else:  # a seedgpt checkpoint: its weights, with a fresh optimizer and step count
+        path = checkpoint_path(cfg.init_from)
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: init_from={cfg.init_from!r}: no checkpoint at {path}; use 'scratch', 'resume', "
+                             f"a GPT-2 name ({', '.join(GPT2_NAMES)}) or a seedgpt out_dir")
+        base = load_checkpoint(path)
+        ours, theirs = meta.get('chars', []), base['meta'].get('chars', [])
+        if base['meta']['tokenizer'] != meta['tokenizer'] or ours[:len(theirs)] != theirs:
+            raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
+                             "would mean other characters")
+        if base.get('quant'):
+            raise SystemExit(f"error: {path} holds {base['quant']} weights, which do not train; fine-tune the float "
+                             "checkpoint and compress the result")
+        args, state = {**base['model_args'], 'dropout': cfg.dropout}, base['model']
+        if cfg.value_head and not args.get('value_head'):  # a scalar head on a language model (feedback/reward.py), from zero
+            args['value_head'] = True
+            n_embd = args['n_embd']
+            state = {**state, 'value_head.weight': torch.zeros(1, n_embd), 'value_head.bias': torch.zeros(1)}
+    if meta['vocab_size'] > args['vocab_size']:  # e.g. a chat dataset's role tokens, after GPT-2's 50257
+        if padded_vocab(meta['vocab_size']) != padded_vocab(args['vocab_size']):
+            raise SystemExit(f"error: {cfg.data_dir} has {meta['vocab_size']} tokens, more than the model's table "
+                             f"of {padded_vocab(args['vocab_size'])} rows")
+        args['vocab_size'] = meta['vocab_size']  # the new ids take rows of the padding
+    if cfg.block_size < args['block_size']:  # fine-tune on shorter blocks: fewer positions to learn from
+        args['block_size'] = cfg.block_size
+        if 'transformer.wpe.weight' in state:
+            state = {**state, 'transformer.wpe.weight': state['transformer.wpe.weight'][:cfg.block_size]}
+    return args, state
+
+
+def build_model(model_args, state, rt, fsdp):
+    """The model on rt.device: with the weights in `state` (a full state dict), else freshly initialised.
+
+    Under FSDP no process ever holds the whole model on its GPU: each builds it on the meta device (shapes
+    only, no memory) and shards it, then rank 0 sends every rank its shards of the weights, which it read
+    from the checkpoint or initialised on the CPU from the same seed as a single process would.
+    """
+    config = GPTConfig(**model_args)
+    if not fsdp:
+        model = GPT(config)
+        if state is not None:
+            model.load_state_dict(state)
+        return model.to(rt.device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+    if rt.master and state is None:
+        state = GPT(config).state_dict()
+    with torch.device('meta'):
+        model = GPT(config)
+    for block in model.transformer.h:  # one unit per block, then the rest; tensors become DTensors
+        fully_shard(block)
+    fully_shard(model)
+    model.to_empty(device=rt.device)
+    model.init_buffers()  # the rope tables, which no state dict carries
+    set_model_state_dict(model, state if rt.master else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def full_state(model, optimizers, fsdp):
+    """Whole (unsharded) model and optimizer state dicts, gathered to the CPU under FSDP."""
+    if not fsdp:
+        return model.state_dict(), [opt.state_dict() for opt in optimizers]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), [get_optimizer_state_dict(model, opt, options=opts)
+                                                        for opt in optimizers]
+
+
+def set_optimizer_state(model, optimizers, states, rt, fsdp):
+    """Load full optimizer states; under FSDP rank 0 holds them and sends each rank its shards."""
+    if not fsdp:
+        for opt, state in zip(optimizers, states):
+            opt.load_state_dict(state)  # moves the moments to the parameters' device
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    for opt, state in zip(optimizers, states):
+        set_optimizer_state_dict(model, opt, state if rt.master else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def rng_states(rt):
+    """Every rank's RNG states (each draws its own dropout masks), gathered to rank 0 for the checkpoint."""
+    mine = {'cpu': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}
+    if not rt.ddp:
+        return [mine]
+    every = [None] * rt.world_size
+    torch.distributed.all_gather_object(every, mine)
+    return every
+
+def load_model(out_dir, device, dtype=torch.float32, quant='none'):
+    """The model and tokenizer of a checkpoint, ready for inference, its weights cast to dtype.
+
+    quant='int8' stores the blocks' Linear weights as int8 (quantised from the fp32 weights, before the cast).
+    A checkpoint written by compress/shrink.py --int8 holds them as int8 already: they load into Int8Linear layers
+    as they are, with no float copy made on the way.
+
+    Casting once, not autocasting every step: one token at a time, sampling is bound by reading the
+    weights, so half-size bf16 weights (which fit in a CPU's L3 cache at baby-GPT size) nearly double it.
+    """
+    if quant not in ('none', 'int8'):
+        raise SystemExit(f"error: quant must be 'none' or 'int8', got {quant!r}")
+    ckpt = load_checkpoint(out_dir)  # memory-mapped: the optimizer state is never read
+    with torch.device('meta'):  # shapes only: the checkpoint's own tensors take their places below
+        model = GPT(GPTConfig(**ckpt['model_args']))
+    if ckpt.get('quant') == 'int8':
+        quantize_int8(model)
+    model.load_state_dict(ckpt['model'], assign=True)
+    model.transformer.wte.weight = model.lm_head.weight  # assigning untied them
+    model.init_buffers()  # the rope tables, now on the weights' device
+    if quant == 'int8' and not ckpt.get('quant'):
+        quantize_int8(model)
+    model.eval().to(device=device, dtype=dtype)  # int8 weights keep their dtype: only float tensors are cast
+    return model, load_tokenizer(ckpt['meta'])
+
+def start_masks(cfg, ckpt):
+    """The pruning masks of the checkpoint a run starts from (compress/shrink.py --prune), {} for none: {name: bool tensor}."""
+    if ckpt:
+        return ckpt.get('masks', {})
+    if cfg.init_from == 'scratch' or cfg.init_from.split('/')[-1] in GPT2_NAMES:
+        return {}
+    return load_checkpoint(cfg.init_from).get('masks', {})
+
+
+
+def restore_rng(ckpt, rt, seed):
+    """Put back this rank's RNG states from a checkpoint, so dropout draws the masks an uninterrupted run would.
+    A checkpoint saved by another number of processes has no state for this rank: reseed, and say so."""
+    if len(ckpt['rng']) == rt.world_size:
+        rng = ckpt['rng'][rt.rank]
+        torch.set_rng_state(rng['cpu'])
+        if rt.device_type == 'cuda' and rng['cuda'] is not None:
+            torch.cuda.set_rng_state(rng['cuda'], rt.device)
+        return
+    torch.manual_seed(seed + rt.rank + 1000 * ckpt['iter_num'])
+    if rt.master:
+        print(f"note: saved by {len(ckpt['rng'])} processes, resumed on {rt.world_size}: dropout masks differ "
+              "from an uninterrupted run", flush=True)
