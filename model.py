@@ -252,11 +252,25 @@ class GPT(nn.Module):
             cache.pos += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, cache=None, pad=None):
+    def forward(self, idx, targets=None, cache=None, pad=None, per_token=False, temperature=1.0):
         """Logits (B, T, V) and the mean loss when targets are given (a target of -1 is left out of the
-        loss); without targets, the logits (B, 1, V) of the last position only."""
+        loss); without targets, the logits (B, 1, V) of the last position only.
+
+        per_token=True returns instead what RL, DPO and reward models score answers with: the (B, T)
+        log-probability of each target under softmax(logits / temperature), 0 where the target is -1, and
+        the value head's (B, T) output (None without one). It is a mode of forward, not a method of its own,
+        because FSDP gathers a sharded model's weights in hooks around forward: any path around it would
+        meet sharded tensors.
+        """
         x = self.hidden(idx, cache, pad)
         V = self.config.vocab_size
+        if per_token:
+            # the log-probabilities of the distribution that sampled: scored at another temperature than
+            # the rollouts', the PPO ratio and the KL would compare the wrong policies
+            logits = self.lm_head(x)[..., :V].float() / temperature
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            values = self.value_head(x).squeeze(-1).float() if self.value_head is not None else None
+            return logp * (targets != -1), values
         if targets is None:
             return self.lm_head(x[:, [-1], :])[..., :V], None  # (B, 1, V): only the next token is needed
         logits = self.lm_head(x)[..., :V]  # the padding's ids are never right: keep them out of the softmax
@@ -276,13 +290,17 @@ class GPT(nn.Module):
         adam_kwargs = dict(lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))
         if muon_lr <= 0:
             return [torch.optim.AdamW(self.optimizer_groups(weight_decay), **adam_kwargs)]
-        # frozen parameters (fine-tuning) go to neither optimizer
-        hidden = [p for p in self.transformer.h.parameters() if p.dim() == 2 and p.requires_grad]
+        # frozen parameters (fine-tuning) go to neither optimizer. LoRA's A and B go to AdamW, as in the LoRA paper:
+        # Muon sizes its steps for whole hidden matrices (every singular value set to 1), not for the two thin
+        # factors of a rank-r update, one of which (B) starts at zero
+        hidden = [p for n, p in self.transformer.h.named_parameters()
+                  if p.dim() == 2 and p.requires_grad and 'lora_' not in n]
         ids = {id(p) for p in hidden}
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         adam = torch.optim.AdamW([{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay},
                                   {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0}], **adam_kwargs)
-        return [adam, Muon(hidden, lr=muon_lr, weight_decay=weight_decay, ns_dtype=matmul_dtype)]
+        # with LoRA no hidden matrix trains, and an optimizer may not be empty
+        return [adam] + ([Muon(hidden, lr=muon_lr, weight_decay=weight_decay, ns_dtype=matmul_dtype)] if hidden else [])
 
     def flops_per_token(self):
         """Training FLOPs per token: 6 per parameter plus attention (PaLM, appendix B)."""

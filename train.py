@@ -40,7 +40,7 @@ from seedgpt.runtime import peak_flops, print0, rank0_float, setup_runtime
 
 
 @dataclass
-class Config(GPTConfig):
+class LoopConfig(GPTConfig):
     """The model's settings (n_layer, n_head, n_embd, block_size, dropout, bias, pos, norm, qk_norm, mlp) come
     from model.GPTConfig, with their defaults and comments there; vocab_size is always the dataset's."""
     # i/o
@@ -76,10 +76,6 @@ class Config(GPTConfig):
     lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_targets: str = 'c_attn,c_proj'  # Linears in each block to adapt: c_attn, c_proj (attention's and the MLP's), c_fc, attn.c_proj, mlp.c_proj
-    # distillation: learn a teacher's softened next-token distribution too (pruning masks come with init_from)
-    teacher_dir: str = ''  # a checkpoint of the teacher, with this dataset's tokenizer; '' for none
-    distill_temperature: float = 2.0  # both softmaxes of the KL term are taken at this temperature
-    distill_alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
     # one config for fast and slow machines (CPUs without bf16 run matmuls ~4x slower than those with it)
     slow_tflops: float = 0.0  # if the matmul peak measured in the training dtype is below this many TFLOP/s...
     slow: dict = field(default_factory=dict)  # ...these settings replace the ones above (e.g. a smaller model)
@@ -93,6 +89,16 @@ class Config(GPTConfig):
     wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without a network)
     wandb_project: str = 'seedgpt'
     wandb_run_name: str = 'run'
+
+
+@dataclass
+class Config(LoopConfig):
+    """train.py's settings: the loop's, and distillation, which is train.py's own objective. The stages that
+    run this loop with an objective of their own (feedback/reward.py, feedback/dpo.py) extend LoopConfig."""
+    # distillation: learn a teacher's softened next-token distribution too (pruning masks come with init_from)
+    teacher_dir: str = ''  # a checkpoint of the teacher, with this dataset's tokenizer; '' for none
+    distill_temperature: float = 2.0  # both softmaxes of the KL term are taken at this temperature
+    distill_alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
 
 
 @torch.no_grad()
@@ -113,17 +119,18 @@ def estimate_loss(model, batches, rt, eval_iters):
     return out
 
 
-def grad_sync(model, fsdp, last):
-    """Under DDP/FSDP, average gradients only on the last micro-batch of an iteration."""
+def grad_sync(model, orig_model, fsdp, last):
+    """Under DDP/FSDP, average gradients only on the last micro-batch of an iteration. FSDP's switch lives on
+    the sharded GPT (orig_model), not on an objective's module around it; DDP's on its own wrapper (model)."""
     if fsdp:
-        model.set_requires_gradient_sync(last)
+        orig_model.set_requires_gradient_sync(last)
     elif hasattr(model, 'no_sync') and not last:
         return model.no_sync()
     return nullcontext()
 
 
 def sized_for_machine(cfg, rt):
-    """cfg, with its `slow` settings in force when this device's matmul peak is below slow_tflops."""
+    """cfg, with its `slow` settings in force when the matmul peak (rank 0's, under torchrun) is below slow_tflops."""
     if not cfg.slow_tflops:
         return cfg
     known, slow_cfg = {f.name: f for f in fields(Config)}, cfg
@@ -132,7 +139,9 @@ def sized_for_machine(cfg, rt):
             raise SystemExit(f"error: slow holds '{key}', which is not a setting that can be replaced")
         slow_cfg = replace(slow_cfg, **{key: check_type(key, value, known[key].type)})
     peak = peak_flops(rt)
-    fast = peak is None or peak >= cfg.slow_tflops * 1e12
+    # rank 0 decides for all: ranks timed apart can fall either side of slow_tflops, and ranks that built
+    # different models would hang in their first collective
+    fast = bool(rank0_float(float(peak is None or peak >= cfg.slow_tflops * 1e12), rt))
     print0(f"sizing: matmul peak {'unknown' if peak is None else f'{peak / 1e12:.2f} TFLOP/s'} in {rt.dtype} is "
            f"{'at least' if fast else 'below'} slow_tflops={cfg.slow_tflops}, so "
            + ('the settings stay as given' if fast else f"these replace them: {cfg.slow}"))
@@ -144,7 +153,7 @@ def main(cfg, objective=None):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
         cfg = sized_for_machine(cfg, rt)
-        if cfg.teacher_dir:
+        if getattr(cfg, 'teacher_dir', ''):
             if objective:
                 raise SystemExit("error: teacher_dir (distillation) does not combine with another objective")
             objective = Distill.from_config(cfg, rt)
@@ -161,6 +170,10 @@ def train(cfg, rt, objective=None):
     saved is the GPT."""
     if cfg.grad_accum % rt.world_size:
         raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
+    if cfg.value_head and not getattr(objective, 'uses_value_head', False):
+        # a head that no loss reaches would train nothing, and DDP stops on parameters without gradients
+        raise SystemExit("error: value_head=True is for reward models (python -m feedback.reward) and PPO "
+                         "(python -m feedback.rl); leave it out here")
     if cfg.vocab_size != GPTConfig.vocab_size:
         raise SystemExit("error: vocab_size is read from the dataset's meta.json; leave it out")
     if cfg.fsdp and (not rt.ddp or cfg.muon_lr > 0):
@@ -279,7 +292,7 @@ def train(cfg, rt, objective=None):
             loss_sum, stat_sums = torch.zeros((), device=rt.device), {}
             for micro in range(micro_steps):
                 x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
-                with grad_sync(model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
+                with grad_sync(model, orig_model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
                     with rt.autocast():
                         stats, loss = model(x, y)
                     if objective:

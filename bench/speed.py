@@ -35,14 +35,12 @@ from dataclasses import dataclass
 
 import torch
 
-import model as seedgpt
-from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
+import model as seedgpt_model  # the module: bench compares implementations, each a module with GPT and GPTConfig
 from seedgpt.config import load_config
-from seedgpt.data import load_meta, load_tokens
-from seedgpt.prune import sparsity
+from seedgpt.corpus import ROOT, stdlib_files
+from seedgpt.int8 import quantize_int8
+from seedgpt.log import OtherLoad, markdown_table
 from seedgpt.runtime import cpu_has_bf16, measured_matmul_flops, setup_runtime
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -56,9 +54,6 @@ class Config:
     warmup: int = 3  # untimed steps first: oneDNN and the optimizer set themselves up
     sample_tokens: int = 500  # tokens per sampling run; past 256 it crosses the baby model's block_size
     sample_compile: bool = True  # also time the torch.compile'd one-token step (compiling takes a minute or more)
-    quant_out_dir: str = ''  # for --only=quant: checkpoints to compare, comma-separated; DIR:bfloat16 runs one in bf16 only
-    quant_weights: str = 'float32,int8'  # how each DIR without ':' runs: float32, bfloat16, int8 (quantised at load)
-    quant_batches: int = 20  # batches of 16 windows in the val-loss comparison
     copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
     compile: bool = False  # also time seedgpt under torch.compile (the first steps compile: minutes on a CPU)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda'; prepare always runs on the CPU
@@ -79,39 +74,9 @@ def log(msg):
     print(f"[{time.time() - T0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
-class Others:
-    """Cores kept busy by other processes since the last reading: tests running beside us skew every number."""
-
-    def __init__(self):
-        self.last = self.read()
-
-    @staticmethod
-    def read():
-        try:
-            with open('/proc/stat') as f:
-                ticks = [int(v) for v in f.readline().split()[1:]]
-        except OSError:
-            return None  # not Linux
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf('SC_CLK_TCK')  # all but idle and iowait
-        own = sum(os.times()[:4])  # this process and the prepare subprocesses
-        return busy, own, time.time()
-
-    def cores(self):
-        now, last = self.read(), self.last
-        self.last = now
-        if now is None:
-            return float('nan')
-        return max(0.0, (now[0] - last[0]) - (now[1] - last[1])) / max(now[2] - last[2], 1e-9)
-
-
 def peak(device, dtype):
     """The best of five windows: other load only ever lowers a window."""
     return measured_matmul_flops(device, dtype, seconds=0.4, windows=5)
-
-
-def table(headers, rows):
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
 
 
 def load_nanogpt(path):
@@ -166,11 +131,11 @@ def bench_peak(cfg, rt):
         log(f"matmul peak {name}")
         rows.append([name, f"{peak(rt.device, dtype) / 1e12:.3f}"])
     return ("### matmul peak (2048x2048, best of 5 windows; the MFU denominator)\n\n" +
-            table(['dtype', 'TFLOP/s'], rows))
+            markdown_table(['dtype', 'TFLOP/s'], rows))
 
 
 def bench_train(cfg, rt, impls):
-    sync, others = make_sync(rt.device), Others()
+    sync, others = make_sync(rt.device), OtherLoad()
     rows, ratio_rows, busy = [], [], []
     for size, (shape, batch) in SIZES.items():
         g = torch.Generator().manual_seed(0)
@@ -233,9 +198,9 @@ def bench_train(cfg, rt, impls):
     out = (f"### training: forward + backward + clip + AdamW step (median ms/iter of {cfg.rounds} rounds, "
            f"bias=False, dropout 0, vocab {VOCAB}; other processes used {statistics.median(busy):.1f} cores "
            f"in the median round, {max(busy):.1f} at most)\n\n" +
-           table(['size', 'model', 'dtype', 'steps', 'ms/iter', 'range', 'tokens/s', 'MFU'], rows))
+           markdown_table(['size', 'model', 'dtype', 'steps', 'ms/iter', 'range', 'tokens/s', 'MFU'], rows))
     if ratio_rows:
-        out += "\n\nseedgpt / nanoGPT tokens/s:\n\n" + table(
+        out += "\n\nseedgpt / nanoGPT tokens/s:\n\n" + markdown_table(
             ['size', 'compared', 'ratio (medians)', 'ratio (fastest rounds)'], ratio_rows)
     return out
 
@@ -243,7 +208,7 @@ def bench_train(cfg, rt, impls):
 def bench_sample(cfg, rt, impls):
     shape, _ = SIZES['baby']
     n = cfg.sample_tokens
-    sync, others = make_sync(rt.device), Others()
+    sync, others = make_sync(rt.device), OtherLoad()
     prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)  # a 1-token prompt, batch 1
     kw = dict(temperature=1.0, top_k=200)  # nanoGPT's sample.py defaults
     # (model, label, weights, generate's extra arguments); activations are fp32 unless the weights are bf16
@@ -260,7 +225,7 @@ def bench_sample(cfg, rt, impls):
         if weights == 'bf16':
             model.to(torch.bfloat16)
         elif weights == 'int8':
-            seedgpt.quantize_int8(model)
+            quantize_int8(model)
         log(f"sample: warm-up {impl.name} {label} {weights}" + (' (compiling)' if extra.get('compile') else ''))
         # a compiled step also meets its second cache (the window's jump) before the timed runs
         model.generate(prompt, shape['block_size'] + 8 if extra.get('compile') else 8, **kw, **extra)
@@ -305,69 +270,17 @@ def bench_sample(cfg, rt, impls):
     out = (f"### sampling: baby model (random init), batch 1, 1-token prompt, {n} new tokens, temperature 1, top_k 200 "
            f"(median of {cfg.sample_rounds} runs; other processes used {statistics.median(busy):.1f} cores in the "
            f"median round)\n\n" +
-           table(['model', 'KV cache', 'weights', 'tokens/s (median)', 'tokens/s (fastest)', 'vs nanoGPT (medians)',
+           markdown_table(['model', 'KV cache', 'weights', 'tokens/s (median)', 'tokens/s (fastest)', 'vs nanoGPT (medians)',
                   'vs nanoGPT (fastest)'], rows) +
            f"\n\nKV cache speedup over no cache (fp32): {speedup:.1f}x. Greedy (temperature 0) tokens, {n} tokens "
            f"({where}): " + '; '.join(checks))
     return out
 
 
-@torch.no_grad()
-def bench_quant(cfg, rt):
-    """Checkpoints side by side, each loaded by sample.load_model (so compress/shrink.py's int8 ones as int8): size on
-    disk, the fraction of zero block weights, val loss on the same evenly spread windows, and decoding tokens/s
-    (batch 1, KV cache, eager), the models taking turns round by round so a change in load hits all alike."""
-    if not cfg.quant_out_dir:
-        raise SystemExit("error: the quant section needs --quant_out_dir=OUT_DIR[,OUT_DIR...] of trained runs")
-    runs = []
-    for item in cfg.quant_out_dir.split(','):
-        out_dir, _, weights = item.partition(':')
-        runs += [(out_dir, w) for w in ([weights] if weights else cfg.quant_weights.split(','))]
-    if any(w not in ('float32', 'bfloat16', 'int8') for _, w in runs):
-        raise SystemExit("error: weights are float32, bfloat16 or int8")
-    n, prompt, rows, models = cfg.sample_tokens, torch.zeros((1, 1), dtype=torch.long, device=rt.device), [], []
-    for out_dir, weights in runs:
-        ckpt = load_checkpoint(out_dir)
-        dtype = torch.bfloat16 if weights == 'bfloat16' else torch.float32
-        model, _ = load_model(out_dir, rt.device, dtype, 'int8' if weights == 'int8' else 'none')
-        data_dir = ckpt['config']['data_dir']
-        data = load_tokens(data_dir, 'val', load_meta(data_dir))
-        bs, batch = model.config.block_size, 16
-        starts = torch.linspace(0, len(data) - bs - 2, cfg.quant_batches * batch).long().tolist()  # evenly spread
-        total = 0.0
-        for i in range(0, len(starts), batch):
-            xy = torch.stack([torch.from_numpy(data[s:s + bs + 1].astype('int64')) for s in starts[i:i + batch]])
-            total += model(xy[:, :-1].to(rt.device), xy[:, 1:].to(rt.device))[1].item()
-        stored = 'int8' if ckpt.get('quant') else str(next(iter(ckpt['model'].values())).dtype).split('.')[-1]
-        rows.append([out_dir, stored, weights, f"{os.path.getsize(checkpoint_path(out_dir)) / 2 ** 20:.2f}",
-                     f"{sparsity(model.state_dict()) * 100:.1f}%", f"{total / cfg.quant_batches:.4f}"])
-        log(f"quant: {out_dir} {weights}: val loss {total / cfg.quant_batches:.4f}")
-        model.generate(prompt, 8, temperature=1.0, top_k=200)  # warm up
-        models.append(model)
-    times, others, busy = [[] for _ in runs], Others(), []
-    for r in range(cfg.sample_rounds):
-        for ts, model in zip(times, models):
-            t = time.perf_counter()
-            model.generate(prompt, n, temperature=1.0, top_k=200)
-            ts.append(time.perf_counter() - t)
-        busy.append(others.cores())
-        log(f"quant: round {r + 1}/{cfg.sample_rounds}: " + ', '.join(f"{n / ts[-1]:.0f}" for ts in times) + " tok/s")
-    for row, ts in zip(rows, times):
-        row += [f"{n / statistics.median(ts):,.0f}", f"{n / min(ts):,.0f}"]
-    return (f"### checkpoints compared: val loss over {cfg.quant_batches} batches of 16 windows of each model's "
-            f"block_size, evenly spread over its data's val split; tokens/s decoding {n} tokens, batch 1, KV cache, "
-            f"eager (median and fastest of {cfg.sample_rounds} rounds; other processes used "
-            f"{statistics.median(busy):.1f} cores in the median round)\n\n" +
-            table(['checkpoint', 'stored', 'run as', 'MB on disk', 'zero block weights', 'val loss',
-                   'tokens/s (median)', 'tokens/s (fastest)'], rows))
-
-
 # runs one prepare in a fresh process, so its peak RSS is its own; argv: out_dir, then 'stdlib' or dirs
 PREPARE_CHILD = r"""
 import json, os, sys, time
-sys.path[:0] = ['prepare', '.']
-from corpus import find_files, prepare
-from stdlib import stdlib_files
+from seedgpt.corpus import find_files, prepare, stdlib_files  # run from the repo root (cwd), so seedgpt imports
 out_dir, inputs = sys.argv[1], sys.argv[2:]
 files = stdlib_files()[1] if inputs == ['stdlib'] else find_files(inputs)
 nbytes = sum(os.path.getsize(f) for f in files)
@@ -382,11 +295,9 @@ print(json.dumps(dict(bytes=nbytes, files=len(files), wall=wall, cpu=cpu, tokens
 
 
 def bench_prepare(cfg, rt):
-    sys.path.insert(0, os.path.join(ROOT, 'prepare'))
-    from prepare.stdlib import stdlib_files
     root, files = stdlib_files()
 
-    others = Others()
+    others = OtherLoad()
 
     def run(label, inputs, tmp):
         log(f"prepare {label}")
@@ -418,7 +329,7 @@ def bench_prepare(cfg, rt):
                      f"{r['base'] / 2**20:.0f}", f"{r['rss'] / 2**20:.0f}", f"{r['others']:.1f}"])
     growth = big['rss'] / one['rss'] - 1
     return ("### prepare: GPT-2 BPE of the stdlib corpus (each run in its own process)\n\n" +
-            table(['corpus', 'files', 'MB', 'tokens', 'seconds', 'MB/s', 'cores used (CPU s / wall s)',
+            markdown_table(['corpus', 'files', 'MB', 'tokens', 'seconds', 'MB/s', 'cores used (CPU s / wall s)',
                    'RSS after imports MiB', 'peak RSS MiB', 'other processes (cores)'], rows) +
             f"\n\nPeak RSS growth {cfg.copies}x vs 1x: {growth * 100:+.1f}%")
 
@@ -428,29 +339,29 @@ def main(cfg):
         cfg.rounds, cfg.round_s, cfg.warmup, cfg.sample_rounds = 2, 1.0, 2, 1
         cfg.sample_tokens, cfg.copies = min(cfg.sample_tokens, 300), min(cfg.copies, 3)
     sections = [s.strip() for s in cfg.only.split(',') if s.strip()]
-    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare', 'quant'}
+    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare'}
     if unknown:
-        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare,quant")
+        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare "
+                         "(checkpoints are compared by python -m bench.checkpoints)")
     rt = setup_runtime(cfg.device, 'float32')
-    impls = [Impl('seedgpt', seedgpt)]
+    impls = [Impl('seedgpt', seedgpt_model)]
     if cfg.nanogpt:
         impls.append(Impl('nanoGPT', load_nanogpt(cfg.nanogpt)))
     if cfg.compile:
-        impls.append(Impl('seedgpt compiled', seedgpt, compile=True))
+        impls.append(Impl('seedgpt compiled', seedgpt_model, compile=True))
     cpu = 'unknown CPU'
     with contextlib.suppress(OSError):
         cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
     bf16 = 'native bf16' if cpu_has_bf16() else 'no native bf16' + (
         ' (SEEDGPT_CPU_BF16=0)' if os.environ.get('SEEDGPT_CPU_BF16') == '0' else '')
     device = torch.cuda.get_device_name(rt.device) if rt.device_type == 'cuda' else f"{cpu}, {bf16}"
-    load0, others = os.getloadavg()[0], Others()
+    load0, others = os.getloadavg()[0], OtherLoad()
     log(f"seedgpt bench | torch {torch.__version__} | {rt.device} ({device}) | {torch.get_num_threads()} threads | "
         f"sections {','.join(sections)}" + (' | quick' if cfg.quick else ''))
 
     parts = []
     for name, fn in [('peak', lambda: bench_peak(cfg, rt)), ('train', lambda: bench_train(cfg, rt, impls)),
-                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt)),
-                     ('quant', lambda: bench_quant(cfg, rt))]:
+                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt))]:
         if name in sections:
             parts.append(fn())
     busy = others.cores()

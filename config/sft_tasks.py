@@ -5,7 +5,7 @@
     python -m chat.talk --out_dir=out-sft-tasks --prompt="What is 48+75?"
 
 Each batch row is one whole conversation, padded; the loss falls only on the assistant's answers
-(prepare/tasks.py --show=3 prints which tokens those are).
+(python -m prepare.tasks --show=3 prints which tokens those are).
 """
 out_dir = 'out-sft-tasks'
 data_dir = 'data/tasks'

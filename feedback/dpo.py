@@ -16,6 +16,7 @@ the implicit reward margin beta * [...] above, and acc, the share of pairs where
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m feedback.dpo ...")
 
+import os
 from dataclasses import dataclass, replace
 
 import train
@@ -26,7 +27,7 @@ from seedgpt.objectives import DPOLoss
 
 
 @dataclass
-class Config(train.Config):
+class Config(train.LoopConfig):
     init_from: str = 'out-sft-tasks'  # the policy starts as the SFT model
     ref_dir: str = ''  # the frozen reference; '' is init_from (kept when resuming, unlike init_from)
     data_dir: str = 'data/preferences'  # made by prepare/preferences.py
@@ -53,9 +54,13 @@ class Objective:
         return DPOLoss(policy, ref.requires_grad_(False), self.cfg.beta, self.cfg.sft_coef)
 
 
-if __name__ == '__main__':
-    cfg = load_config(Config)
+def main(cfg):
     last = train.main(cfg, Objective(cfg))
-    if last:
+    if last and int(os.environ.get('RANK', 0)) == 0:
         print(f"held-out: DPO loss {last['val']:.4f}, implicit reward margin {last['val_margin']:.3f}, "
               f"pairs ranked right {last['val_acc']:.3f}; now: python -m chat.eval --out_dir={cfg.out_dir}")
+    return last
+
+
+if __name__ == '__main__':
+    main(load_config(Config))

@@ -14,6 +14,7 @@ it was (its LM head is never trained here), and feedback/rl.py --reward=model sc
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m feedback.reward ...")
 
+import os
 from dataclasses import dataclass
 
 import train
@@ -24,7 +25,7 @@ from seedgpt.objectives import BradleyTerry, pair_accuracy
 
 
 @dataclass
-class Config(train.Config):
+class Config(train.LoopConfig):
     init_from: str = 'out-sft-tasks'  # the model to start from: its trunk reads the conversations
     data_dir: str = 'data/preferences'  # made by prepare/preferences.py
     out_dir: str = 'out-reward-tasks'
@@ -32,7 +33,9 @@ class Config(train.Config):
 
 
 class Objective:
+    """Bradley-Terry on preference pairs, for train.py's loop: the batches are pairs, the loss the head's."""
     batches = PairBatches
+    uses_value_head = True
 
     def wrap(self, model):
         if model.value_head is None:
@@ -40,10 +43,16 @@ class Objective:
         return BradleyTerry(model)
 
 
-if __name__ == '__main__':
-    cfg = load_config(Config)
-    if train.main(cfg, Objective()):
+def main(cfg):
+    """Train the reward model with train.py's loop; then score every held-out pair with the saved checkpoint."""
+    last = train.main(cfg, Objective())
+    if last and int(os.environ.get('RANK', 0)) == 0:
         model, _ = load_model(cfg.out_dir, 'cpu')
         val = PairBatches(cfg, load_meta(cfg.data_dir), 'cpu').rows['val']
         print(f"held-out pair accuracy of {cfg.out_dir}/ckpt.pt (the best val loss): {pair_accuracy(model, val):.3f} "
               f"on all {len(val)} val pairs")
+    return last
+
+
+if __name__ == '__main__':
+    main(load_config(Config))

@@ -3,76 +3,143 @@ Reinforcement learning from a reward, on a leash: the policy (from the SFT model
 task suite, each answer gets a reward, and the policy moves towards the better answers while a KL penalty
 to the frozen SFT model (the reference) keeps it from wandering off.
 
-    python -m feedback.rl config/rl_tasks.py                                    # PPO, reward = the task checker
+    python -m feedback.rl config/rl_tasks.py                                    # PPO, the checker's reward
     python -m feedback.rl config/rl_tasks.py --algo=grpo                        # GRPO: no value head
     python -m feedback.rl config/rl_tasks.py --reward=model --reward_dir=out-reward-tasks   # a learned reward
-    python -m feedback.rl config/rl_tasks.py --init_from=resume                 # go on from out_dir's checkpoint
-    python -m chat.eval --out_dir=out-rl-tasks                              # the same evaluator as SFT
+    python -m feedback.rl config/rl_tasks.py --init_from=resume --ref_dir=out-sft-tasks     # go on from out_dir
+    python -m feedback.rl --help                                                # every setting it honours
+    python -m chat.eval --out_dir=out-rl-tasks                                  # the same evaluator as SFT
+
+It runs in one process (no torchrun): rollouts are sampled one batch at a time through the KV cache.
 
 One step:
-  1. rollouts: prompts_per_step questions, group_size answers each, sampled from the policy in one batch
-     through the KV cache;
-  2. rewards: 1 for a right answer and 0 for a wrong one (prepare/tasks.py's check), or a reward model's score;
-  3. advantages:
+  1. rollouts: prompts_per_step train questions, group_size answers each, sampled at `temperature`;
+  2. rewards: 1 for a right answer and 0 for a wrong one (seedgpt/tasks.py's check), or a reward model's score;
+  3. advantages (seedgpt/policy.py):
      ppo   per-token rewards r_t = -kl_coef * KL_t, plus the answer's reward on its last token; a value
            head on the policy's trunk estimates what is to come; GAE (gamma, lam) turns rewards and values
-           into advantages, whitened over the batch (https://arxiv.org/abs/1707.06347)
+           into advantages, whitened over the batch (https://arxiv.org/abs/1506.02438); the KL in the
+           reward is InstructGPT's leash (https://arxiv.org/abs/2203.02155)
      grpo  each answer's reward minus its group's mean, over the group's std, for every token; the KL
            to the reference is a loss term instead (https://arxiv.org/abs/2402.03300)
-  4. ppo_epochs passes over the rollouts in minibatches, with the clipped objective
+  4. ppo_epochs passes over the rollouts in minibatches, each one update through seedgpt.optim.Stepper
+     (train.py's own step: fp16 loss scaling, clipping, pruning masks), with the clipped objective
      -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A), ratio = pi_new / pi_old per token,
-     and for PPO a clipped value loss.
-KL per token is log pi_old - log ref (k1), or k3 = exp(ref - pi) - (ref - pi) - 1, which is never negative
-(http://joschu.net/blog/kl-approx.html); `kl_estimator` says which, and the log line names it.
-The model, checkpoints, optimizer, schedule and logging are train.py's and seedgpt/'s.
+     and for PPO a clipped value loss (https://arxiv.org/abs/1707.06347).
+Every log-probability (the rollout's, the update's and the reference's) is taken at the rollout temperature:
+the ratio and the KL compare the distributions that sampled. KL per token is k1 = log pi - log ref or
+k3 = exp(-k1) + k1 - 1 (http://joschu.net/blog/kl-approx.html); `kl_estimator` says which, and the log
+line names it.
+The val split is watched every eval_interval steps (and checkpointed); the test split is answered once,
+at the end, and that is the run's figure.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m feedback.rl ...")
 
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from types import SimpleNamespace
 
 import torch
 
-import train
 from seedgpt.chat import render_chat, render_prompt
-from seedgpt.checkpoint import load_checkpoint, load_model, save_checkpoint
+from seedgpt.checkpoint import (
+    build_model, checkpoint_path, full_state, load_checkpoint, load_model, restore_rng, rng_states, save_checkpoint,
+    set_optimizer_state, start_from, start_masks
+)
 from seedgpt.config import load_config
 from seedgpt.data import load_meta
 from seedgpt.generate import generate_replies, reply_text
-from seedgpt.log import fmt_time
+from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
 from seedgpt.objectives import score_conversations, token_logprobs
+from seedgpt.optim import Stepper, lr_at
 from seedgpt.policy import advantages, as_batch, clipped_loss, kl_per_token
-from seedgpt.runtime import fast_matmul_dtype, print0, setup_runtime
+from seedgpt.prune import apply_masks
+from seedgpt.runtime import print0, setup_runtime
 from seedgpt.tasks import accuracy, check, load_records, question
 from seedgpt.tokenizer import load_tokenizer
 
 
 @dataclass
-class Config(train.Config):
-    init_from: str = 'out-sft-tasks'  # the policy starts as this model; 'resume' goes on from out_dir
-    ref_dir: str = ''  # the frozen reference for the KL; '' is init_from (kept when resuming)
-    data_dir: str = 'data/tasks'  # the questions: its train split to learn, its test split to measure
-    out_dir: str = 'out-rl-tasks'
-    algo: str = 'ppo'  # 'ppo' (value head, GAE) or 'grpo' (group baseline)
-    reward: str = 'check'  # 'check': 1 if prepare/tasks.py judges the answer right, else 0; 'model': reward_dir's score
+class Config:
+    # i/o
+    init_from: str = 'out-sft-tasks'  # the policy starts as this checkpoint; 'resume' goes on from out_dir's
+    ref_dir: str = ''  # the frozen reference for the KL; '' is init_from (a resumed run must name it)
+    data_dir: str = 'data/tasks'  # the questions: train to learn from, val to watch, test once at the end
+    out_dir: str = 'out-rl-tasks'  # ckpt.pt and log.jsonl go here
+    # the algorithm
+    algo: str = 'ppo'  # 'ppo' (value head, GAE) or 'grpo' (group baseline, KL in the loss)
+    reward: str = 'check'  # 'check': 1 if seedgpt/tasks.py judges the answer right, else 0; 'model': reward_dir's score
     reward_dir: str = 'out-reward-tasks'  # with reward='model': a feedback/reward.py checkpoint
-    prompts_per_step: int = 16  # questions per step
-    group_size: int = 8  # answers sampled per question
+    prompts_per_step: int = 16  # train questions per step
+    group_size: int = 8  # answers sampled per question (grpo's baseline is their mean: at least 2)
     max_new_tokens: int = 16  # an answer is cut here
-    temperature: float = 1.0  # of the rollouts
+    temperature: float = 1.0  # of the rollouts; every log-probability is taken at it too
     kl_coef: float = 0.05  # weight of the KL to the reference
-    kl_estimator: str = 'k1'  # 'k1' (log ratio) or 'k3' (never negative)
+    kl_estimator: str = 'auto'  # 'k1' (log ratio) or 'k3' (never negative); 'auto': k1 for ppo, k3 for grpo's loss
     ppo_epochs: int = 2  # passes over each batch of rollouts
-    minibatch_size: int = 64  # answers per gradient step
+    minibatch_size: int = 64  # answers per update
     clip_eps: float = 0.2  # the policy ratio's clip
     vf_coef: float = 0.1  # weight of the value loss (ppo): it shares the trunk with the policy
     value_clip: float = 0.2  # how far a value may move from its rollout estimate (ppo)
     gamma: float = 1.0  # discount (ppo)
     lam: float = 0.95  # GAE's lambda (ppo)
-    eval_examples: int = 500  # test questions answered greedily at each evaluation; 0 all
+    # watching
+    eval_interval: int = 50  # steps between val evaluations (and checkpoints)
+    eval_examples: int = 500  # val questions answered greedily at each evaluation; 0 all (the test split: all, once)
+    log_interval: int = 5  # steps between log lines
+    # the schedule (seedgpt.optim.lr_at) and the optimizer (seedgpt.optim.Stepper)
+    learning_rate: float = 1e-4  # peak learning rate of AdamW
+    min_lr: float = 1e-5  # end of the cosine decay
+    warmup_iters: int = 10  # linear warmup from 0
+    max_iters: int = 200  # stop after this many steps
+    lr_decay_iters: int = 0  # length of the cosine decay; 0 means max_iters
+    max_time: float = 0.0  # wall-clock budget in seconds (val evaluations included), 0 for none
+    weight_decay: float = 0.0  # a small step away from the reference needs no pull towards zero
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip gradients at this norm, 0 to disable
+    muon_lr: float = 0.0  # > 0: Muon for the hidden matrices at this learning rate, AdamW for the rest
+    # system
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = 'auto'  # 'auto' (bf16 where fast, else fp16 with loss scaling on GPUs, else fp32), or one of them
+    seed: int = 1337  # fixes the questions, the rollouts and the minibatch order
+    wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without a network)
+    wandb_project: str = 'seedgpt'
+    wandb_run_name: str = 'rl'
+
+
+def check_settings(cfg):
+    """Refuse, before any work, what cannot run; return cfg with kl_estimator resolved."""
+    if int(os.environ.get('RANK', -1)) != -1:
+        raise SystemExit("error: feedback/rl.py runs in one process; start it with python -m feedback.rl, not torchrun")
+    if cfg.algo not in ('ppo', 'grpo'):
+        raise SystemExit(f"error: algo must be 'ppo' or 'grpo', got {cfg.algo!r}")
+    if cfg.kl_estimator not in ('auto', 'k1', 'k3'):
+        raise SystemExit(f"error: kl_estimator must be 'auto', 'k1' or 'k3', got {cfg.kl_estimator!r}")
+    if cfg.reward not in ('check', 'model'):
+        raise SystemExit(f"error: reward must be 'check' or 'model', got {cfg.reward!r}")
+    if cfg.algo == 'grpo' and cfg.group_size < 2:
+        raise SystemExit("error: grpo needs group_size >= 2: the baseline is the group's mean")
+    for name in ('prompts_per_step', 'group_size', 'max_new_tokens', 'minibatch_size', 'ppo_epochs',
+                 'eval_interval', 'log_interval'):
+        if getattr(cfg, name) < 1:
+            raise SystemExit(f"error: {name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.temperature <= 0:  # greedy answers have no log-probabilities to take a ratio of
+        raise SystemExit(f"error: temperature must be > 0 (the rollouts are sampled), got {cfg.temperature}")
+    if cfg.init_from == 'resume' and not cfg.ref_dir:
+        raise SystemExit("error: resuming needs --ref_dir (the SFT model the run started from)")
+    if cfg.init_from != 'resume' and not os.path.isfile(checkpoint_path(cfg.init_from)):
+        raise SystemExit(f"error: init_from={cfg.init_from!r}: no checkpoint at {checkpoint_path(cfg.init_from)}; "
+                         "RL starts from a trained chat model (e.g. out-sft-tasks) or 'resume'")
+    # k1 is the unbiased choice inside PPO's reward; as GRPO's loss term its gradient averages to zero
+    # (seedgpt/policy.py, clipped_loss), so 'auto' gives GRPO k3, as the GRPO paper does
+    if cfg.kl_estimator == 'auto':
+        cfg = replace(cfg, kl_estimator='k1' if cfg.algo == 'ppo' else 'k3')
+    return cfg
 
 
 class Rewarder:
@@ -84,9 +151,6 @@ class Rewarder:
             self.model, _ = load_model(cfg.reward_dir, device, torch.float32)
             if self.model.value_head is None:
                 raise SystemExit(f"error: {cfg.reward_dir} has no value head; train one with feedback/reward.py")
-            self.score = score_conversations
-        elif cfg.reward != 'check':
-            raise SystemExit(f"error: reward must be 'check' or 'model', got {cfg.reward!r}")
 
     def __call__(self, records, texts):
         right = torch.tensor([float(check(r['meta']['task'], r['meta'], t)) for r, t in zip(records, texts)])
@@ -94,88 +158,103 @@ class Rewarder:
             return right, right
         convs = [render_chat(self.tok, question(r) + [{'role': 'assistant', 'content': t}])[0]
                  for r, t in zip(records, texts)]
-        return self.score(self.model, convs).cpu(), right  # the learned reward, and the truth to watch
+        # the learned reward to climb, and the truth to watch: the two parting is reward hacking
+        return score_conversations(self.model, convs).cpu(), right
 
 
 def main(cfg):
-    if cfg.algo not in ('ppo', 'grpo') or cfg.kl_estimator not in ('k1', 'k3'):
-        raise SystemExit("error: algo must be 'ppo' or 'grpo', kl_estimator 'k1' or 'k3'")
-    if cfg.algo == 'grpo' and cfg.group_size < 2:
-        raise SystemExit("error: grpo needs group_size >= 2: the baseline is the group's mean")
+    """Train; returns {'val_accuracy', 'best_val_accuracy', 'test_accuracy'}."""
+    cfg = check_settings(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    if rt.ddp:
-        raise SystemExit("error: feedback/rl.py runs in one process")
     meta = load_meta(cfg.data_dir)
     tok = load_tokenizer(meta)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-
-    # the policy (with a value head for PPO), as train.py builds a model; the reference, frozen
+    train_records = load_records(cfg.data_dir, 'train')
+    val_records = load_records(cfg.data_dir, 'val', cfg.eval_examples)
+    if cfg.prompts_per_step > len(train_records):
+        raise SystemExit(f"error: prompts_per_step={cfg.prompts_per_step}, but {cfg.data_dir} has only "
+                         f"{len(train_records)} train questions; ask for fewer")
     ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
     if ckpt and ckpt['config'].get('algo') != cfg.algo:
         raise SystemExit(f"error: {cfg.out_dir} was trained with algo={ckpt['config'].get('algo')}; resume with it")
-    policy_cfg = replace(cfg, value_head=cfg.algo == 'ppo')
-    model_args, state = train.start_from(policy_cfg, meta, ckpt)
-    policy = train.build_model(model_args, state, rt, fsdp=False)
+
+    # the policy, as train.py builds a model: start_from checks the tokenizer, refuses int8 weights and adds
+    # a value head (from zero) for ppo. Dropout stays off: with it the ratio pi_new / pi_old would differ
+    # from 1 before any update, and the clip would spend itself on noise.
+    start = SimpleNamespace(init_from=cfg.init_from, data_dir=cfg.data_dir, hf_dir='', dropout=0.0,
+                            value_head=cfg.algo == 'ppo', block_size=sys.maxsize)  # the model's own context
+    model_args, state = start_from(start, meta, ckpt)
+    policy = build_model(model_args, state, rt, fsdp=False)
+    del state
+    # a pruned start (compress/shrink.py --prune) stays pruned: the Stepper zeroes its masks after every update
+    masks = {k: m.to(rt.device) for k, m in start_masks(cfg, ckpt).items()}
+    apply_masks(policy, masks)
+    stepper = Stepper(policy, cfg, rt, masks)
+    # the reference: the SFT model, frozen; the KL to it is the leash (InstructGPT, https://arxiv.org/abs/2203.02155)
     ref_dir = cfg.ref_dir or cfg.init_from
-    if ref_dir == 'resume':
-        raise SystemExit("error: resuming needs --ref_dir (the SFT model the run started from)")
     ref, _ = load_model(ref_dir, rt.device, torch.float32)
     ref.requires_grad_(False)
     rewarder = Rewarder(cfg, tok, rt.device)
-    optimizers = policy.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                             rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group['base_lr'] = group['lr']
     step, elapsed, best = 0, 0.0, -1.0
     if ckpt:
-        train.set_optimizer_state(policy, optimizers, ckpt['optimizers'], rt, False)
-        step, elapsed, best = ckpt['iter_num'], ckpt['elapsed'], ckpt['best_val_loss']
-        torch.set_rng_state(ckpt['rng'][0]['cpu'])
-        if rt.device_type == 'cuda' and ckpt['rng'][0]['cuda'] is not None:
-            torch.cuda.set_rng_state(ckpt['rng'][0]['cuda'], rt.device)
-    del ckpt, state
+        set_optimizer_state(policy, stepper.optimizers, ckpt['optimizers'], rt, False)
+        stepper.scaler.load_state_dict(ckpt['scaler'])
+        step, elapsed, best = ckpt['iter_num'], ckpt['elapsed'], ckpt['best_val_accuracy']
+        restore_rng(ckpt, rt, cfg.seed)  # the rollouts sample what an uninterrupted run would
+    del ckpt
 
-    train_records = load_records(cfg.data_dir, 'train')
-    test_records = load_records(cfg.data_dir, 'test', cfg.eval_examples)
-    logger = train.Logger(cfg, rt)
-    print0(f"seedgpt rl | {cfg.algo} | reward {cfg.reward} | KL {cfg.kl_estimator} x {cfg.kl_coef} | "
-           f"{cfg.prompts_per_step} questions x {cfg.group_size} answers per step | device {rt.device}")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    logger = Logger(cfg, rt)
+    print0(f"seedgpt rl | torch {torch.__version__} | device {rt.device} | dtype {rt.dtype} | {cfg.algo} | "
+           f"reward {cfg.reward} | KL {cfg.kl_estimator} x {cfg.kl_coef} | {cfg.prompts_per_step} questions x "
+           f"{cfg.group_size} answers per step at temperature {cfg.temperature}"
+           + (f" | {len(masks)} pruned matrices" if masks else '') + (f" | resumed at step {step}" if step else ''))
 
-    def evaluate():
+    def evaluate(split, records):
+        """Greedy accuracy on a split's questions, printed and logged under the split's name."""
         policy.eval()
-        result = accuracy(policy, tok, test_records, 64, 32, temperature=0)
+        result = accuracy(policy, tok, records, 64, 32, temperature=0)
         policy.train()
         per_task = ', '.join(f"{t} {row['accuracy']:.3f}" for t, row in result['tasks'].items())
-        print0(f"step {step}: test accuracy {result['mean']:.4f} ({per_task}) on {result['n']} questions")
-        logger.log(iter=step, test_accuracy=result['mean'], **{f'test_{t}': r['accuracy'] for t, r in result['tasks'].items()},
-                   time=round(elapsed, 3))
+        print0(f"step {step}: {split} accuracy {result['mean']:.4f} ({per_task}) on {result['n']} questions")
+        logger.log(iter=step, **{f'{split}_accuracy': result['mean']},
+                   **{f'{split}_{t}': r['accuracy'] for t, r in result['tasks'].items()}, time=round(elapsed, 3))
         return result['mean']
 
-    def save(acc):
-        model_state, optim_state = train.full_state(policy, optimizers, False)
+    def save(val_acc):
+        # train.py's checkpoint: plain weights under 'model' for sample.py, chat and eval; the optimizer, the
+        # scaler, the RNG and the step for an exact resume; the pruning masks, so a resumed run keeps them
+        model_state, optim_state = full_state(policy, stepper.optimizers, False)
         save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
             'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
             'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': 1},
-            'optimizers': optim_state, 'scaler': {}, 'iter_num': step, 'best_val_loss': best, 'val_loss': acc,
-            'elapsed': elapsed, 'rng': train.rng_states(rt), 'evals_since_best': 0})
+            'optimizers': optim_state, 'scaler': stepper.scaler.state_dict(), 'iter_num': step,
+            'best_val_accuracy': best, 'val_accuracy': val_acc, 'elapsed': elapsed, 'rng': rng_states(rt),
+            **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
+        print0(f"saved {cfg.out_dir}/ckpt.pt")
 
+    # the loop, top to bottom: watch val (and save), stop, or take one step of rollouts -> rewards ->
+    # advantages -> clipped updates. elapsed counts from the first run, so max_time spans resumes.
     t_start = time.time() - elapsed
+    # a checkpoint is saved just after an evaluation: a resumed run does not evaluate and save that step again
+    last_eval = step if cfg.init_from == 'resume' else None
+    val_acc = None
     try:
         while True:
             elapsed = time.time() - t_start
             done = step >= cfg.max_iters or (cfg.max_time > 0 and elapsed >= cfg.max_time)
-            if step % cfg.eval_interval == 0 or done:
-                acc = evaluate()
-                best = max(best, acc)  # best_val_loss holds the best test accuracy here
+            if (step % cfg.eval_interval == 0 or done) and last_eval != step:
+                val_acc = evaluate('val', val_records)
+                best, last_eval = max(best, val_acc), step
                 if step > 0:
-                    save(acc)
-                    print0(f"saved {cfg.out_dir}/ckpt.pt")
+                    save(val_acc)
             if done:
                 break
             t0 = time.time()
 
-            # 1. rollouts
+            # 1. rollouts: group_size answers to each question, sampled from the policy as it is now.
+            # RL learns only from what the policy itself says: the answers are on-policy, and the updates
+            # below reuse them for a few steps only, while the policy is still close to what sampled them.
+            # The questions come from a seeded RNG per step, so a resumed run asks what the uninterrupted one would.
             rng = random.Random(f'{cfg.seed}/rl/{step}')
             records = [r for r in rng.sample(train_records, cfg.prompts_per_step) for _ in range(cfg.group_size)]
             prompts = [render_prompt(tok, question(r)) for r in records]
@@ -185,44 +264,47 @@ def main(cfg):
             x, y = as_batch(prompts, answers, rt.device)
             mask = (y != -1).float()
 
-            # 2. rewards, and what the policy and the reference thought of the answers
+            # 2. rewards, and what the policy and the reference thought of the answers, at the temperature
+            # that sampled them: the ratio and the KL must compare the distributions the tokens came from.
+            # old_logp is the policy before any update (pi_old of the ratio); ref_logp the leash's anchor.
             scores, right = rewarder(records, [reply_text(tok, a) for a in answers])
             scores = scores.to(rt.device)
             with torch.no_grad(), rt.autocast():
-                old_logp, old_values = token_logprobs(policy, x, y, values=cfg.algo == 'ppo')
-                ref_logp, _ = token_logprobs(ref, x, y)
-            if old_values is None:  # grpo: no values, and no value loss
+                old_logp, old_values = token_logprobs(policy, x, y, cfg.temperature)
+                ref_logp, _ = token_logprobs(ref, x, y, cfg.temperature)
+            if cfg.algo == 'grpo':  # no values, and no value loss
                 old_values = torch.zeros_like(mask)
+            # the KL of the rollout, per answer token: ppo pays it as a cost in the reward, grpo only logs it
+            # here (its loss recomputes it from the new log-probabilities, so that it has a gradient)
             kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
 
-            # 3. advantages
+            # 3. advantages: how much better each token did than expected (GAE for ppo, the group for grpo).
+            # A raw reward would push up every answer of an easy question; an advantage only the better ones.
             adv, returns, zero_var = advantages(cfg, scores, kl, mask, old_values)
 
-            # 4. clipped updates, ppo_epochs passes in minibatches
-            lr = train.lr_at(cfg, step, elapsed)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group['lr'] = lr * group['base_lr'] / cfg.learning_rate
+            # 4. clipped updates: ppo_epochs passes in minibatches, each one step of train.py's Stepper.
+            # After the first minibatch the policy is no longer pi_old: the clipped ratio in clipped_loss
+            # stops any token from pulling once it has moved clip_eps its way (https://arxiv.org/abs/1707.06347).
+            lr = lr_at(cfg, step, elapsed)
+            stepper.set_lr(lr)
             sums = {}
             for _ in range(cfg.ppo_epochs):
                 order = torch.randperm(len(records), generator=torch.Generator().manual_seed(rng.getrandbits(32)))
                 for mb in order.split(cfg.minibatch_size):
                     mb = mb.to(rt.device)
                     with rt.autocast():
-                        logp, values = token_logprobs(policy, x[mb], y[mb], values=cfg.algo == 'ppo')
+                        logp, values = token_logprobs(policy, x[mb], y[mb], cfg.temperature)
                     loss, stats = clipped_loss(cfg, logp, values, old_logp[mb], old_values[mb], adv[mb], returns[mb],
                                                ref_logp[mb], mask[mb])
-                    loss.backward()
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                    for opt in optimizers:
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    train.add_stats(sums, {'loss': loss, **stats})
+                    # train.py's update: under fp16 the loss is scaled so small gradients do not underflow;
+                    # then unscale, clip, step (skipped on overflow), zero, and re-apply the pruning masks
+                    stepper.backward(loss)
+                    stepper.step()
+                    add_stats(sums, {'loss': loss, **stats})
             step += 1
 
             if step % cfg.log_interval == 0:
-                row = {k: round(v, 5) for k, v in train.mean_stats(sums, rt).items()}
+                row = {k: round(v, 5) for k, v in mean_stats(sums, rt).items()}
                 row.update(reward=round(scores.mean().item(), 4), right=round(right.mean().item(), 4),
                            kl=round((kl.sum(1)).mean().item(), 5), kl_estimator=cfg.kl_estimator,
                            answer_len=round(mask.sum(1).mean().item(), 2), lr=lr,
@@ -235,9 +317,14 @@ def main(cfg):
                 print0(f"step {step}: " + ', '.join(f"{k} {v}" for k, v in row.items() if k != 'lr')
                        + f", lr {lr:.2e}, eta {fmt_time(max(left, 0))}")
                 logger.log(iter=step, **row, time=round(time.time() - t_start, 3))
+
+        # the test split, once, at the end: val is what the run watched (and could be tuned by), so only a
+        # split that chose nothing measures the result fairly; chat.eval on the checkpoint gives the same figure
+        test_acc = evaluate('test', load_records(cfg.data_dir, 'test'))
+        print0(f"final test accuracy {test_acc:.4f} after {step} steps (best val accuracy {best:.4f})")
     finally:
         logger.close()
-    return best
+    return {'val_accuracy': val_acc, 'best_val_accuracy': best, 'test_accuracy': test_acc}
 
 
 if __name__ == '__main__':

@@ -27,15 +27,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from prepare.corpus import publish
 from seedgpt.chat import render_prompt
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
+from seedgpt.corpus import ROOT, publish
 from seedgpt.generate import generate_replies, reply_text
 from seedgpt.runtime import setup_runtime
 from seedgpt.tasks import check
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def near_miss(task, answer, rng):
@@ -85,7 +84,7 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
             batch_size=64, seed=1337, device='auto', quiet=False):
     """Write the pairs to out_dir (default data/preferences); returns the meta dict."""
     if not os.path.exists(os.path.join(from_dir, 'ckpt.pt')) and not from_dir.endswith('.pt'):
-        raise SystemExit(f"error: --from={from_dir}: no checkpoint there; train one first: python train.py config/sft_tasks.py")
+        raise SystemExit(f"error: --from_dir={from_dir}: no checkpoint there; train one first: python train.py config/sft_tasks.py")
     data_dir = data_dir or load_checkpoint(from_dir)['config'].get('data_dir', 'data/tasks')
     out_dir = out_dir or os.path.join(ROOT, 'data', 'preferences')
     rt = setup_runtime(device, 'float32', seed)

@@ -14,8 +14,8 @@ import os
 import urllib.request
 from dataclasses import dataclass
 
-from prepare.corpus import ROOT, CorpusError, prepare, run
 from seedgpt.config import load_config
+from seedgpt.corpus import ROOT, CorpusError, prepare, run
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 

@@ -11,22 +11,10 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
     raise SystemExit("error: run it from the repo root as a module: python -m prepare.stdlib ...")
 
 import os
-import sysconfig
 from dataclasses import dataclass
 
-from prepare.corpus import prepare, run
 from seedgpt.config import load_config
-
-SKIP_DIRS = {'site-packages', 'dist-packages', 'test', 'tests', 'idle_test', '__pycache__'}
-
-
-def stdlib_files():
-    root = sysconfig.get_paths()['stdlib']
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith('.py')]
-    return root, files
+from seedgpt.corpus import prepare, run, stdlib_files
 
 
 @dataclass

@@ -35,13 +35,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from prepare.corpus import publish
 from seedgpt.chat import CHAT_SPECIALS, render_chat
 from seedgpt.config import load_config
+from seedgpt.corpus import ROOT, publish
 from seedgpt.tasks import TASKS, TaskError, generate
 from seedgpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_tokenizer(name, splits):
     if name == 'gpt2':

@@ -14,6 +14,7 @@ import torch
 from model import GPT, GPTConfig, padded_vocab
 from seedgpt.hf import GPT2_NAMES, load_gpt2
 from seedgpt.int8 import quantize_int8
+from seedgpt.runtime import print0
 from seedgpt.tokenizer import load_tokenizer
 
 
@@ -27,9 +28,24 @@ def atomic_write(path, write_fn):
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(d)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_dir(d):
+    """Flush directory d's entries to disk: a rename is a change to the directory, and until the directory
+    is flushed a crash can bring back the old name (or neither). Where directories cannot be opened
+    (Windows), there is nothing to do."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path, ckpt):
@@ -82,6 +98,12 @@ def start_from(cfg, meta, ckpt):
             args['value_head'] = True
             n_embd = args['n_embd']
             state = {**state, 'value_head.weight': torch.zeros(1, n_embd), 'value_head.bias': torch.zeros(1)}
+        elif not cfg.value_head and args.get('value_head'):
+            # a reward or PPO model fine-tuned as a language model: a head nothing trains would get no gradients,
+            # which DDP takes for an error, and it would be saved unchanged as if it still scored something
+            args['value_head'] = False
+            state = {k: v for k, v in state.items() if not k.startswith('value_head.')}
+            print0(f"note: {path} has a value head; this run does not ask for one (value_head=False), so it is dropped")
     if meta['vocab_size'] > args['vocab_size']:  # e.g. a chat dataset's role tokens, after GPT-2's 50257
         if padded_vocab(meta['vocab_size']) != padded_vocab(args['vocab_size']):
             raise SystemExit(f"error: {cfg.data_dir} has {meta['vocab_size']} tokens, more than the model's table "

@@ -178,6 +178,10 @@ def to_hf(model_args, state_dict, meta=None):
     """(config.json dict, tensors) of a GPT2LMHeadModel holding these weights: Conv1D layouts, the real
     vocabulary rows only, wte once (the head is tied by the config), every tensor contiguous."""
     check_gpt2_architecture(model_args)
+    if model_args.get('value_head') or any(v.dtype == torch.int8 for v in state_dict.values()):
+        # transformers would load either with a warning only: the head unused, the int8 numbers as weights
+        raise SystemExit("error: to_hf takes a plain GPT-2's weights, without a value head or int8 layers; "
+                         "export with python -m export.hf, which converts both")
     V = model_args['vocab_size']
     tensors = {}
     for k, v in state_dict.items():

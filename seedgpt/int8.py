@@ -51,3 +51,15 @@ def quantize_int8(model):
                 setattr(module, name, Int8Linear(child))
     return model
 
+
+def dequantize_int8(state):
+    """A state dict of quantize_int8's layers back as plain Linear weights: each int8 row times its scale, in
+    the scale's dtype. The products are the weights Int8Linear computes with, for readers without its layer."""
+    out = {}
+    for k, v in state.items():
+        if v.dtype == torch.int8:
+            scale = state[k.removesuffix('weight') + 'scale']
+            v = (v.float() * scale.float()[:, None]).to(scale.dtype)  # (out, in) * (out, 1)
+        if not k.endswith('.scale'):
+            out[k] = v
+    return out

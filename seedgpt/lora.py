@@ -87,6 +87,8 @@ def freeze_and_adapt(model, cfg, ckpt=None):
             raise SystemExit(f"error: {e}")
         if ckpt:
             model.load_state_dict({**model.state_dict(), **ckpt['lora']})
+        if model.value_head is not None:  # a reward model's head starts from zero: it must learn, adapters or not
+            model.value_head.requires_grad_(True)
     frozen = list(model.transformer.h[:cfg.freeze_blocks])
     if cfg.freeze_embeddings:
         frozen += [model.transformer.wte, model.transformer.wpe]

@@ -8,7 +8,7 @@ objective.wrap(model), whose forward(x, y) returns (stats, loss): stats a dict o
     BradleyTerry   a reward model scores the chosen answer above the rejected one (feedback/reward.py)
     DPOLoss        the policy learns from preference pairs against a frozen reference (feedback/dpo.py)
 
-Every forward goes through the wrapped GPT's own forward (GPT.forward with return_hidden), never around it,
+Every score goes through the wrapped GPT's own forward (GPT.forward with per_token=True), never around it,
 so FSDP's hooks, which gather a sharded model's weights, run on every path.
 """
 import torch
@@ -64,13 +64,10 @@ class Distill(torch.nn.Module):
 
 
 
-def token_logprobs(model, x, y, values=False):
-    """(N, T) log-probability of each target y under the model (0 where y is -1), and the value head's
-    (N, T) output at the same positions when values=True (else None)."""
-    h = model.hidden(x)
-    logits = model.lm_head(h)[..., :model.config.vocab_size].float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y != -1)
-    return logp, model.value_head(h).squeeze(-1).float() if values else None
+def token_logprobs(model, x, y, temperature=1.0):
+    """(N, T) log-probability of each target y under softmax(logits / temperature), 0 where y is -1, and the
+    value head's (N, T) output at the same positions (None for a model without one)."""
+    return model(x, y, per_token=True, temperature=temperature)
 
 
 
@@ -83,8 +80,8 @@ def last_positions(y):
 
 def scores(model, x, last):
     """(N,) the reward of each conversation in x (N, T): the head's output at its last token, last (N,)."""
-    h = model.hidden(x)  # (N, T, C)
-    return model.value_head(h[torch.arange(x.size(0), device=x.device), last]).squeeze(-1).float()
+    _, values = model(x, torch.full_like(x, -1), per_token=True)  # (N, T): the head at every position
+    return values[torch.arange(x.size(0), device=x.device), last]
 
 
 class BradleyTerry(torch.nn.Module):

@@ -105,19 +105,22 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# dense bf16/fp16 tensor-core peaks from the vendors' data sheets (without sparsity), for MFU on GPUs we
-# know; fp32 training runs TF32 matmuls, at half these. Matched on whole words of the device name, so an
-# L40S is not taken for an L4; a GPU not listed gets no MFU rather than a wrong one.
-GPU_PEAK_FLOPS = [(r'\bH100\b.*\bPCIe\b', 756e12), (r'\bH100\b.*\bNVL\b', 835e12), (r'\bH100\b', 989e12),
-                  (r'\bH200\b', 989e12), (r'\bA100\b', 312e12), (r'\bL40S\b', 362e12), (r'\bL4\b', 121e12),
-                  (r'\bV100\b', 125e12), (r'\bT4\b', 65e12)]
+# dense peaks from the vendors' data sheets (without sparsity), for MFU on GPUs we know: (name pattern, bf16/fp16
+# tensor cores, fp32). fp32 is each card's own figure, not a fraction of the other: where the tensor cores take
+# TF32 (Ampere and later, with the allow_tf32 set above) it is the TF32 figure, about half the bf16 one; V100
+# and T4 have no TF32, so fp32 runs on the plain CUDA cores, at about an eighth. Matched on whole words of the
+# device name, so an L40S is not taken for an L4; a GPU not listed gets no MFU rather than a wrong one.
+GPU_PEAK_FLOPS = [(r'\bH100\b.*\bPCIe\b', 756e12, 378e12), (r'\bH100\b.*\bNVL\b', 835e12, 417.5e12),
+                  (r'\bH100\b', 989e12, 494.5e12), (r'\bH200\b', 989e12, 494.5e12), (r'\bA100\b', 312e12, 156e12),
+                  (r'\bL40S\b', 362e12, 183e12), (r'\bL4\b', 121e12, 60e12),
+                  (r'\bV100-PCIE\b', 112e12, 14e12), (r'\bV100\b', 125e12, 15.7e12), (r'\bT4\b', 65e12, 8.1e12)]
 
 
 def gpu_peak_flops(name, dtype):
     """The data-sheet peak of the GPU called `name` in `dtype` ('bfloat16', 'float16', 'float32'), or None."""
-    for pattern, flops in GPU_PEAK_FLOPS:
+    for pattern, half, fp32 in GPU_PEAK_FLOPS:
         if re.search(pattern, name):
-            return flops if dtype != 'float32' else flops / 2
+            return fp32 if dtype == 'float32' else half
     return None
 
 

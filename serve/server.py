@@ -3,7 +3,7 @@ Serve a checkpoint over HTTP with the OpenAI API, and a chat page for people.
 
     python -m serve.server --out_dir=out-sft-tasks --port=8000         # http://127.0.0.1:8000/ is the chat page
     python -m serve.server --out_dir=out-stdlib-char --max_batch=1     # a base model (completions only), one request at a time
-    python -m serve.server --out_dir=out-sft-tasks --bench             # load test: batched against one at a time
+    python -m bench.serve --out_dir=out-sft-tasks                      # load test: batched against one at a time
 
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "out-sft-tasks", "messages": [{"role": "user", "content": "What is 48+75?"}]}'
@@ -33,14 +33,10 @@ import math
 import os
 import queue
 import random
-import statistics
-import subprocess
-import sys
 import threading
 import time
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -67,10 +63,6 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
     quant: str = 'none'  # 'int8': int8 weights in the blocks
-    bench: bool = False  # start this server twice (max_batch=1, then max_batch) and print a load-test table
-    bench_clients: str = '1,4,16'  # concurrent clients, each sending requests back to back
-    bench_requests: int = 96  # requests per measurement
-    bench_rounds: int = 2  # the one-at-a-time and batched runs alternate this many times
 
 
 class ApiError(Exception):
@@ -402,7 +394,7 @@ def make_app(model, tok, cfg, name):
         return {'status': 'ok', 'model': name, 'chat': chat_stop is not None, 'block_size': block_size,
                 'running': engine.running, 'queued': engine.pending.qsize()}
 
-    page = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve/page.html')
+    page = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'page.html')
 
     @app.get('/')
     async def chat_page():
@@ -410,90 +402,7 @@ def make_app(model, tok, cfg, name):
 
     return app
 
-# -----------------------------------------------------------------------------
-# the load test: clients sending requests back to back to a running server
-
-
-def load_test(url, clients, requests, prompts, max_tokens=16, time_limit=120.0):
-    """`requests` chat requests (streamed, greedy) from `clients` threads, stopping early at time_limit.
-    Returns {'requests', 'errors', 'seconds', 'ttft', 'latency'}, the last two lists of seconds."""
-    import httpx
-    todo = iter(range(requests))
-    lock, ttft, latency, errors = threading.Lock(), [], [], []
-    t_end = time.perf_counter() + time_limit
-
-    def client():
-        with httpx.Client(base_url=url, timeout=time_limit, trust_env=False) as http:
-            while time.perf_counter() < t_end:
-                with lock:
-                    k = next(todo, None)
-                if k is None:
-                    return
-                body = {'model': 'bench', 'stream': True, 'temperature': 0, 'max_tokens': max_tokens,
-                        'messages': [{'role': 'user', 'content': prompts[k % len(prompts)]}]}
-                t0, first = time.perf_counter(), None
-                with http.stream('POST', '/v1/chat/completions', json=body) as r:
-                    for line in r.iter_lines():  # the first token's chunk, not the opening one (its role only)
-                        if first is None and line.startswith('data: {') and json.loads(line[6:])['choices'][0]['delta'].get('content'):
-                            first = time.perf_counter()
-                t1 = time.perf_counter()
-                with lock:
-                    if r.status_code != 200:
-                        errors.append(r.status_code)
-                    else:
-                        ttft.append((first or t1) - t0)  # an empty reply's first token is its end
-                        latency.append(t1 - t0)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for f in [pool.submit(client) for _ in range(clients)]:
-            f.result()
-    return {'requests': len(latency), 'errors': errors, 'seconds': time.perf_counter() - t0, 'ttft': ttft,
-            'latency': latency}
-
-
-def percentile(xs, p):
-    return statistics.quantiles(xs, n=100, method='inclusive')[p - 1] if len(xs) > 1 else xs[0]
-
-
-def bench(cfg):
-    """Start `python -m serve.server` with max_batch=1 and with cfg.max_batch, alternately, and load each."""
-    import httpx
-    rnd = random.Random(0)
-    prompts = [f"What is {rnd.randint(10, 99)}+{rnd.randint(10, 99)}?" for _ in range(64)]
-    print(f"# {cfg.out_dir}, {cfg.bench_requests} streamed greedy chat requests per row (max_tokens 16), "
-          f"torch {torch.__version__}")
-    print(f"{'max_batch':>9} {'clients':>7} {'req/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'total p50':>9} {'total p99':>9}")
-    for _ in range(cfg.bench_rounds):
-        for max_batch in (1, cfg.max_batch):
-            port = cfg.port + 1
-            args = [sys.executable, os.path.abspath(__file__), f'--out_dir={cfg.out_dir}', f'--port={port}',
-                    f'--max_batch={max_batch}', f'--device={cfg.device}', f'--dtype={cfg.dtype}', f'--quant={cfg.quant}',
-                    f'--queue_size={max(cfg.queue_size, 64)}']
-            server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            url = f'http://127.0.0.1:{port}'
-            try:
-                for _ in range(600):
-                    try:
-                        if httpx.get(url + '/health', trust_env=False).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.1)
-                load_test(url, 1, 4, prompts)  # warm up
-                for clients in [int(c) for c in cfg.bench_clients.split(',')]:
-                    r = load_test(url, clients, cfg.bench_requests, prompts)
-                    ms = lambda xs, p: f"{1000 * percentile(xs, p):7.0f}ms"  # noqa: E731
-                    print(f"{max_batch:9d} {clients:7d} {r['requests'] / r['seconds']:7.1f} {ms(r['ttft'], 50)} "
-                          f"{ms(r['ttft'], 99)} {ms(r['latency'], 50)} {ms(r['latency'], 99)}"
-                          + (f"  ({len(r['errors'])} errors)" if r['errors'] else ''), flush=True)
-            finally:
-                server.terminate()
-                server.wait()
-
-
 def main(cfg):
-    if cfg.bench:
-        return bench(cfg)
     import uvicorn
     rt = setup_runtime(cfg.device, cfg.dtype)
     model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype, cfg.quant)

@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 import train  # noqa: E402
-from prepare import corpus  # noqa: E402
+from seedgpt import corpus  # noqa: E402
 from seedgpt.config import load_config
 from seedgpt.tokenizer import gpt2_encoding
 

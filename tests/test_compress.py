@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from compress import shrink as compress
 from conftest import make_text, run_script, run_train, write
 from model import GPT, GPTConfig
-from prepare import corpus
+from seedgpt import corpus
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.int8 import Int8Linear

@@ -8,7 +8,7 @@ import torch
 from conftest import run_script, run_train, write
 from explain import attention as explain
 from model import GPT, GPTConfig
-from prepare import corpus
+from seedgpt import corpus
 from seedgpt.checkpoint import load_model
 from seedgpt.tokenizer import GPT2Tokenizer
 

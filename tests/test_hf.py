@@ -13,6 +13,7 @@ pytest.importorskip('safetensors')
 from conftest import run_script  # noqa: E402
 from model import GPT, GPTConfig
 from seedgpt import hf
+from seedgpt.config import load_config
 from seedgpt.hf import find_cached, load_gpt2, save_hf_dir, to_hf
 
 SMALL = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128)
@@ -229,7 +230,7 @@ def test_save_is_all_or_nothing(tmp_path):
 
 def save_ckpt(out_dir, model, args, meta):
     out_dir.mkdir(parents=True)
-    torch.save({'model': model.state_dict(), 'model_args': args, 'meta': meta}, out_dir / 'ckpt.pt')
+    torch.save({'model': model.state_dict(), 'model_args': args, 'meta': meta, 'config': {}}, out_dir / 'ckpt.pt')
 
 
 def test_export_script_char_model(tmp_path):
@@ -271,3 +272,47 @@ def test_export_script_refuses_rope(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode != 0 and len(lines) == 1 and "pos='rope'" in lines[0], p.stderr
     assert not (tmp_path / 'hf').exists()
+
+
+def export(capsys, out_dir, hf_dir):
+    """python -m export.hf, in this process."""
+    from export import hf as export_hf
+    capsys.readouterr()
+    export_hf.main(load_config(export_hf.Config, [f'--out_dir={out_dir}', f'--hf_dir={hf_dir}']))
+
+
+def chars_meta(n):
+    chars = [chr(i) for i in range(32, 32 + n)]
+    return {'tokenizer': 'char', 'chars': chars, 'vocab_size': n}
+
+
+def test_export_int8_checkpoint_as_its_floats(tmp_path, capsys):
+    """compress.shrink --int8 stores int8 weights and a scale per row: transformers would read the int8
+    numbers as the weights. Exported, transformers' logits are the int8 model's own."""
+    from compress import shrink
+    from seedgpt.checkpoint import load_model
+    ours, args = seed_model(seed=5, vocab_size=95)
+    save_ckpt(tmp_path / 'out', ours, args, chars_meta(95))
+    shrink.main(load_config(shrink.Config, [f'--out_dir={tmp_path / "out"}', f'--to={tmp_path / "int8"}', '--int8']))
+    export(capsys, tmp_path / 'int8', tmp_path / 'hf')
+    assert 'note: the int8 block weights are written as the floats' in capsys.readouterr().out
+    int8, _ = load_model(tmp_path / 'int8', 'cpu')  # Int8Linear layers, as sample.py runs the checkpoint
+    theirs, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf', local_files_only=True,
+                                                                output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched
+    assert max_logit_diff(int8, theirs.eval(), 95) < 1e-4
+    assert max_logit_diff(ours, theirs, 95) > 1e-3  # and it is the quantised model, not the float one
+
+
+def test_export_leaves_out_a_value_head(tmp_path, capsys):
+    """A reward or PPO checkpoint: the language model goes out, the head is left out with a note."""
+    ours, args = seed_model(seed=6, vocab_size=95, value_head=True)
+    save_ckpt(tmp_path / 'out', ours, args, chars_meta(95))
+    export(capsys, tmp_path / 'out', tmp_path / 'hf')
+    assert 'note: the value head' in capsys.readouterr().out
+    theirs, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf', local_files_only=True,
+                                                                output_loading_info=True)
+    assert not any(info.values()), info  # no value_head.* among the unexpected keys
+    assert max_logit_diff(ours, theirs.eval(), 95) < 1e-4
+    with pytest.raises(SystemExit, match='^error: to_hf takes a plain GPT-2'):  # the library call refuses, never drops
+        to_hf(args, ours.state_dict())

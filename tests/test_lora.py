@@ -11,7 +11,8 @@ import train
 from conftest import read_log, run_train
 from model import GPT, GPTConfig
 from seedgpt import runtime
-from seedgpt.lora import LoRALinear, add_lora, merge_lora
+from seedgpt.lora import LoRALinear, add_lora, freeze_and_adapt, merge_lora
+from seedgpt.optim import Muon
 
 TINY_MODEL = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, bias=True)
 
@@ -91,6 +92,29 @@ def test_freezing_really_freezes(tmp_path, char_data, trained_out, muon_lr):
     assert held == len([k for k in base if k.startswith(('transformer.h.1.', 'transformer.ln_f.'))])
     for k in base:
         assert torch.equal(ft[k], base[k]) == k.startswith(frozen), k  # frozen: identical; the rest: moved
+
+
+def test_muon_leaves_the_adapters_to_adamw():
+    """LoRA with muon_lr > 0: A and B go to AdamW; each trainable parameter is in exactly one optimizer and
+    no frozen one in any. Muon is left out when it would get nothing (no hidden matrix trains)."""
+    def held(optimizers):
+        return [id(p) for opt in optimizers for group in opt.param_groups for p in group['params']]
+
+    for lora_rank, freeze_blocks in [(4, 0), (0, 1)]:
+        model = tiny_gpt()
+        cfg = train.Config(lora_rank=lora_rank, freeze_blocks=freeze_blocks)
+        freeze_and_adapt(model, cfg)
+        optimizers = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', muon_lr=0.02, matmul_dtype=torch.float32)
+        names = {id(p): n for n, p in model.named_parameters()}
+        muon = [names[i] for i in held(o for o in optimizers if isinstance(o, Muon))]
+        assert not [n for n in muon if 'lora_' in n]
+        trainable = sorted(id(p) for p in model.parameters() if p.requires_grad)
+        assert sorted(held(optimizers)) == trainable  # each once, and nothing frozen
+        if lora_rank:
+            assert len(optimizers) == 1 and len(trainable) == 2 * 2 * 3  # A, B of c_attn, attn and mlp c_proj
+        else:
+            assert muon == [n for n, p in model.transformer.h[1].named_parameters(prefix='transformer.h.1')
+                            if p.dim() == 2]  # block 1's four matrices; block 0 is frozen
 
 
 def trainable_printed(capsys):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_text, run_script, write
-from prepare import corpus
+from seedgpt import corpus
 from seedgpt.tokenizer import EOT, CharTokenizer
 
 EOT_ID = 50256
@@ -198,7 +198,7 @@ def test_text_without_whitespace_is_cut_anyway(tmp_path, monkeypatch):
 # only grows, so one process compares them all and imports torch once
 PEAK_CHILD = r"""
 import sys
-from prepare import corpus
+from seedgpt import corpus
 corpus.PIECE = 1 << 13
 peak = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
 out, small, large = sys.argv[1], sys.argv[2::2], sys.argv[3::2]

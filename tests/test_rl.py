@@ -1,5 +1,6 @@
 """Learning from feedback on a tiny task suite: the reward model, DPO, PPO and GRPO (rl.py), the preference
 pairs, against hand-computed numbers and exact expectations; every stage's checkpoint in sample/chat/eval."""
+import ast
 import json
 import math
 import os
@@ -7,9 +8,12 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_chat import make_ckpt, one_line_error
 
 import train
@@ -20,12 +24,13 @@ from feedback import dpo, reward, rl
 from model import GPT, GPTConfig
 from prepare import preferences, tasks
 from seedgpt.chat import render_prompt
-from seedgpt.checkpoint import load_model
-from seedgpt.config import load_config
+from seedgpt.checkpoint import load_model, save_checkpoint
+from seedgpt.config import config_help, load_config
 from seedgpt.data import PairBatches
 from seedgpt.generate import left_pad, stream_reply
 from seedgpt.objectives import DPOLoss, answer_logprobs, pair_accuracy, scores, token_logprobs
 from seedgpt.policy import as_batch, clipped_loss, gae, group_advantages, kl_per_token
+from seedgpt.prune import block_matrices, magnitude_masks
 from seedgpt.tasks import TASKS, check
 from seedgpt.tokenizer import load_tokenizer
 
@@ -33,8 +38,10 @@ CPU = ['--device=cpu', '--dtype=float32', '--compile=False']
 # a few steps of any stage from the tiny random chat model; block_size is the model's
 TINY_RUN = CPU + ['--block_size=64', '--batch_size=4', '--eval_iters=2', '--log_interval=1', '--warmup_iters=0',
                   '--weight_decay=0.0', '--learning_rate=1e-2', '--min_lr=1e-2']
-TINY_RL = TINY_RUN + ['--prompts_per_step=4', '--group_size=4', '--max_new_tokens=4', '--minibatch_size=8',
-                      '--eval_examples=5', '--eval_interval=1000']
+# rl.py's own settings only (it has no batch_size, block_size or compile): 16 answers, 2 minibatches, 2 epochs
+TINY_RL = CPU[:2] + ['--log_interval=1', '--warmup_iters=0', '--weight_decay=0.0', '--learning_rate=1e-2',
+                     '--min_lr=1e-2', '--prompts_per_step=4', '--group_size=4', '--max_new_tokens=4',
+                     '--minibatch_size=8', '--eval_examples=5', '--eval_interval=1000']
 LOG2 = math.log(2)
 
 
@@ -94,6 +101,15 @@ def run_rl(out_dir, *args):
     return read_log(out_dir)
 
 
+def direct_logprobs(model, x, y, temperature=1.0):
+    """(N, T) log-probability of each target under softmax(logits / temperature), 0 where y is -1: from the
+    model's plain logits and F.cross_entropy, not through token_logprobs or GPT.forward's per_token mode."""
+    with torch.no_grad():
+        logits, _ = model(x, y)  # (N, T, V)
+    nll = F.cross_entropy((logits.float() / temperature).flatten(0, 1), y.flatten(), ignore_index=-1, reduction='none')
+    return -nll.view_as(y)
+
+
 # -----------------------------------------------------------------------------
 # reward model
 
@@ -132,7 +148,10 @@ def test_dpo_loss_is_log2_when_policy_is_reference(suite, pairs):
     _, mean = policy(x, y)
     total = answer_logprobs(policy, x, y).sum()
     assert total.item() == pytest.approx(-mean.item() * (y != -1).sum().item(), rel=1e-5)
-    assert torch.allclose(answer_logprobs(policy, x, y), token_logprobs(policy, x, y)[0].sum(1), atol=1e-5)
+    # and row by row: each answer's own sum, from the plain logits and cross_entropy, padding and prompt left out
+    torch.testing.assert_close(answer_logprobs(policy, x, y), direct_logprobs(policy, x, y).sum(1), rtol=0, atol=1e-5)
+    rows = (y != -1).sum(1)
+    assert (rows > 0).all() and len(set(rows.tolist())) > 1  # answers of different lengths: a real check of the mask
 
 
 @pytest.fixture(scope='module')
@@ -191,21 +210,32 @@ def test_group_advantages_hand_computed():
     assert zero_var == 0.5
 
 
-def test_kl_is_zero_when_policy_is_reference(suite):
+def test_kl_between_two_models_at_a_temperature(suite):
+    """The per-token KL estimates between two different models, at the rollouts' temperature, against the
+    same numbers computed from each model's plain logits."""
     _, data, sft = suite
     policy, tok = load_model(sft, 'cpu')
     ref, _ = load_model(sft, 'cpu')
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # another model: every weight nudged
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
     recs = records(data, 'train')[:6]
     prompts = [render_prompt(tok, r['messages'][:-1]) for r in recs]
     answers = [tok.encode(r['meta']['answer']) + [tok.special_ids['<|end|>']] for r in recs]
     x, y = as_batch(prompts, answers, 'cpu')
-    logp, _ = token_logprobs(policy, x, y)
-    ref_logp, _ = token_logprobs(ref, x, y)
-    for estimator in ('k1', 'k3'):
-        assert torch.equal(kl_per_token(logp, ref_logp, estimator), torch.zeros_like(logp))
-    # and token_logprobs is the model's own cross-entropy, on the answer tokens only
-    _, mean = policy(x, y)
-    assert logp.sum().item() == pytest.approx(-mean.item() * (y != -1).sum().item(), rel=1e-5)
+    mask = y != -1
+    for T in (1.0, 0.7):
+        logp, _ = token_logprobs(policy, x, y, T)
+        ref_logp, _ = token_logprobs(ref, x, y, T)
+        k1 = direct_logprobs(policy, x, y, T) - direct_logprobs(ref, x, y, T)  # log pi - log ref per token
+        k3 = torch.exp(-k1) + k1 - 1
+        torch.testing.assert_close(kl_per_token(logp, ref_logp, 'k1'), k1 * mask, rtol=0, atol=1e-5)
+        torch.testing.assert_close(kl_per_token(logp, ref_logp, 'k3'), k3 * mask, rtol=0, atol=1e-5)
+        assert (k1[mask].abs() > 1e-3).all() and (k3[mask] > 0).all()  # the two models really differ
+        assert (k1[mask] < 0).any() and (k1[mask] > 0).any()  # k1 takes both signs; k3 never goes negative
+    with pytest.raises(ValueError):
+        kl_per_token(logp, ref_logp, 'auto')  # rl.py resolves 'auto' before any math sees it
 
 
 def test_kl_estimators_are_unbiased():
@@ -269,28 +299,41 @@ def test_one_update_raises_expected_reward(suite, toy_runs, algo):
 # every stage's checkpoint loads in sample.py, chat.py and eval.py
 
 def test_every_stage_loads_in_sample_chat_eval(suite, reward_run, dpo_run, toy_runs, capsys):
-    """In this process for each stage; as scripts for two (the other two go the same way)."""
+    """In this process for each stage; as scripts for two (the other two go the same way). eval.py's counts
+    are checked against the stage's greedy answers, one question at a time, judged here."""
     _, data, _ = suite
     outs = {'reward': reward_run[0], 'dpo': dpo_run[0], 'ppo': toy_runs['ppo'], 'grpo': toy_runs['grpo']}
     question = [{'role': 'user', 'content': 'What is 2+2?'}]
+    replies, results = {}, {}
     for stage, out in outs.items():
         model, tok = load_model(out, 'cpu')
         assert (model.value_head is not None) == (stage in ('reward', 'ppo')), stage
         chat.main(load_config(chat.Config, [f'--out_dir={out}', '--prompt=What is 2+2?', '--max_new_tokens=5',
                                             *CPU[:2]]))
-        expected = ''.join(stream_reply(model, tok, question, 5, temperature=0))
-        assert capsys.readouterr().out == expected + '\n', stage
+        replies[stage] = ''.join(stream_reply(model, tok, question, 5, temperature=0))
+        assert capsys.readouterr().out == replies[stage] + '\n', stage
         evaluate.main(load_config(evaluate.Config, [f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=5',
                                                     '--json', *CPU[:2]]))
-        result = json.loads(capsys.readouterr().out)
-        assert result['n'] == 10 and 0 <= result['mean'] <= 1, stage
+        results[stage] = json.loads(capsys.readouterr().out)
+        counts = {}  # task: [questions, right], by hand
+        for r in records(data, 'test'):
+            task = r['meta']['task']
+            answer = ''.join(stream_reply(model, tok, r['messages'][:-1], 5, temperature=0))
+            row = counts.setdefault(task, [0, 0])
+            row[0] += 1
+            row[1] += check(task, r['meta'], answer)
+        assert {t: [row['n'], row['correct']] for t, row in results[stage]['tasks'].items()} == counts, stage
+        assert results[stage]['n'] == 10
+        assert results[stage]['mean'] == pytest.approx(sum(c / n for n, c in counts.values()) / len(counts)), stage
     argvs = [['-m', 'chat.talk', f'--out_dir={outs["ppo"]}', '--prompt=What is 2+2?', '--max_new_tokens=5', *CPU[:2]],
              ['-m', 'chat.eval', f'--out_dir={outs["reward"]}', f'--data_dir={data}', '--max_new_tokens=5', '--json',
               *CPU[:2]]]
-    for argv, (code, stdout, stderr) in zip(argvs, run_scripts(*argvs)):
-        assert code == 0 and 'error' not in stderr and 'Traceback' not in stderr, (argv, stderr)
-        assert stdout.endswith('\n') and len(stdout) > 1
-    assert json.loads(stdout)['n'] == 10
+    (code, talk_out, stderr), (code2, eval_out, stderr2) = run_scripts(*argvs)
+    for argv, c, err in zip(argvs, (code, code2), (stderr, stderr2)):
+        assert c == 0 and 'error' not in err and 'Traceback' not in err, (argv, err)
+    # as scripts, exactly what they printed in this process
+    assert talk_out == replies['ppo'] + '\n'
+    assert json.loads(eval_out) == results['reward']
 
 
 # -----------------------------------------------------------------------------
@@ -305,14 +348,29 @@ def raises_error(fn, *words):
         assert w in message, message
 
 
-def test_bad_settings_are_one_line_errors(suite, pairs, toy_runs, dpo_run, tmp_path):
+def test_bad_settings_are_one_line_errors(suite, pairs, toy_runs, dpo_run, tmp_path, monkeypatch):
     _, data, sft = suite
     rl_args = [f'--init_from={sft}', f'--data_dir={data}']
-    raises_error(lambda: run_rl(tmp_path / 'a', *rl_args, '--algo=bogus'), 'algo')
-    raises_error(lambda: run_rl(tmp_path / 'b', *rl_args, '--kl_estimator=k2'), 'kl_estimator')
-    raises_error(lambda: run_rl(tmp_path / 'c', *rl_args, '--algo=grpo', '--group_size=1'), 'group_size')
-    raises_error(lambda: run_rl(tmp_path / 'd', *rl_args, '--reward=bogus'), 'reward')
-    raises_error(lambda: run_rl(tmp_path / 'e', *rl_args, '--reward=model', f'--reward_dir={sft}'), 'no value head')
+    int8 = tmp_path / 'int8'  # compress/shrink.py --int8's mark on a checkpoint: weights that do not train
+    int8.mkdir()
+    save_checkpoint(str(int8 / 'ckpt.pt'), {**torch.load(sft / 'ckpt.pt', weights_only=True), 'quant': 'int8'})
+    bad = {'algo': ['--algo=bogus'], 'kl_estimator': ['--kl_estimator=k2'],
+           'group_size': ['--algo=grpo', '--group_size=1'], 'reward': ['--reward=bogus'],
+           'minibatch_size': ['--minibatch_size=0'], 'temperature': ['--temperature=0'],
+           'prompts_per_step': ['--prompts_per_step=1000'], 'init_from': ['--init_from=scratch'],
+           'int8': [f'--init_from={int8}'], 'no value head': ['--reward=model', f'--reward_dir={sft}']}
+    for word, args in bad.items():
+        out = tmp_path / f'bad-{word}'
+        raises_error(lambda: run_rl(out, *rl_args, *args), word)
+        assert not out.exists(), word  # refused at start-up: nothing written
+    with monkeypatch.context() as mp:  # launched by torchrun: one process only, before any process group
+        for key, value in (('RANK', '1'), ('LOCAL_RANK', '1'), ('WORLD_SIZE', '2')):
+            mp.setenv(key, value)
+        raises_error(lambda: run_rl(tmp_path / 'torchrun', *rl_args), 'torchrun')
+        assert not torch.distributed.is_initialized()
+    with pytest.raises(SystemExit) as e:  # train.py's settings are not rl.py's
+        load_config(rl.Config, ['--lora_rank=4'])
+    assert str(e.value).startswith("error: unknown setting 'lora_rank'") and '\n' not in str(e.value)
     for algo, other in (('ppo', 'grpo'), ('grpo', 'ppo')):  # resuming: the reference must be named, the algo kept
         out = tmp_path / f'resume-{algo}'
         out.mkdir()
@@ -406,7 +464,18 @@ def test_pairs_from_a_rambling_model_fit_its_context(suite, tmp_path):
     preferences.prepare(str(sft), data_dir=str(data), out_dir=str(out), n_train=2, n_val=2, samples=1,
                         temperature=0, batch_size=1, device='cpu', quiet=True)
     cfg = load_config(reward.Config, TINY_RUN + [f'--data_dir={out}'])  # block_size 64, the model's
-    PairBatches(cfg, json.loads((out / 'meta.json').read_text()), 'cpu')
+    batches = PairBatches(cfg, json.loads((out / 'meta.json').read_text()), 'cpu')  # refuses a pair past block_size
+    # every rejected answer is the model's own ramble, never ended: cut at make_pairs' 32 new tokens or where,
+    # with its closing <|end|>, it fills the context exactly (64 tokens: one more would not fit)
+    tok = load_tokenizer(json.loads((out / 'meta.json').read_text()))
+    lengths = []
+    for split in ('train', 'val'):
+        rows = records(out, split)
+        assert [r['meta']['rejected_from'] for r in rows] == ['model'] * 2
+        expected = [min(64, len(render_prompt(tok, r['prompt'])) + 32 + 1) for r in rows]
+        lengths += [len(rejected) for (_, _), (rejected, _) in batches.rows[split]]
+        assert lengths[-2:] == expected, split
+    assert 64 in lengths  # at least one ran into the context's end
 
 
 # -----------------------------------------------------------------------------
@@ -415,11 +484,19 @@ def test_pairs_from_a_rambling_model_fit_its_context(suite, tmp_path):
 @pytest.mark.parametrize('algo', ['ppo', 'grpo'])
 def test_rl_resume_is_exact(suite, tmp_path, monkeypatch, algo):
     """2 steps, then resumed to 4, give the weights of 4 steps straight: the rollouts' sampling RNG, the
-    optimizer and the schedule all come back. The toy reward: the random model never earns the checker's."""
+    optimizer and the schedule all come back. The resumed run neither evaluates nor saves step 2 again, and
+    keeps the best val accuracy under its own name. The toy reward: the random model never earns the checker's."""
     _, data, sft = suite
     monkeypatch.setattr(rl, 'check', starts_lowercase)
+    saves, real_save = [], rl.save_checkpoint
+
+    def save(path, ckpt):
+        saves.append((Path(path).parent.name, ckpt['iter_num']))
+        real_save(path, ckpt)
+
+    monkeypatch.setattr(rl, 'save_checkpoint', save)
     common_args = [f'--ref_dir={sft}', f'--data_dir={data}', f'--algo={algo}', '--lr_decay_iters=4',
-                   '--min_lr=1e-3', '--warmup_iters=1', '--kl_coef=0.5']
+                   '--min_lr=1e-3', '--warmup_iters=1', '--kl_coef=0.5', '--eval_interval=2']
     full = run_rl(tmp_path / 'full', f'--init_from={sft}', '--max_iters=4', *common_args)
     run_rl(tmp_path / 'resumed', f'--init_from={sft}', '--max_iters=2', *common_args)
     resumed = run_rl(tmp_path / 'resumed', '--init_from=resume', '--max_iters=4', *common_args)
@@ -429,17 +506,23 @@ def test_rl_resume_is_exact(suite, tmp_path, monkeypatch, algo):
         for key in ('loss', 'reward', 'kl', 'answer_len'):
             assert steps(resumed)[it][key] == pytest.approx(steps(full)[it][key], abs=1e-6), (it, key)
     assert steps(full)[4]['kl'] != 0 and steps(full)[4]['loss'] != 0  # the policy moved; the reference counted
+    # one evaluation and one save per even step, resumed or not
+    val = lambda log: [(row['iter'], row['val_accuracy']) for row in log if 'val_accuracy' in row]  # noqa: E731
+    assert [it for it, _ in val(resumed)] == [it for it, _ in val(full)] == [0, 2, 4]
+    assert saves == [('full', 2), ('full', 4), ('resumed', 2), ('resumed', 4)]
     a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=True)
     b = torch.load(tmp_path / 'resumed' / 'ckpt.pt', weights_only=True)
     assert a['iter_num'] == b['iter_num'] == 4
     for k in a['model']:
         torch.testing.assert_close(b['model'][k], a['model'][k], rtol=0, atol=1e-6)
+    assert 'best_val_loss' not in b and b['best_val_accuracy'] == max(acc for _, acc in val(resumed))
+    assert b['val_accuracy'] == val(resumed)[-1][1]
 
 
 def test_clipped_loss_hand_computed():
     """The clipped objective on one token each: a ratio past 1 + eps stops paying for a positive advantage,
     one under 1 - eps stops paying for a negative one; the other side is never clipped."""
-    cfg = rl.Config(algo='grpo', clip_eps=0.2, kl_coef=0.0)
+    cfg = rl.Config(algo='grpo', clip_eps=0.2, kl_coef=0.0, kl_estimator='k3')
     old = torch.zeros(4, 1)
     logp = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]]))  # ratios 1.5, 1.5, 0.5, 0.5
     adv = torch.tensor([[2.0], [-2.0], [2.0], [-2.0]])
@@ -489,3 +572,171 @@ def test_pair_accuracy_counts_chosen_above_rejected():
     assert pair_accuracy(model, pairs, batch_size=2) == pytest.approx(expected)
     flipped = [(b, a) for a, b in pairs]
     assert pair_accuracy(model, flipped) == pytest.approx(1 - expected)
+
+
+# -----------------------------------------------------------------------------
+# rl.py: its own settings, train.py's update step, pruning masks, val while training and test at the end
+
+def test_grpo_kl_term_follows_the_estimator():
+    """GRPO's loss adds kl_coef times the mean KL to the reference, by the configured estimator. Two tokens,
+    pi 0.5 each, ref 0.25 and 0.9; the advantage is 0 and pi_new = pi_old, so the KL term is the whole loss."""
+    logp = torch.log(torch.tensor([[0.5], [0.5]]))
+    ref_logp = torch.log(torch.tensor([[0.25], [0.9]]))
+    zeros, mask = torch.zeros(2, 1), torch.ones(2, 1)
+    # k1 = log(pi / ref): log 2 = 0.693147, log(0.5 / 0.9) = -0.587787; k3 = ref / pi - 1 + k1: 0.193147, 0.212213
+    for estimator, mean_kl in (('k1', (0.693147 - 0.587787) / 2), ('k3', (0.193147 + 0.212213) / 2)):
+        cfg = rl.Config(algo='grpo', kl_coef=0.5, kl_estimator=estimator)
+        loss, _ = clipped_loss(cfg, logp, None, logp, zeros, zeros, zeros, ref_logp, mask)
+        assert loss.item() == pytest.approx(0.5 * mean_kl, abs=1e-6), estimator
+
+
+def test_kl_loss_gradients_in_expectation():
+    """Why 'auto' gives GRPO k3: averaged exactly over tokens drawn from pi, k1's loss gradient is zero (no
+    pull at all), and k3's is the gradient of KL(ref || pi), which pulls pi towards the reference."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(7, generator=g, requires_grad=True)  # the policy's logits over 7 tokens
+    ref_logp = torch.log_softmax(torch.randn(7, generator=g), -1)
+    logp = torch.log_softmax(theta, -1)
+    weights = logp.exp().detach()  # the sampling distribution: not differentiated, as in a rollout
+    grads = {}
+    for estimator in ('k1', 'k3'):
+        expected_loss = (weights * kl_per_token(logp, ref_logp, estimator)).sum()
+        grads[estimator], = torch.autograd.grad(expected_loss, theta, retain_graph=True)
+    reverse_kl = (ref_logp.exp() * (ref_logp - logp)).sum()
+    torch.testing.assert_close(grads['k1'], torch.zeros(7), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads['k3'], torch.autograd.grad(reverse_kl, theta)[0], rtol=1e-5, atol=1e-6)
+    assert grads['k3'].abs().max() > 0.01
+
+
+def cfg_reads(path):
+    """The names read as cfg.NAME or self.cfg.NAME in a source file."""
+    names = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text(encoding='utf-8'))):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id == 'cfg') or (isinstance(base, ast.Attribute)
+                                                                     and base.attr == 'cfg'):
+                names.add(node.attr)
+    return names
+
+
+def test_rl_config_lists_only_what_it_honours(capsys):
+    """Every setting --help lists is read: by rl.py and policy.py, or by the library pieces rl.py hands its cfg
+    to (seedgpt.optim's lr_at and Stepper, seedgpt.log's Logger). train.py's own settings are unknown here."""
+    assert not issubclass(rl.Config, train.Config)
+    read = set().union(*(cfg_reads(p) for p in ('feedback/rl.py', 'seedgpt/policy.py', 'seedgpt/optim.py',
+                                                'seedgpt/log.py')))
+    names = {f.name for f in fields(rl.Config)}
+    assert names - read == set()
+    src = (ROOT / 'feedback' / 'rl.py').read_text(encoding='utf-8')
+    for call in ('Stepper(policy, cfg, rt, masks)', 'lr_at(cfg, ', 'Logger(cfg, rt)', 'advantages(cfg, ',
+                 'clipped_loss(cfg, '):
+        assert call in src, call
+    listed = {line.split('=')[0].strip()[2:] for line in config_help(rl.Config).splitlines() if line.startswith('  --')}
+    assert listed == names
+    for name in ('lora_rank', 'freeze_blocks', 'freeze_embeddings', 'compile', 'fsdp', 'batch_size', 'grad_accum',
+                 'patience', 'teacher_dir', 'slow', 'block_size', 'dropout', 'eval_iters'):
+        assert name not in names, name
+
+
+def test_every_update_goes_through_stepper(suite, tmp_path, monkeypatch):
+    """Each minibatch is one Stepper backward and step, train.py's (16 answers, minibatches of 8, 2 epochs:
+    4 updates a step); under fp16 the GradScaler scales them, and its state is checkpointed and resumed."""
+    _, data, sft = suite
+    calls = []
+
+    class Counting(rl.Stepper):
+        def backward(self, loss):
+            calls.append('backward')
+            super().backward(loss)
+
+        def step(self):
+            calls.append('step')
+            super().step()
+
+    monkeypatch.setattr(rl, 'Stepper', Counting)
+    monkeypatch.setattr(rl, 'check', starts_lowercase)
+    out = tmp_path / 'fp16'
+    run_rl(out, f'--init_from={sft}', f'--data_dir={data}', '--max_iters=2', '--dtype=float16')
+    assert calls == ['backward', 'step'] * 8
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['env']['dtype'] == 'float16' and ckpt['scaler']['scale'] > 0  # the scaler was on, and saved
+    assert ckpt['scaler']['_growth_tracker'] == 8  # 8 steps, none skipped for an overflow
+    calls.clear()
+    run_rl(out, '--init_from=resume', f'--ref_dir={sft}', f'--data_dir={data}', '--max_iters=3', '--dtype=float16')
+    assert calls == ['backward', 'step'] * 4
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['scaler']['_growth_tracker'] == 12  # it went on counting
+
+
+def test_pruned_start_stays_pruned(suite, tmp_path, monkeypatch):
+    """From a checkpoint with pruning masks (compress/shrink.py --prune), RL updates the kept weights only:
+    the pruned ones are exactly zero after the updates, and the masks are in the checkpoint."""
+    _, data, sft = suite
+    start = torch.load(sft / 'ckpt.pt', weights_only=True)
+    masks = magnitude_masks(block_matrices(start['model']), 0.5)
+    state = {k: v * masks[k] if k in masks else v for k, v in start['model'].items()}
+    pruned = tmp_path / 'pruned'
+    pruned.mkdir()
+    save_checkpoint(str(pruned / 'ckpt.pt'), {**start, 'model': state, 'masks': masks})
+    monkeypatch.setattr(rl, 'check', starts_lowercase)
+    run_rl(tmp_path / 'out', f'--init_from={pruned}', f'--data_dir={data}', '--max_iters=2')
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    assert set(ckpt['masks']) == set(masks)
+    moved = 0
+    for name, mask in masks.items():
+        assert torch.equal(ckpt['masks'][name], mask), name
+        assert (ckpt['model'][name][~mask] == 0).all(), name
+        moved += (ckpt['model'][name][mask] != state[name][mask]).sum().item()
+    assert moved > 0  # the kept weights did learn
+
+
+def test_val_is_watched_and_test_answered_once_at_the_end(suite, tmp_path, monkeypatch):
+    """Every eval_interval steps rl.py answers val questions (eval_examples of them); the test split only
+    once, all of it, after the last step; that figure is logged, returned, and the saved model's."""
+    _, data, sft = suite
+    split_of = {json.dumps(r['messages'][:-1]): split for split in ('train', 'val', 'test')
+                for r in records(data, split)}
+    events, real_accuracy, real_generate = [], rl.accuracy, rl.generate_replies
+
+    def watched(model, tok, recs, *args, **kwargs):
+        events.append((split_of[json.dumps(recs[0]['messages'][:-1])], len(recs)))
+        assert {split_of[json.dumps(r['messages'][:-1])] for r in recs} == {events[-1][0]}
+        return real_accuracy(model, tok, recs, *args, **kwargs)
+
+    def rollouts(*args, **kwargs):
+        events.append('step')
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(rl, 'accuracy', watched)
+    monkeypatch.setattr(rl, 'generate_replies', rollouts)
+    out = tmp_path / 'out'
+    result = rl.main(load_config(rl.Config, TINY_RL + [f'--out_dir={out}', f'--init_from={sft}', f'--data_dir={data}',
+                                                       '--max_iters=4', '--eval_interval=2', '--eval_examples=3']))
+    val, test = ('val', 3), ('test', 10)
+    assert events == [val, 'step', 'step', val, 'step', 'step', val, test]
+    log = read_log(out)
+    assert [row['iter'] for row in log if 'val_accuracy' in row] == [0, 2, 4]
+    tests = [row for row in log if 'test_accuracy' in row]
+    assert len(tests) == 1 and tests[0]['iter'] == 4
+    model, tok = load_model(out, 'cpu')
+    expected = real_accuracy(model, tok, records(data, 'test'), temperature=0)
+    assert result['test_accuracy'] == tests[0]['test_accuracy'] == expected['mean']
+
+
+def test_rollouts_are_scored_at_their_temperature(suite, tmp_path, monkeypatch):
+    """At temperature 0.7 every log-probability rl.py takes, the rollout's (pi_old), the reference's and the
+    update's, is log softmax(logits / 0.7) of the sampled tokens, computed here from the plain logits."""
+    _, data, sft = suite
+    checked, real = [], rl.token_logprobs
+
+    def scored(model, x, y, *args, **kwargs):
+        out = real(model, x, y, *args, **kwargs)
+        torch.testing.assert_close(out[0].detach(), direct_logprobs(model, x, y, 0.7), rtol=0, atol=1e-5)
+        checked.append((torch.is_grad_enabled(), model.value_head is not None))
+        return out
+
+    monkeypatch.setattr(rl, 'token_logprobs', scored)
+    monkeypatch.setattr(rl, 'check', starts_lowercase)
+    run_rl(tmp_path / 'out', f'--init_from={sft}', f'--data_dir={data}', '--max_iters=1', '--temperature=0.7')
+    # pi_old (the policy, with its value head), the reference (without), then 4 minibatch updates
+    assert checked == [(False, True), (False, False)] + [(True, True)] * 4

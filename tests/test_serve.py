@@ -15,6 +15,7 @@ uvicorn = pytest.importorskip('uvicorn', reason='the serve tests need fastapi an
 
 from test_chat import make_ckpt  # noqa: E402
 
+from bench.serve import load_test
 from model import GPT, GPTConfig
 from prepare.tasks import prepare as prepare_tasks
 from seedgpt.chat import render_prompt
@@ -299,6 +300,6 @@ def test_timeout(chat_model):
 def test_load(chat_model):
     """A bounded load test: 8 clients, 40 streamed requests, a 30 s limit; every request answered."""
     with running(*chat_model, max_batch=4, queue_size=16) as url:
-        r = serve.load_test(url, clients=8, requests=40, prompts=QUESTIONS, max_tokens=8, time_limit=30)
+        r = load_test(url, clients=8, requests=40, prompts=QUESTIONS, max_tokens=8, time_limit=30)
         assert r['errors'] == [] and r['requests'] == 40
         assert all(0 < t <= total for t, total in zip(r['ttft'], r['latency']))

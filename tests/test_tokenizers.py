@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import write
-from prepare import corpus
+from seedgpt import corpus
 from seedgpt.data import load_meta, load_tokens
 from seedgpt.tokenizer import EOT, CharTokenizer, GPT2Tokenizer, load_tokenizer
 

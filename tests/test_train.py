@@ -95,3 +95,20 @@ def test_atomic_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(str(path), {'iter_num': 3})
     assert torch.load(path, weights_only=True) == {'iter_num': 3}
     assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def test_checkpoint_rename_is_flushed(tmp_path, monkeypatch):
+    """The file is flushed before the rename, and the directory after it: the rename is a directory write,
+    and until the directory reaches the disk a crash can undo it."""
+    flushed = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        flushed.append(os.readlink(f'/proc/self/fd/{fd}'))  # what the descriptor is open on
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', recording_fsync)
+    save_checkpoint(str(tmp_path / 'ckpt.pt'), {'iter_num': 1})
+    assert len(flushed) == 2
+    assert os.path.basename(flushed[0]).startswith('.ckpt.pt.tmp')  # the new file, under its temporary name
+    assert flushed[1] == os.path.realpath(tmp_path)  # then the directory holding the renamed file

@@ -1,0 +1,310 @@
+"""
+A text corpus to token files: the streaming pipeline behind every prepare/ script.
+
+    prepare(inputs, name, tokenizer) -> data/<name>/{train,val}.bin and meta.json
+
+Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; every file must be UTF-8. A
+.txt or .md file is one document, a .jsonl line is one document (its text field). In BPE mode each
+document ends with <|endoftext|>; in char mode documents are joined by a blank line.
+
+The split is deterministic and falls on document boundaries: a document goes to val when a hash of its
+name says so (about val_fraction of them). A corpus of a single document (tiny Shakespeare) is cut
+instead: its first 90% of characters are train, the rest val, as nanoGPT does.
+
+Tokens are flat uint16 (uint32 past 65535 ids). The corpus is streamed in pieces of about 1 MB, so memory
+stays flat however large it is; BPE uses every core. Output is written to a temporary directory and
+appears (publish) only when complete, so a failed run never leaves a torn dataset.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from seedgpt.log import fmt_time
+from seedgpt.tokenizer import EOT, gpt2_encoding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: data/ goes here
+
+
+TEXT_EXTS = ('.txt', '.md', '.jsonl')
+
+
+PIECE = 1 << 20  # characters read at a time
+
+
+class CorpusError(Exception):
+    """Bad input: the message names the problem and the fix."""
+
+
+def find_files(inputs, exts=TEXT_EXTS):
+    """Expand files, directories and globs into a sorted, de-duplicated list of files."""
+    files = []
+    for item in inputs:
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches or not os.path.exists(matches[0]):
+            raise CorpusError(f"{item}: no such file or directory; check the path")
+        for path in matches:
+            if os.path.isdir(path):
+                for dirpath, dirnames, filenames in os.walk(path):
+                    dirnames.sort()
+                    files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(exts)]
+            else:
+                files.append(path)
+    files = list(dict.fromkeys(files))
+    if not files:
+        raise CorpusError(f"no {'/'.join(exts)} files in {' '.join(inputs)}; point at text files")
+    return files
+
+
+def _checked(text, where):
+    if '\x00' in text:
+        raise CorpusError(f"{where} looks binary (it has NUL bytes); pass text files only")
+    return text
+
+
+# searched for in reversed text, so the first match is the last cut point: a space, tab, CR or LF whose
+# preceding character is not whitespace (python's whitespace includes all of GPT-2's, so \S is safe)
+CUT = re.compile(r'[ \t\n\r](?=\S)')
+
+
+def iter_pieces(path):
+    """A text file in pieces of about PIECE characters, each cut just before a whitespace character that
+    follows a non-space (LF, CRLF or a space between words). GPT-2's pre-tokenizer never joins across such
+    a cut: no pre-token holds a non-space then a space, and to the tokens before it that space reads
+    like the end of the text. (A cut after whitespace is not safe: a run of whitespace before a word
+    tokenizes differently whole and cut in two.)"""
+    try:
+        with open(path, encoding='utf-8', newline='') as f:
+            buf = ''
+            while chunk := f.read(PIECE):
+                start, buf = len(buf), buf + chunk
+                # search the new chunk only: what is left of buf after the last cut holds no cut point
+                m = CUT.search(buf[max(start, 1) - 1:][::-1])
+                cut = len(buf) - 1 - m.start() if m else 0
+                if not cut and len(buf) >= 4 * PIECE:
+                    # megabytes without whitespace are one pathological pre-token: cut it anyway, memory stays bounded
+                    cut = len(buf)
+                if cut:
+                    yield _checked(buf[:cut], path)
+                    buf = buf[cut:]
+            if buf:
+                yield _checked(buf, path)
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. iconv -t utf-8") from None
+
+
+def iter_documents(files, text_field='text'):
+    """(name, pieces) for every document: a whole text file, or one line of a .jsonl file.
+
+    Names are relative to the corpus's top directory, so a corpus splits the same wherever it lies.
+    """
+    top = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    for path in files:
+        name = os.path.relpath(os.path.abspath(path), top)
+        if not path.endswith('.jsonl'):
+            yield name, iter_pieces(path)
+            continue
+        for lineno, line in enumerate(_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[text_field]
+            except (json.JSONDecodeError, TypeError, KeyError):
+                raise CorpusError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' string; "
+                                  f"fix the line or pass --text_field") from None
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}:{lineno}: '{text_field}' is not a string")
+            yield f"{name}:{lineno}", [_checked(text, f"{path}:{lineno}")]
+
+
+def _lines(path):
+    try:
+        with open(path, encoding='utf-8') as f:
+            yield from f
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. iconv -t utf-8") from None
+
+
+def in_val(name, val_fraction):
+    return zlib.crc32(name.encode('utf-8')) % 10000 < val_fraction * 10000
+
+
+class Progress:
+    """One line on stderr, rewritten in place: done/total, rate and time left."""
+
+    def __init__(self, total, what):
+        self.total, self.what, self.done, self.t0, self.shown = total, what, 0, time.time(), 0.0
+
+    def update(self, n):
+        if not n:
+            return  # a separator: nothing read, nothing new to show
+        self.done += n
+        now = time.time()
+        if now - self.shown > 0.5 or self.done >= self.total:
+            self.shown = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else 0
+            sys.stderr.write(f"\r{self.what}: {100 * self.done / max(self.total, 1):5.1f}% "
+                             f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate / 1e6:.2f} MB/s, "
+                             f"{fmt_time(left)} left  ")
+            sys.stderr.flush()
+
+    def close(self):
+        sys.stderr.write('\n')
+
+
+def survey(files, text_field, val_fraction, want_chars):
+    """First pass: check every document, count them, find the character set and the split."""
+    chars, n_docs, n_chars, n_val, first = set(), 0, 0, 0, None
+    for name, pieces in iter_documents(files, text_field):
+        n_docs += 1
+        first = first or name
+        n_val += in_val(name, val_fraction)
+        for piece in pieces:
+            n_chars += len(piece)
+            if want_chars:
+                chars.update(piece)
+    if n_chars == 0:
+        raise CorpusError(f"the corpus is empty ({len(files)} files, no text); add some text")
+    return dict(chars=chars, n_docs=n_docs, n_chars=n_chars, n_val=n_val, first=first)
+
+
+def split_stream(files, text_field, val_fraction, info, sep):
+    """Second pass: (split, text) pieces in corpus order, each document followed by `sep`."""
+    single = info['n_docs'] == 1
+    # with every document on one side, move the first one across so both splits have data
+    flip = info['first'] if info['n_val'] in (0, info['n_docs']) and not single else None
+    cut, seen = int(info['n_chars'] * (1 - val_fraction)), 0
+    for name, pieces in iter_documents(files, text_field):
+        split = 'val' if in_val(name, val_fraction) != (name == flip) else 'train'
+        for piece in pieces:
+            if single:  # one document: cut it at (1 - val_fraction) of its characters
+                head = piece[:max(0, cut - seen)]
+                seen += len(piece)
+                if head:
+                    yield 'train', head
+                if len(head) < len(piece):
+                    yield 'val', piece[len(head):]
+            else:
+                yield split, piece
+        if sep and not single:
+            yield split, sep
+
+
+def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1, text_field='text',
+            block_size=256, files=None, source=None, quiet=False):
+    """Tokenize `inputs` into out_dir (default data/<name>); returns the meta dict."""
+    if tokenizer not in ('gpt2', 'char'):
+        raise CorpusError(f"tokenizer must be 'gpt2' or 'char', got {tokenizer!r}")
+    if not 0 < val_fraction < 1:
+        raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    files = files or find_files(inputs)
+    out_dir = out_dir or os.path.join(ROOT, 'data', name)
+    info = survey(files, text_field, val_fraction, tokenizer == 'char')
+    if tokenizer == 'char':
+        sep = '\n\n'
+        chars = sorted(info['chars'] | (set(sep) if info['n_docs'] > 1 else set()))
+        lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint32)
+        lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint32)
+        vocab_size = len(chars)
+        encode = lambda t: lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)]
+    else:
+        sep, enc = EOT, gpt2_encoding()
+        vocab_size = enc.n_vocab
+        # `is`: only the separator itself, not a document whose text happens to read <|endoftext|>
+        encode = lambda t: np.array([enc.eot_token] if t is sep else enc.encode_ordinary(t), dtype=np.uint32)
+    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+
+    tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    try:
+        counts = {'train': 0, 'val': 0}
+        progress = Progress(sum(os.path.getsize(f) for f in files), f"tokenizing ({tokenizer})") if not quiet else None
+        batch, batch_chars = [], 0
+        # tiktoken releases the GIL, so threads use every core; `with` closes the pool and files on any error
+        with ThreadPoolExecutor(os.cpu_count()) as pool, open(os.path.join(tmp_dir, 'train.bin'), 'wb') as train, \
+                open(os.path.join(tmp_dir, 'val.bin'), 'wb') as val:
+            outs = {'train': train, 'val': val}
+
+            def flush():
+                for (split, text), ids in zip(batch, pool.map(encode, [t for _, t in batch])):
+                    outs[split].write(ids.astype(dtype).tobytes())
+                    counts[split] += len(ids)
+                    if progress:
+                        progress.update(len(text.encode('utf-8')) if text != sep else 0)
+                batch.clear()
+
+            for split, text in split_stream(files, text_field, val_fraction, info, sep):
+                batch.append((split, text))
+                batch_chars += len(text)
+                if batch_chars >= 4 * PIECE:  # a few MB in flight at most
+                    flush()
+                    batch_chars = 0
+            flush()
+        if progress:
+            progress.close()
+        for split, n in counts.items():
+            if n <= block_size:
+                raise CorpusError(f"corpus too small: the {split} split has {n} tokens, needs more than "
+                                  f"block_size={block_size}; add text or pass a smaller --block_size")
+        meta = dict(tokenizer=tokenizer, vocab_size=vocab_size, dtype=np.dtype(dtype).name,
+                    train_tokens=counts['train'], val_tokens=counts['val'],
+                    source=source or [os.path.abspath(i) for i in inputs], documents=info['n_docs'],
+                    characters=info['n_chars'],
+                    split=(f"first {1 - val_fraction:.0%} of the characters train, the rest val" if info['n_docs'] == 1
+                           else f"documents by name hash, about {val_fraction:.0%} to val"))
+        if tokenizer == 'char':
+            meta['chars'] = chars
+        else:
+            meta['eot_token'] = enc.eot_token
+        publish(tmp_dir, out_dir, meta)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not quiet:
+        print(f"wrote {out_dir}: {counts['train']:,} train and {counts['val']:,} val tokens, "
+              f"vocab {vocab_size:,}, {info['n_docs']:,} documents")
+    return meta
+
+
+def publish(tmp_dir, out_dir, meta):
+    """Write meta.json into the finished tmp_dir, then swap it in as out_dir: an old dataset is removed
+    only once the new one is whole, so a reader never sees half of one."""
+    with open(os.path.join(tmp_dir, 'meta.json'), 'w', encoding='utf-8') as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+    old = out_dir.rstrip('/') + f'.old{os.getpid()}'
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(fn):
+    """Run a prepare step, turning bad input into a one-line error and exit code 1."""
+    try:
+        return fn()
+    except CorpusError as e:
+        sys.stderr.write('\n')
+        raise SystemExit(f"error: {e}")
+
+
+
+SKIP_DIRS = {'site-packages', 'dist-packages', 'test', 'tests', 'idle_test', '__pycache__'}
+
+
+def stdlib_files():
+    root = sysconfig.get_paths()['stdlib']
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith('.py')]
+    return root, files
+
