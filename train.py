@@ -133,7 +133,7 @@ def sized_for_machine(cfg, rt):
     """cfg, with its `slow` settings in force when the matmul peak (rank 0's, under torchrun) is below slow_tflops."""
     if not cfg.slow_tflops:
         return cfg
-    known, slow_cfg = {f.name: f for f in fields(Config)}, cfg
+    known, slow_cfg = {f.name: f for f in fields(type(cfg))}, cfg  # train.py's settings, or a stage's
     for key, value in cfg.slow.items():
         if key not in known or key in ('slow', 'slow_tflops'):
             raise SystemExit(f"error: slow holds '{key}', which is not a setting that can be replaced")

@@ -63,12 +63,10 @@ class Distill(torch.nn.Module):
         return {'kl': kl.detach(), 'ce': ce.detach()}, self.alpha * self.T ** 2 * kl + (1 - self.alpha) * ce
 
 
-
 def token_logprobs(model, x, y, temperature=1.0):
     """(N, T) log-probability of each target y under softmax(logits / temperature), 0 where y is -1, and the
     value head's (N, T) output at the same positions (None for a model without one)."""
     return model(x, y, per_token=True, temperature=temperature)
-
 
 
 def last_positions(y):
@@ -85,7 +83,16 @@ def scores(model, x, last):
 
 
 class BradleyTerry(torch.nn.Module):
-    """forward(x, y) -> (stats, loss) on a batch of pairs: chosen rows first, rejected rows after."""
+    """A reward model's loss on a batch of pairs, chosen rows first, rejected rows after: forward(x, y) -> (stats, loss).
+
+    People (or a checker) can say which of two answers is better far more reliably than how good one is.
+    The Bradley-Terry model (1952) turns such comparisons into scores: it takes P(a beats b) =
+    sigmoid(r(a) - r(b)), so maximising the likelihood of the observed preferences is the loss
+    -log sigmoid(r_chosen - r_rejected). Only differences of scores matter, so the scale is free; the head
+    starts at zero, every pair a tie (loss log 2). This is InstructGPT's reward model
+    (https://arxiv.org/abs/2203.02155, section 3.5): the SFT model's trunk, with a scalar head read at the
+    conversation's last token.
+    """
 
     def __init__(self, model):
         super().__init__()
@@ -117,14 +124,28 @@ def pair_accuracy(model, pairs, batch_size=64):
     return right / len(pairs)
 
 
-
 def answer_logprobs(model, x, y):
-    """(N,) the summed log-probability of each row's answer tokens (where y != -1)."""
+    """(N,) the summed log-probability of each row's answer tokens (where y != -1): log pi(answer | prompt),
+    the prompt's own tokens left out, since both answers of a pair share it."""
     return token_logprobs(model, x, y)[0].sum(dim=1)
 
 
 class DPOLoss(torch.nn.Module):
-    """forward(x, y) -> (stats, loss) on a batch of pairs: chosen rows first, rejected rows after."""
+    """Direct preference optimisation (https://arxiv.org/abs/2305.18290) on a batch of pairs, chosen rows first,
+    rejected rows after: forward(x, y) -> (stats, loss).
+
+    RLHF maximises reward minus beta * KL(pi || ref). That problem has a closed-form optimum,
+    pi*(y) ~ ref(y) exp(r(y) / beta), which read backwards says that every policy defines an *implicit
+    reward*, r(y) = beta * (log pi(y) - log ref(y)) up to a constant per prompt. Put that reward into
+    Bradley-Terry's loss and the constant cancels between the two answers of a pair:
+
+        loss = -log sigmoid(beta * [(log pi - log ref)(chosen) - (log pi - log ref)(rejected)])
+
+    so the policy is trained on the preferences directly, with no reward model and no sampling, and the
+    reference keeps it near the SFT model as PPO's KL would. The loss only asks for a margin: it can also
+    be met by lowering both answers' likelihood, the chosen one's less. sft_coef > 0 adds the chosen
+    answers' NLL (RPO, https://arxiv.org/abs/2404.19733), which rules that way out.
+    """
 
     def __init__(self, policy, ref, beta, sft_coef=0.0):
         super().__init__()

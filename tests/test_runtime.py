@@ -138,6 +138,17 @@ def test_eval_only_leaves_no_process_group(tmp_path, char_data, monkeypatch):
             dist.destroy_process_group()
 
 
+def torchrun_child(tmp_path, code, *args):
+    """Run `code` (a script that starts train.py) as 2 torchrun processes on the tiny config into tmp_path/o."""
+    script = tmp_path / 'child.py'
+    script.write_text(code)
+    p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *TINY,
+                   f'--out_dir={tmp_path / "o"}', '--grad_accum=2', *args, timeout=120,
+                   env={'PYTHONPATH': str(ROOT)})  # the script lives in tmp_path; it imports train from the root
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
 # rank 1's clock runs 1000 s ahead: it alone would think the time budget spent at once
 SKEWED = r"""
 import os, sys, time
@@ -153,13 +164,7 @@ os._exit(0)
 
 @pytest.mark.slow
 def test_ranks_share_one_clock(tmp_path, char_data):
-    script = tmp_path / 'skewed.py'
-    script.write_text(SKEWED)
-    p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *TINY,
-                   f'--out_dir={tmp_path / "o"}', f'--data_dir={char_data}', '--grad_accum=2', '--max_time=4',
-                   '--max_iters=100000', timeout=120,
-                   env={'PYTHONPATH': str(ROOT)})  # the script lives in tmp_path; it imports train from the root
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    torchrun_child(tmp_path, SKEWED, f'--data_dir={char_data}', '--max_time=4', '--max_iters=100000')
     iters = [row['iter'] for row in read_log(tmp_path / 'o') if 'loss' in row]
     assert iters and iters[-1] > 5  # rank 0's 4 s, not rank 1's none
 
@@ -179,13 +184,9 @@ os._exit(0)
 
 @pytest.mark.slow
 def test_rank0_sizes_the_model_for_all(tmp_path, char_data):
-    script = tmp_path / 'skewed_peak.py'
-    script.write_text(SKEWED_PEAK)
     # rank 0's real peak, a fraction of a TFLOP/s, is far below 1000: it picks the slow settings
-    p = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *TINY,
-                   f'--out_dir={tmp_path / "o"}', f'--data_dir={char_data}', '--grad_accum=2', '--max_iters=2',
-                   '--slow_tflops=1000', "--slow={'n_embd': 16}", timeout=120, env={'PYTHONPATH': str(ROOT)})
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    p = torchrun_child(tmp_path, SKEWED_PEAK, f'--data_dir={char_data}', '--max_iters=2', '--slow_tflops=1000',
+                       "--slow={'n_embd': 16}")
     assert 'below slow_tflops=1000' in p.stdout
     ckpt = torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)
     assert ckpt['model_args']['n_embd'] == 16 and ckpt['model']['transformer.wte.weight'].shape[1] == 16
