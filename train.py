@@ -272,6 +272,9 @@ def train(cfg, rt, objective=None):
         # a checkpoint is saved just after an evaluation: a resumed run does not repeat it (nor count it twice for patience)
         t_last, iters_timed, time_timed = time.time(), 0, 0.0
         last_eval = iter_num if cfg.init_from == 'resume' else None
+        if last_eval is not None and (iter_num >= cfg.max_iters or 0 < cfg.max_time <= elapsed):
+            print0(f"nothing to do: the checkpoint is at iter {iter_num} after {elapsed:.0f} s, and max_iters="
+                   f"{cfg.max_iters}, max_time={cfg.max_time:g}; raise them (max_time=0 for no time limit) to go on")
         while True:
             elapsed = time.time() - t_start
             if cfg.max_time > 0:

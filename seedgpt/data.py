@@ -23,7 +23,8 @@ from seedgpt.tokenizer import load_tokenizer
 def load_meta(data_dir):
     path = os.path.join(data_dir, 'meta.json')
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no dataset at {data_dir}; make one first, e.g. python -m prepare.stdlib")
+        raise SystemExit(f"error: no dataset at {data_dir}; make it first with a prepare/ script: python -m prepare.corpus "
+                         "FILES --name=NAME for your own text, python -m prepare.stdlib for the demo's")
     with open(path, encoding='utf-8') as f:
         return json.load(f)
 
