@@ -6,6 +6,7 @@ Optional modern switches, each off by default (GPT-2 exactly):
   norm='rms'      RMSNorm instead of LayerNorm                        (https://arxiv.org/abs/1910.07467)
   qk_norm=True    normalise queries and keys before attention          (https://arxiv.org/abs/2010.04245)
   mlp='relu2'     squared ReLU instead of GELU in the MLP              (https://arxiv.org/abs/2109.08668)
+  mlp='swiglu'    a gated SiLU MLP, Llama's and Qwen's                  (https://arxiv.org/abs/2002.05202)
 and a Muon optimizer for the hidden matrices (https://kellerjordan.github.io/posts/muon/).
 """
 import math
@@ -34,7 +35,7 @@ class GPTConfig:
     pos: str = 'learned'  # position encoding: 'learned' (GPT-2) or 'rope'
     norm: str = 'layer'  # 'layer' (GPT-2's LayerNorm) or 'rms'
     qk_norm: bool = False  # RMS-normalise queries and keys
-    mlp: str = 'gelu'  # MLP activation: 'gelu' (GPT-2's tanh approximation) or 'relu2'
+    mlp: str = 'gelu'  # MLP activation: 'gelu' (GPT-2's tanh approximation), 'relu2' or 'swiglu' (Llama's)
     value_head: bool = False  # a scalar output per position besides the logits: a reward model's score, PPO's value
 
 
@@ -118,6 +119,9 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if hasattr(cache, 'attend'):  # a server's rows packed in one sequence: each sees its own slot's keys only
+            y = cache.attend(layer, q, k, v)  # (1, nh, T, hs)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
         past = 0
         if cache is not None:
             past = cache.pos
@@ -142,14 +146,29 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def mlp_width(config):
+    """The MLP's hidden width: 4 * n_embd; for SwiGLU, whose three matrices would hold 1.5x the weights at that
+    width, 8/3 * n_embd rounded up to a multiple of 64 (as Llama sizes it)."""
+    return -(-8 * config.n_embd // (3 * 64)) * 64 if config.mlp == 'swiglu' else 4 * config.n_embd
+
+
+def swiglu(x):
+    gate, value = x.chunk(2, dim=-1)  # (B, T, hidden) each: c_fc computes both side by side
+    return F.silu(gate) * value
+
+
+ACTIVATIONS = {'gelu': lambda x: F.gelu(x, approximate='tanh'), 'relu2': lambda x: F.relu(x).square(), 'swiglu': swiglu}
+
+
 class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = mlp_width(config)
+        self.c_fc = nn.Linear(config.n_embd, (2 if config.mlp == 'swiglu' else 1) * hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.act = (lambda x: F.relu(x).square()) if config.mlp == 'relu2' else (lambda x: F.gelu(x, approximate='tanh'))
+        self.act = ACTIVATIONS[config.mlp]
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -174,7 +193,7 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         for name, value, allowed in [('pos', config.pos, ('learned', 'rope')), ('norm', config.norm, ('layer', 'rms')),
-                                     ('mlp', config.mlp, ('gelu', 'relu2'))]:
+                                     ('mlp', config.mlp, tuple(ACTIVATIONS))]:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.config = config
@@ -223,15 +242,20 @@ class GPT(nn.Module):
 
         pad (B,) says how many tokens each row of a left-padded batch starts with: they are hidden from
         every other token, and positions count from each row's first real token, so a row gives what it
-        would alone. Padding on the right needs nothing: causal attention never looks ahead.
+        would alone. Padding on the right needs nothing: causal attention never looks ahead. A server's
+        SlotCache (seedgpt/engine.py) needs no padding: rows of any lengths come packed in one sequence, and
+        the cache gives each token its position and each row its own keys.
         """
         B, T = idx.size()
-        past = cache.pos if cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
-        cols = torch.arange(past, past + T, device=idx.device)
-        pos, mask = cols, None
+        if hasattr(cache, 'attend'):  # seedgpt.engine's SlotCache: rows packed in one sequence, each at its positions
+            pos, mask = cache.positions(idx.device), None  # (1, T)
+        else:
+            past = cache.pos if cache is not None else 0
+            if past + T > self.config.block_size:
+                raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+            cols = torch.arange(past, past + T, device=idx.device)
+            pos, mask = cols, None
         if pad is not None:
             pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
             keys = torch.arange(past + T, device=idx.device)
@@ -241,14 +265,14 @@ class GPT(nn.Module):
         rope = None
         if self.config.pos == 'rope':
             rope = self.rope_cos[pos], self.rope_sin[pos]
-            if pad is not None:
+            if pos.dim() == 2:
                 rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # (B, 1, T, hs/2): one set of angles per row
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, i, mask)
-        if cache is not None:
+        if isinstance(cache, KVCache):
             cache.pos += T
         return self.transformer.ln_f(x)
 
@@ -271,8 +295,8 @@ class GPT(nn.Module):
             logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             values = self.value_head(x).squeeze(-1).float() if self.value_head is not None else None
             return logp * (targets != -1), values
-        if targets is None:
-            return self.lm_head(x[:, [-1], :])[..., :V], None  # (B, 1, V): only the next token is needed
+        if targets is None:  # only the next token is needed: (B, 1, V), or a packed row's each (1, rows, V)
+            return self.lm_head(x[:, getattr(cache, 'last', [-1]), :])[..., :V], None
         logits = self.lm_head(x)[..., :V]  # the padding's ids are never right: keep them out of the softmax
         loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss

@@ -29,6 +29,7 @@ from seedgpt.checkpoint import (
     start_masks
 )
 from seedgpt.config import check_type, load_config
+from seedgpt.corpus import bits_per_byte
 from seedgpt.data import data_batches, load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
 from seedgpt.lora import freeze_and_adapt, merge_lora
@@ -46,7 +47,7 @@ class LoopConfig(GPTConfig):
     # i/o
     out_dir: str = 'out'  # checkpoints and log.jsonl go here
     data_dir: str = 'data/stdlib_char'  # made by a prepare/ script: train.bin, val.bin, meta.json
-    init_from: str = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a seedgpt checkpoint to fine-tune, or gpt2[-medium|-large|-xl]
+    init_from: str = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a seedgpt checkpoint to fine-tune, gpt2[-medium|-large|-xl], or a Hugging Face directory (GPT-2, Llama, Qwen3)
     hf_dir: str = ''  # with init_from=gpt2*: a local Hugging Face GPT-2 directory; '' looks in the HF cache
     eval_interval: int = 250  # iterations between val loss estimates (and checkpoints)
     eval_iters: int = 50  # batches per loss estimate; the same fixed batches every time
@@ -251,6 +252,8 @@ def train(cfg, rt, objective=None):
         nonlocal best_val_loss, evals_since_best
         losses = estimate_loss(plain if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
         extra = {k: v for k, v in losses.items() if k not in ('train', 'val')}
+        # bits per byte of text compare models of any tokenizer (an objective's loss is not a next-token loss)
+        extra = {**({} if objective else bits_per_byte(losses, meta)), **extra}
         print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                + ''.join(f", {k} {v:.4f}" for k, v in extra.items()))
         logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **extra, time=round(elapsed, 3))

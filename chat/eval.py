@@ -6,7 +6,9 @@ Exact-match accuracy of a chat model on the task suite of prepare/tasks.py, per 
     python -m chat.eval --out_dir=out-sft-tasks --max_examples=200 --temperature=0.8 --split=val
 
 Each question of the split is rendered as a prompt (the user turn, then <|assistant|>), answered
-greedily by default up to <|end|>, and judged by prepare/tasks.py's check. The mean is over tasks.
+greedily by default up to <|end|>, and judged by prepare/tasks.py's check. Beside the accuracy, the loss of the
+split's own answers (nats per token, as SFT's loss) and the same in bits per byte of the answers' text, which
+compares models of different tokenizers. The means are over tasks.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m chat.eval ...")
@@ -20,7 +22,7 @@ from seedgpt.chat import chat_ids
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.runtime import setup_runtime
-from seedgpt.tasks import accuracy, load_records, table
+from seedgpt.tasks import accuracy, answer_loss, load_records, table
 
 
 @dataclass
@@ -48,8 +50,13 @@ def main(cfg):
     try:
         result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True,
                           temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
+        losses = answer_loss(model, tok, records, cfg.batch_size)
     except ValueError as e:  # a question with a character the model has never seen
         raise SystemExit(f"error: {e}; was {cfg.data_dir} made with this model's tokenizer?")
+    for task, row in losses.items():
+        result['tasks'][task].update(row)
+    for key in ('loss', 'bpb'):
+        result[key] = sum(row[key] for row in losses.values()) / max(1, len(losses))
     if cfg.json:
         print(json.dumps({'out_dir': cfg.out_dir, 'split': cfg.split, **result}))
     else:

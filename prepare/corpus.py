@@ -3,11 +3,14 @@ Tokenize any text corpus into data/<name>/{train,val}.bin and meta.json.
 
     python -m prepare.corpus notes/ 'books/*.txt' chats.jsonl --name=mine               # GPT-2 BPE
     python -m prepare.corpus poems.txt --name=poems --tokenizer=char                     # one id per character
+    python -m prepare.corpus zh/ --name=zh --tokenizer=bpe --vocab_size=4096             # a BPE learned on it
     python -m prepare.corpus data.jsonl --name=mine --text_field=content
 
 Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; every file must be
 UTF-8. A .txt or .md file is one document, a .jsonl line is one document (its text field). In BPE
-mode each document ends with <|endoftext|>; in char mode documents are joined by a blank line.
+modes each document ends with <|endoftext|>; in char mode documents are joined by a blank line.
+--tokenizer=bpe learns a byte-level BPE of vocab_size tokens from the train split alone (never val) and
+saves it beside the tokens as tokenizer.json (docs/tokenizers.md compares the three).
 
 The split is deterministic and falls on document boundaries: a document goes to val when a hash of
 its name says so (about val_fraction of them). A corpus of a single document (tiny Shakespeare) is
@@ -31,7 +34,8 @@ class Config:
     positional = 'inputs'  # bare arguments are the inputs
     inputs: str = ''  # files, directories or globs of .txt/.md/.jsonl (bare arguments, or comma-separated)
     name: str = ''  # the dataset's name: it goes to data/<name>/
-    tokenizer: str = 'gpt2'  # 'gpt2' (GPT-2 BPE) or 'char' (one id per character)
+    tokenizer: str = 'gpt2'  # 'gpt2' (GPT-2 BPE), 'char' (one id per character) or 'bpe' (learned from this corpus)
+    vocab_size: int = 4096  # tokenizer=bpe: tokens in all (the 256 bytes, the merges and <|endoftext|>)
     out_dir: str = ''  # output directory; '' is data/<name>
     val_fraction: float = 0.1  # share of the documents that go to val
     text_field: str = 'text'  # the field holding the text in .jsonl lines
@@ -42,7 +46,8 @@ def main(cfg):
     if not cfg.inputs or not cfg.name:
         raise SystemExit("error: give the inputs and a name, e.g. python -m prepare.corpus notes/ --name=notes")
     run(lambda: prepare(cfg.inputs.split(','), name=cfg.name, tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None,
-                        val_fraction=cfg.val_fraction, text_field=cfg.text_field, block_size=cfg.block_size))
+                        val_fraction=cfg.val_fraction, text_field=cfg.text_field, block_size=cfg.block_size,
+                        vocab_size=cfg.vocab_size))
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ import torch
 from seedgpt.chat import render_prompt
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, publish
+from seedgpt.corpus import ROOT, publish, write_tokenizer
 from seedgpt.generate import generate_replies, reply_text
 from seedgpt.runtime import setup_runtime
 from seedgpt.tasks import check
@@ -104,10 +104,12 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
                     f.write(json.dumps(p, ensure_ascii=False) + '\n')
             counts[split] = dict(pairs=len(pairs), **Counter(p['meta']['rejected_from'] for p in pairs),
                                  model_accuracy=sum(p['meta']['model_right'] for p in pairs) / max(1, samples * len(pairs)))
-        keep = ('tokenizer', 'vocab_size', 'special_tokens', 'chars', 'eot_token', 'tasks')
+        keep = ('tokenizer', 'vocab_size', 'special_tokens', 'chars', 'eot_token', 'tasks', 'tokenizer_json')
         out_meta = {**{k: meta[k] for k in keep if k in meta}, 'format': 'pairs', 'counts': counts,
                     'source': 'prepare/preferences.py', 'from': from_dir, 'data_dir': data_dir,
                     'settings': dict(n_train=n_train, n_val=n_val, samples=samples, temperature=temperature, seed=seed)}
+        if 'tokenizer_json' in out_meta:  # a learned BPE: its file goes with the pairs too
+            write_tokenizer(tmp_dir, out_meta)
         publish(tmp_dir, out_dir, out_meta)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

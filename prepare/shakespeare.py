@@ -4,6 +4,7 @@ Tiny Shakespeare (1,115,394 characters), char-level as nanoGPT's shakespeare_cha
     python -m prepare.shakespeare                              # download, char-level -> data/shakespeare_char/
     python -m prepare.shakespeare --input=tinyshakespeare.txt  # offline, from a local copy
     python -m prepare.shakespeare --tokenizer=gpt2             # -> data/shakespeare_gpt2/
+    python -m prepare.shakespeare --tokenizer=bpe --vocab_size=1024   # a BPE learned on it -> data/shakespeare_bpe1024/
 
 Char-level output equals nanoGPT's: a 65-character vocab, the first 90% train and the last 10% val.
 """
@@ -36,8 +37,9 @@ def download(path):
 @dataclass
 class Config:
     input: str = ''  # a local tinyshakespeare.txt; '' downloads it once to data/
-    tokenizer: str = 'char'  # 'char' or 'gpt2'
-    out_dir: str = ''  # output directory; '' is data/shakespeare_<tokenizer>
+    tokenizer: str = 'char'  # 'char', 'gpt2' or 'bpe' (learned from the train split: the first 90%)
+    vocab_size: int = 1024  # tokenizer=bpe: tokens in all (the 256 bytes, the merges and <|endoftext|>)
+    out_dir: str = ''  # output directory; '' is data/shakespeare_<tokenizer>, data/shakespeare_bpe<vocab_size> for bpe
 
 
 def main(cfg):
@@ -48,7 +50,9 @@ def main(cfg):
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 download(path)
-        return prepare([path], name=f'shakespeare_{cfg.tokenizer}', tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None)
+        name = f'shakespeare_{cfg.tokenizer}' + (str(cfg.vocab_size) if cfg.tokenizer == 'bpe' else '')
+        return prepare([path], name=name, tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None,
+                       vocab_size=cfg.vocab_size)
     run(go)
 
 

@@ -3,6 +3,7 @@ The default corpus, present wherever Python is: the standard library's own sourc
 
     python -m prepare.stdlib                    # char-level -> data/stdlib_char/
     python -m prepare.stdlib --tokenizer=gpt2   # GPT-2 BPE  -> data/stdlib_gpt2/
+    python -m prepare.stdlib --tokenizer=bpe --vocab_size=4096   # a BPE learned on it -> data/stdlib_bpe4096/
 
 Every .py file under this interpreter's stdlib directory (about 12 MB), leaving out
 site-packages and the test suites. Each file is one document. Nothing is downloaded.
@@ -19,14 +20,17 @@ from seedgpt.corpus import prepare, run, stdlib_files
 
 @dataclass
 class Config:
-    tokenizer: str = 'char'  # 'char' or 'gpt2'
-    out_dir: str = ''  # output directory; '' is data/stdlib_<tokenizer>
+    tokenizer: str = 'char'  # 'char', 'gpt2' or 'bpe' (learned from the train split)
+    vocab_size: int = 4096  # tokenizer=bpe: tokens in all (the 256 bytes, the merges and <|endoftext|>)
+    out_dir: str = ''  # output directory; '' is data/stdlib_<tokenizer>, data/stdlib_bpe<vocab_size> for bpe
 
 
 def main(cfg):
     root, files = stdlib_files()
-    run(lambda: prepare([root], name=f'stdlib_{cfg.tokenizer}', tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None,
-                        files=files, source=[f'python stdlib ({len(files)} .py files under {os.path.basename(root)})']))
+    name = f'stdlib_{cfg.tokenizer}' + (str(cfg.vocab_size) if cfg.tokenizer == 'bpe' else '')
+    run(lambda: prepare([root], name=name, tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None, files=files,
+                        vocab_size=cfg.vocab_size,
+                        source=[f'python stdlib ({len(files)} .py files under {os.path.basename(root)})']))
 
 
 if __name__ == '__main__':

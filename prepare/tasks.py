@@ -3,6 +3,7 @@ A suite of chat tasks whose answers can be checked exactly, made offline from a 
 
     python -m prepare.tasks                       # char-level -> data/tasks/
     python -m prepare.tasks --tokenizer=gpt2      # GPT-2 BPE, chat tokens at 50257...
+    python -m prepare.tasks --tokenizer=bpe       # a BPE learned from the train conversations, chat tokens after it
     python -m prepare.tasks --digits=3 --word_len=7 --n_train=8000   # harder and more
     python -m prepare.tasks --show=3              # then print 3 train conversations coloured by the loss mask
 
@@ -21,6 +22,7 @@ Output in data/tasks/ (or --out_dir), written to a temp dir and renamed when who
   {train,val}.mask.bin    uint8 per token: 1 on assistant content and its <|end|> (the loss), else 0
   {train,val}.idx.bin     int64 offset of each conversation's first token in {split}.bin
   meta.json               tokenizer, vocab_size (the chat tokens included), special_tokens, counts
+  tokenizer.json          with --tokenizer=bpe: the learned BPE, its special tokens <|endoftext|> and the chat tokens
 check(task, meta, answer) below is the one judge of an answer, for chat/eval.py and for RL rewards.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
@@ -37,14 +39,17 @@ import numpy as np
 
 from seedgpt.chat import CHAT_SPECIALS, render_chat
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, publish
+from seedgpt.corpus import ROOT, publish, write_tokenizer
 from seedgpt.tasks import TASKS, TaskError, generate
-from seedgpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
+from seedgpt.tokenizer import BPETokenizer, CharTokenizer, GPT2Tokenizer, load_tokenizer, train_bpe
 
 
-def make_tokenizer(name, splits):
+def make_tokenizer(name, splits, vocab_size):
     if name == 'gpt2':
         return GPT2Tokenizer(CHAT_SPECIALS)
+    if name == 'bpe':  # learned from the train conversations' text alone; the chat tokens are its special tokens
+        texts = (m['content'] for r in splits['train'] for m in r['messages'])
+        return BPETokenizer(train_bpe(texts, vocab_size, CHAT_SPECIALS))
     # every printable ASCII character, so that chat accepts any typed English, and anything else the data has
     chars = set(string.printable) - set('\t\r\x0b\x0c')
     for records in splits.values():
@@ -54,15 +59,17 @@ def make_tokenizer(name, splits):
     return CharTokenizer(sorted(chars), CHAT_SPECIALS)
 
 def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_train=4000, n_val=100, n_test=200,
-            quiet=False):
+            quiet=False, vocab_size=512):
     """Generate, tokenize and write the suite to out_dir (default data/tasks); returns the meta dict."""
-    if tokenizer not in ('char', 'gpt2'):
-        raise TaskError(f"tokenizer must be 'char' or 'gpt2', got {tokenizer!r}")
+    if tokenizer not in ('char', 'gpt2', 'bpe'):
+        raise TaskError(f"tokenizer must be 'char', 'gpt2' or 'bpe', got {tokenizer!r}")
     if digits < 1 or word_len < 1 or min(n_train, n_val, n_test) < 1:
         raise TaskError("digits, word_len and the split sizes must be at least 1")
+    if tokenizer == 'bpe' and vocab_size < 258:
+        raise TaskError(f"vocab_size must be at least 258 for a byte-level BPE, got {vocab_size}")
     out_dir = out_dir or os.path.join(ROOT, 'data', 'tasks')
     splits = generate(seed, digits, word_len, n_train, n_val, n_test)
-    tok = make_tokenizer(tokenizer, splits)
+    tok = make_tokenizer(tokenizer, splits, vocab_size)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
 
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
@@ -86,6 +93,9 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
             (np.cumsum(lengths) - lengths).tofile(os.path.join(tmp_dir, f'{split}.idx.bin'))
             counts[f'{split}_tokens'] = len(ids)
             counts[f'{split}_loss_tokens'] = int(mask.sum())
+            # the text those tokens stand for (<|end|> stands for none): bits per byte's denominator
+            counts[f'{split}_loss_bytes'] = sum(len(m['content'].encode('utf-8')) for r in records
+                                                for m in r['messages'] if m['role'] == 'assistant')
         meta = dict(format='chat', tokenizer=tokenizer, vocab_size=tok.vocab_size, dtype=np.dtype(dtype).name,
                     special_tokens=tok.special_ids, **counts,
                     conversations={s: len(r) for s, r in splits.items()},
@@ -98,6 +108,9 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
             meta['chars'] = tok.chars
         else:
             meta['eot_token'] = tok.eot
+        if tokenizer == 'bpe':
+            meta['tokenizer_json'] = tok.tok.to_str()
+            write_tokenizer(tmp_dir, meta)
         publish(tmp_dir, out_dir, meta)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -129,7 +142,8 @@ def show(data_dir, tok, n, split='train', file=sys.stdout):
 
 @dataclass
 class Config:
-    tokenizer: str = 'char'  # 'char' or 'gpt2' (the chat tokens take ids 50257...)
+    tokenizer: str = 'char'  # 'char', 'gpt2' (the chat tokens take ids 50257...) or 'bpe' (learned from train)
+    vocab_size: int = 512  # tokenizer=bpe: tokens before the chat tokens (fewer if the questions run out of merges)
     out_dir: str = ''  # output directory; '' is data/tasks
     seed: int = 1337  # the same seed gives the same suite
     digits: int = 2  # add and sub: numbers of up to this many digits

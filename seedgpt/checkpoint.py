@@ -12,10 +12,10 @@ from dataclasses import fields
 import torch
 
 from model import GPT, GPTConfig, padded_vocab
-from seedgpt.hf import GPT2_NAMES, load_gpt2
+from seedgpt.hf import GPT2_NAMES, is_hf_dir, load_gpt2, load_hf, tokenizer_matches
 from seedgpt.int8 import quantize_int8
 from seedgpt.runtime import print0
-from seedgpt.tokenizer import load_tokenizer
+from seedgpt.tokenizer import load_tokenizer, same_ids
 
 
 def atomic_write(path, write_fn):
@@ -75,7 +75,15 @@ def start_from(cfg, meta, ckpt):
         return ckpt['model_args'], ckpt['model']
     if cfg.init_from == 'scratch':
         return {**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)}, 'vocab_size': meta['vocab_size']}, None
-    if cfg.init_from.split('/')[-1] in GPT2_NAMES:  # OpenAI's weights, from a local Hugging Face copy
+    if is_hf_dir(cfg.init_from):  # a GPT-2, Llama or Qwen3 directory, e.g. one that export.hf wrote
+        same = tokenizer_matches(cfg.init_from, meta)
+        if same is False:
+            raise SystemExit(f"error: {cfg.init_from}'s tokenizer files are not those of {cfg.data_dir}'s tokenizer; "
+                             "its ids would mean other tokens")
+        if same is None:
+            print0(f"note: {cfg.init_from} has no tokenizer files; {cfg.data_dir} must have been made with its tokenizer")
+        args, state = load_hf(cfg.init_from, cfg.dropout)
+    elif cfg.init_from.split('/')[-1] in GPT2_NAMES:  # OpenAI's weights, from a local Hugging Face copy
         if meta['tokenizer'] != 'gpt2':
             raise SystemExit(f"error: init_from={cfg.init_from} needs a GPT-2 BPE dataset; {cfg.data_dir} is "
                              f"{meta['tokenizer']}-level (prepare it with --tokenizer=gpt2)")
@@ -84,10 +92,9 @@ def start_from(cfg, meta, ckpt):
         path = checkpoint_path(cfg.init_from)
         if not os.path.isfile(path):
             raise SystemExit(f"error: init_from={cfg.init_from!r}: no checkpoint at {path}; use 'scratch', 'resume', "
-                             f"a GPT-2 name ({', '.join(GPT2_NAMES)}) or a seedgpt out_dir")
+                             f"a GPT-2 name ({', '.join(GPT2_NAMES)}), a seedgpt out_dir or a Hugging Face directory")
         base = load_checkpoint(path)
-        ours, theirs = meta.get('chars', []), base['meta'].get('chars', [])
-        if base['meta']['tokenizer'] != meta['tokenizer'] or ours[:len(theirs)] != theirs:
+        if not same_ids(meta, base['meta']):
             raise SystemExit(f"error: {path} was trained with another tokenizer than {cfg.data_dir}'s; its ids "
                              "would mean other characters")
         if base.get('quant'):
@@ -205,7 +212,7 @@ def start_masks(cfg, ckpt):
     """The pruning masks of the checkpoint a run starts from (compress/shrink.py --prune), {} for none: {name: bool tensor}."""
     if ckpt:
         return ckpt.get('masks', {})
-    if cfg.init_from == 'scratch' or cfg.init_from.split('/')[-1] in GPT2_NAMES:
+    if cfg.init_from == 'scratch' or cfg.init_from.split('/')[-1] in GPT2_NAMES or is_hf_dir(cfg.init_from):
         return {}
     return load_checkpoint(cfg.init_from).get('masks', {})
 

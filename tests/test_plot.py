@@ -55,3 +55,17 @@ def test_plot_overlays_runs(tmp_path, char_data, trained_out):
     assert list(val_b.get_xdata()) == [0, 5 * 64, 10 * 64]  # tokens: iterations * batch_size 4 * block_size 16
     p = run_script('-m', 'explain.plot', tmp_path / 'nothing')
     assert p.returncode != 0 and 'no ' in p.stderr and 'log.jsonl' in p.stderr
+
+
+def test_bits_per_byte_in_the_plots(tmp_path, trained_out):
+    """A run that logged bits per byte: loss.png reads the val loss in bits per byte on a right-hand axis, and
+    overlaid runs are drawn in bits per byte, where runs of different tokenizers compare."""
+    pytest.importorskip('matplotlib')
+    evals = [r for r in read_log(trained_out) if 'val_loss' in r]
+    assert all(r['val_bpb'] > 0 and r['train_bpb'] > 0 for r in evals)
+    fig = draw_run(trained_out, tmp_path / 'one.png')
+    assert any(ax.get_ylabel() == 'val bits per byte' for ax in fig.axes[0].child_axes)
+    fig = draw_runs([trained_out], tmp_path / 'runs.png')
+    assert fig.axes[0].get_ylabel().startswith('bits per byte')
+    val = fig.axes[0].get_lines()[1]  # after the thin train line
+    assert list(val.get_ydata()) == pytest.approx([r['val_bpb'] for r in evals], rel=1e-12)

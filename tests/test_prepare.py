@@ -72,6 +72,8 @@ def test_char_multi_document(tmp_path):
     tok = CharTokenizer(chars)
     where = assign(docs, read_split(out, meta), tok.encode, tok.encode('\n\n'))
     assert where['train'] and where['val']
+    for s in ('train', 'val'):  # the UTF-8 bytes of each split's documents and blank lines: bits per byte's denominator
+        assert meta[f'{s}_bytes'] == sum(len(docs[i].encode('utf-8')) + 2 for i in where[s])
 
 
 def test_gpt2_multi_document(tmp_path, gpt2_enc, monkeypatch):
@@ -88,6 +90,8 @@ def test_gpt2_multi_document(tmp_path, gpt2_enc, monkeypatch):
     assert sum(splits[s].count(EOT_ID) for s in splits) == len(docs)  # one <|endoftext|> after each document
     where = assign(docs, splits, gpt2_enc.encode_ordinary, [EOT_ID])
     assert where['train'] and where['val']
+    for s in ('train', 'val'):  # <|endoftext|> stands for no text
+        assert meta[f'{s}_bytes'] == sum(len(docs[i].encode('utf-8')) for i in where[s])
 
 
 def test_text_containing_eot_string_is_not_a_separator(tmp_path, gpt2_enc, monkeypatch):

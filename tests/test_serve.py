@@ -1,5 +1,6 @@
-"""serve.py on 127.0.0.1 with a tiny random chat model: the official openai client against the model's own
-generation, concurrent requests against each alone, error bodies, the queue limit, disconnects, timeouts, load."""
+"""serve.py on 127.0.0.1 with tiny random models: the official openai client against the model's own generation
+(stop strings, n, logprobs, usage), concurrent requests against each alone (the batching fault of static batches
+included), hostile values beside good requests, error bodies, the queue limit, disconnects, timeouts, load."""
 import json
 import threading
 import time
@@ -36,10 +37,25 @@ def chat_model(tmp_path_factory):
     return load_model(make_ckpt(root / 'out', meta), 'cpu', torch.float32)
 
 
+@pytest.fixture(scope='module')
+def base_model(tmp_path_factory):
+    """(model, tok): a random tiny base model (block_size 32) with a char tokenizer and no special tokens, so its
+    completions never end early: each runs to its max_tokens."""
+    root = tmp_path_factory.mktemp('base')
+    chars = sorted(set('abcdefgh '))
+    meta = {'tokenizer': 'char', 'chars': chars, 'vocab_size': len(chars)}
+    args = dict(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=len(chars), bias=False)
+    torch.manual_seed(0)
+    save_checkpoint(str(root / 'ckpt.pt'), {'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args,
+                                            'meta': meta})
+    return load_model(root, 'cpu', torch.float32)
+
+
 @contextmanager
 def running(model, tok, name='tiny', **settings):
-    """serve.py's app on a free 127.0.0.1 port in a thread; yields its base URL."""
-    app = serve.make_app(model, tok, serve.Config(**settings), name)
+    """serve.py's app on a free 127.0.0.1 port in a thread; yields its base URL. The prefix cache is off unless
+    asked for: the tests that hold the model with gated() check that whole prompts are read (it has its own tests)."""
+    app = serve.make_app(model, tok, serve.Config(**{'prefix_cache': False, **settings}), name)
     server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning'))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -57,14 +73,16 @@ def running(model, tok, name='tiny', **settings):
 
 @contextmanager
 def gated(model, delay=0.0):
-    """Wrap model.forward: each call's input shape is recorded, waits while the gate is shut, then sleeps delay."""
+    """Wrap model.forward: each call's input shape is recorded, and the (rows, tokens each) of each segment of the
+    engine's packed rows (seedgpt.engine.SlotCache.plan); it waits while the gate is shut, then sleeps delay."""
     forward = model.forward
 
     class Gate:
-        shapes, entered, open = [], threading.Event(), threading.Event()
+        shapes, segments, entered, open = [], [], threading.Event(), threading.Event()
 
         def __call__(self, idx, *args, **kwargs):
             self.shapes.append(tuple(idx.shape))
+            self.segments.append([(len(pos), T) for _, pos, T in getattr(kwargs.get('cache'), 'segments', [])])
             self.entered.set()
             assert self.open.wait(timeout=30)
             time.sleep(delay)
@@ -155,12 +173,14 @@ def test_completions_with_openai_client(chat_model):
         assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
 
 
-def test_base_model_serves_completions_only(tmp_path):
-    chars = sorted(set('abcdefgh '))
-    meta = {'tokenizer': 'char', 'chars': chars, 'vocab_size': len(chars)}
-    args = dict(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=len(chars), bias=False)
-    save_checkpoint(str(tmp_path / 'ckpt.pt'), {'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'meta': meta})
-    model, tok = load_model(tmp_path, 'cpu', torch.float32)
+def completion_alone(model, tok, prompt, max_tokens):
+    """The model's own greedy continuation of a base model's prompt, as text."""
+    ids = model.generate(torch.tensor([tok.encode(prompt)]), max_tokens, temperature=0)[0, len(prompt):]
+    return tok.decode(ids.tolist())
+
+
+def test_base_model_serves_completions_only(base_model):
+    model, tok = base_model
     assert isinstance(tok, CharTokenizer)
     with running(model, tok) as url:
         r = client(url).completions.create(model='base', prompt='bad cab', max_tokens=8, temperature=0)
@@ -191,10 +211,59 @@ def test_concurrent_requests_batched_as_alone(chat_model):
             first.result()
             assert [f.result() for f in futures] == expected
             batched_seeded = seeded[0].result()
-        prompts = [len(render_prompt(tok, [{'role': 'user', 'content': q}])) for q in QUESTIONS + ['What is 1+2?']]
-        assert (4, max(prompts)) in gate.shapes  # the prefill of the four, left-padded to the longest
-        assert (2, 1) in gate.shapes  # a step after two rows had left
+        decoded = [segments[0][0] for segments in gate.segments if segments and segments[0][1] == 1]  # rows per step
+        assert 4 in decoded and min(decoded[decoded.index(4):]) < 4  # four at a time, then fewer as rows left
         assert ask('What is 1+2?', temperature=1.0, seed=7) == batched_seeded  # seeded sampling: as alone
+
+
+def test_short_prompt_with_long_reply_batched_beside_long_prompt(base_model):
+    """Each request fits in block_size (32) alone. Static batches left-padded them all to the longest prompt,
+    so the short prompt's 31 new tokens ran past block_size and every row of the batch failed with a 500.
+    Each row now has its own positions: every request gets what it gets alone."""
+    model, tok = base_model
+    asks = [('a', 31), ('bad cab bad cab bad cab ab', 6), ('hh', 24)]
+    expected = [completion_alone(model, tok, p, n) for p, n in asks]
+    with running(model, tok, max_batch=4) as url, gated(model) as gate:
+        oai = client(url)
+        complete = lambda p, n: oai.completions.create(  # noqa: E731
+            model='base', prompt=p, max_tokens=n, temperature=0).choices[0].text
+        with ThreadPoolExecutor(4) as pool:
+            gate.open.clear()  # hold the worker in a first request while the others queue up
+            first = pool.submit(complete, 'ab', 2)
+            assert gate.entered.wait(10)
+            futures = [pool.submit(complete, p, n) for p, n in asks]
+            wait_until(lambda: http(url).get('/health').json()['queued'] == 3)
+            gate.open.set()
+            first.result()
+            assert [f.result() for f in futures] == expected
+
+
+def test_hostile_values_beside_good_rows(chat_model):
+    """Requests at the edges of every accepted range (a temperature of 1e-40 once overflowed and failed its
+    whole batch), batched with greedy ones: the greedy ones get what they get alone, the others a 200."""
+    model, tok = chat_model
+    expected = [greedy_reply(model, tok, q, 12)[0] for q in QUESTIONS]
+    hostile = [dict(temperature=1e-40), dict(temperature=1e-300, top_p=5e-324), dict(temperature=2, top_p=1e-300),
+               dict(temperature=2, seed=2 ** 200), dict(temperature=1.5, logprobs=True, top_logprobs=20, n=3),
+               dict(temperature=0.5, stop=['a' * 256, '+', '<|end|>', ' ']), dict(max_completion_tokens=1)]
+    with running(model, tok, max_batch=8) as url, gated(model) as gate:
+        oai = client(url)
+        ask = lambda q, **kw: oai.chat.completions.create(  # noqa: E731
+            model='tiny', messages=[{'role': 'user', 'content': q}], max_tokens=12, **kw)
+        with ThreadPoolExecutor(12) as pool:
+            gate.open.clear()
+            first = pool.submit(ask, 'hold', temperature=0)
+            assert gate.entered.wait(10)
+            bad = [pool.submit(ask, 'What is 1+1?', **kw) for kw in hostile]
+            good = [pool.submit(ask, q, temperature=0) for q in QUESTIONS]
+            wait_until(lambda: http(url).get('/health').json()['queued'] >= len(hostile) + len(QUESTIONS))
+            gate.open.set()
+            first.result()
+            assert [f.result().choices[0].message.content for f in good] == expected
+            for f in bad:
+                r = f.result()
+                assert all(c.finish_reason in ('stop', 'length') for c in r.choices)
+        assert max(rows for segments in gate.segments for rows, T in segments if T == 1) == 8  # side by side
 
 
 def error_of(r, status, param=None, code=None):
@@ -227,7 +296,22 @@ BAD = [  # (path, body, param, code): each must get a 400 with that param and co
     (CHAT, {'messages': USER, 'top_p': 1.5}, 'top_p', 'invalid_value'),
     (CHAT, {'messages': USER, 'top_p': -1}, 'top_p', 'invalid_value'),
     (CHAT, {'messages': USER, 'stream': 'yes'}, 'stream', 'invalid_type'),
-    (CHAT, {'messages': USER, 'n': 2}, 'n', 'unsupported'),
+    (CHAT, {'messages': USER, 'temperature': 2.5}, 'temperature', 'invalid_value'),
+    (CHAT, {'messages': USER, 'temperature': 1e9}, 'temperature', 'invalid_value'),
+    (CHAT, {'messages': USER, 'n': 0}, 'n', 'invalid_value'),
+    (CHAT, {'messages': USER, 'n': 17}, 'n', 'invalid_value'),
+    (CHAT, {'messages': USER, 'logprobs': 3}, 'logprobs', 'invalid_type'),  # chat's logprobs is a switch
+    (CHAT, {'messages': USER, 'logprobs': True, 'top_logprobs': 21}, 'top_logprobs', 'invalid_value'),
+    (CHAT, {'messages': USER, 'top_logprobs': 2}, 'top_logprobs', 'invalid_value'),  # without logprobs
+    (CHAT, {'messages': USER, 'stop': ['a', 'b', 'c', 'd', 'e']}, 'stop', 'invalid_value'),
+    (CHAT, {'messages': USER, 'stop': ''}, 'stop', 'invalid_value'),
+    (CHAT, {'messages': USER, 'stop': 5}, 'stop', 'invalid_value'),
+    (CHAT, {'messages': USER, 'max_completion_tokens': 0}, 'max_completion_tokens', 'invalid_value'),
+    (CHAT, {'messages': USER, 'stream_options': 3}, 'stream_options', 'invalid_type'),
+    (CHAT, b'[' * 100_000 + b']' * 100_000, None, 'invalid_json'),  # nested past the parser's recursion limit
+    (CHAT, b'{"messages": ' + b'[' * 100_000 + b']' * 100_000 + b'}', None, 'invalid_json'),
+    ('/v1/completions', {'prompt': 'a', 'logprobs': 6}, 'logprobs', 'invalid_value'),
+    ('/v1/completions', {'prompt': 'a' * 200_000}, 'prompt', 'context_length_exceeded'),  # refused before tokenizing
     (CHAT, b'{"messages": [{"role": "user", "content": "a"}], "temperature": NaN}', 'temperature', 'invalid_value'),
     ('/v1/completions', {'prompt': 5}, 'prompt', 'invalid_type'),
     ('/v1/completions', {'prompt': ''}, 'prompt', 'invalid_value'),
@@ -238,7 +322,7 @@ BAD = [  # (path, body, param, code): each must get a 400 with that param and co
 
 
 def test_bad_input_gets_openai_error_bodies(chat_model):
-    with running(*chat_model, max_tokens=100) as url:
+    with running(*chat_model, max_tokens=100, max_body=300_000) as url:
         h = http(url)
         for path, body, param, code in BAD:
             r = h.post(path, content=body) if isinstance(body, bytes) else h.post(path, json=body)
@@ -250,6 +334,29 @@ def test_bad_input_gets_openai_error_bodies(chat_model):
             client(url).chat.completions.create(model='tiny', messages=USER, temperature=-1)
         assert e.value.body['param'] == 'temperature'
         assert h.post(CHAT, json={'messages': USER, 'max_tokens': 3}).status_code == 200
+    with running(*chat_model, max_body=1000) as url:
+        # too large: refused from its Content-Length, or as it arrives when it has none (chunked)
+        error_of(http(url).post(CHAT, content=b' ' * 1001), 413, code='request_too_large')
+        error_of(http(url).post(CHAT, content=iter([b' ' * 400] * 3)), 413, code='request_too_large')
+        assert http(url).post(CHAT, json={'messages': USER, 'max_tokens': 3}).status_code == 200
+
+
+def test_parsing_and_tokenizing_never_block_the_event_loop(chat_model, monkeypatch):
+    """A request is parsed and tokenized in a thread: while one is stuck there, other clients and /health are
+    answered (a 20 MB prompt once held everyone up for ~10 s while it was tokenized on the event loop)."""
+    from seedgpt.api import Protocol
+    gate, parse = threading.Event(), Protocol.parse
+
+    def stuck_parse(self, raw, chat):
+        assert gate.wait(10)
+        return parse(self, raw, chat)
+    monkeypatch.setattr(Protocol, 'parse', stuck_parse)
+    with running(*chat_model) as url, ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(http(url).post, CHAT, json={'messages': USER, 'max_tokens': 2})
+        time.sleep(0.2)
+        assert http(url).get('/health').status_code == 200 and not stuck.done()
+        gate.set()
+        assert stuck.result().status_code == 200
 
 
 def test_full_queue_returns_503(chat_model):
@@ -285,6 +392,107 @@ def test_disconnect_stops_generation(chat_model):
         assert http(url).post(CHAT, json={'messages': USER, 'max_tokens': 2}).status_code == 200
 
 
+def test_disconnect_frees_the_slot_without_streaming(chat_model):
+    """A client that gives up on a non-streamed reply (here: its read timeout) frees its slot at the next token;
+    the only slot then serves the next request at once."""
+    model, tok = chat_model
+    with running(model, tok, max_batch=1) as url, gated(model, delay=0.02) as gate:
+        body = {'messages': USER, 'max_tokens': 40, 'temperature': 0}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + CHAT, json=body, timeout=0.3, trust_env=False)
+        wait_until(lambda: http(url).get('/health').json()['running'] == 0, seconds=2)
+        assert len(gate.shapes) < 30  # well before its 40 tokens
+        assert http(url).post(CHAT, json={**body, 'max_tokens': 2}).status_code == 200
+
+
+def chat(url, q='What is 48+75?', **kw):
+    return client(url).chat.completions.create(model='tiny', messages=[{'role': 'user', 'content': q}], **kw)
+
+
+def test_stop_strings_across_tokens(chat_model, base_model):
+    """A stop string of several characters (so several tokens of a char model) ends the reply before it, streamed
+    or not, with finish_reason 'stop'; a stop string that never comes changes nothing."""
+    for (model, tok), endpoint in [(base_model, 'completions'), (chat_model, 'chat')]:
+        with running(model, tok) as url:
+            def ask(**kw):
+                if endpoint == 'chat':
+                    r = chat(url, temperature=0, max_tokens=24, **kw)
+                    return r.choices[0].message.content, r.choices[0].finish_reason
+                r = client(url).completions.create(model='base', prompt='bad cab', temperature=0, max_tokens=24, **kw)
+                if kw.get('stream'):
+                    chunks = list(r)
+                    return ''.join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
+                return r.choices[0].text, r.choices[0].finish_reason
+            full, finish = ask()
+            assert len(full) >= 8, full
+            stop = full[4:7]  # three characters: three tokens
+            cut = full[:full.index(stop)]
+            assert ask(stop=stop) == (cut, 'stop')
+            assert ask(stop=['zzzz', stop, 'yyy']) == (cut, 'stop')
+            assert ask(stop='qqqq') == (full, finish)
+            if endpoint == 'completions':
+                assert ask(stop=stop, stream=True) == (cut, 'stop')
+
+
+def test_n_samples_and_seeds(chat_model):
+    """n samples are independent (sample i is seeded seed + i), streamed or not, with usage summed over them."""
+    model, tok = chat_model
+    with running(model, tok) as url:
+        r = chat(url, n=3, temperature=1.0, seed=11, max_tokens=10)
+        texts = [c.message.content for c in sorted(r.choices, key=lambda c: c.index)]
+        assert [c.index for c in r.choices] == [0, 1, 2] and len(set(texts)) > 1
+        assert texts == [chat(url, temperature=1.0, seed=11 + i, max_tokens=10).choices[0].message.content
+                         for i in range(3)]
+        assert r.usage.completion_tokens == sum(
+            chat(url, temperature=1.0, seed=11 + i, max_tokens=10).usage.completion_tokens for i in range(3))
+        streamed = ['', '', '']
+        chunks = list(chat(url, n=3, temperature=1.0, seed=11, max_tokens=10, stream=True,
+                           stream_options={'include_usage': True}))
+        for c in chunks[:-1]:
+            streamed[c.choices[0].index] += c.choices[0].delta.content or ''
+        assert streamed == texts and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+        assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens == len(
+            render_prompt(tok, [{'role': 'user', 'content': 'What is 48+75?'}]))
+
+
+def test_logprobs(chat_model, base_model):
+    """logprobs of the model's own distribution: the greedy token is the top one, and its logprob is the lone
+    model's log-softmax; chat's top_logprobs and completions' logprobs give that many alternatives."""
+    model, tok = chat_model
+    q = [{'role': 'user', 'content': QUESTIONS[0]}]
+    prompt = render_prompt(tok, q)
+    with running(model, tok) as url:
+        r = chat(url, QUESTIONS[0], temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+        content = r.choices[0].logprobs.content
+        assert ''.join(e.token for e in content) == r.choices[0].message.content
+        ids = generate_replies(model, tok, [prompt], 8, temperature=0)[0]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + ids]), torch.zeros(1, len(prompt) + len(ids),
+                                                                                   dtype=torch.long))[0][0], -1)
+        for k, e in enumerate(content):
+            assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+            assert abs(e.logprob - logp[len(prompt) - 1 + k, ids[k]].item()) < 1e-4
+        streamed = [e for c in chat(url, QUESTIONS[0], temperature=0, max_tokens=8, logprobs=True, top_logprobs=3,
+                                    stream=True) if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        assert [(e.token, round(e.logprob, 5)) for e in streamed] == [(e.token, round(e.logprob, 5)) for e in content]
+        r = chat(url, QUESTIONS[0], temperature=0, max_completion_tokens=3)  # the newer name of max_tokens
+        text, ids = greedy_reply(model, tok, QUESTIONS[0], 3)
+        assert (r.choices[0].message.content, r.usage.completion_tokens) == (text, len(ids))
+    model, tok = base_model
+    with running(model, tok) as url:
+        r = client(url).completions.create(model='base', prompt='bad cab', temperature=0, max_tokens=6, logprobs=2)
+        lp = r.choices[0].logprobs
+        assert ''.join(lp.tokens) == r.choices[0].text and len(lp.token_logprobs) == 6
+        assert all(len(top) == 2 and max(top.values()) == pytest.approx(p) for top, p in zip(lp.top_logprobs,
+                                                                                            lp.token_logprobs))
+        assert lp.text_offset == list(range(6))
+        chunks = client(url).completions.create(model='base', prompt='bad cab', temperature=0, max_tokens=6, logprobs=2,
+                                                stream=True)
+        streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+        assert sum((s.tokens for s in streamed), []) == lp.tokens
+        assert sum((s.text_offset for s in streamed), []) == list(range(6))
+
+
 def test_timeout(chat_model):
     model, tok = chat_model
     with running(model, tok, timeout=0.3) as url, gated(model, delay=0.05):
@@ -298,8 +506,11 @@ def test_timeout(chat_model):
 
 
 def test_load(chat_model):
-    """A bounded load test: 8 clients, 40 streamed requests, a 30 s limit; every request answered."""
-    with running(*chat_model, max_batch=4, queue_size=16) as url:
-        r = load_test(url, clients=8, requests=40, prompts=QUESTIONS, max_tokens=8, time_limit=30)
-        assert r['errors'] == [] and r['requests'] == 40
+    """A bounded load test (bench.serve's): 8 clients, 40 streamed requests, a 30 s limit; every request answered,
+    with the prefix cache on (the questions repeat)."""
+    asks = [(CHAT, {'messages': [{'role': 'user', 'content': QUESTIONS[k % 3]}], 'max_tokens': 8, 'temperature': 0})
+            for k in range(40)]
+    with running(*chat_model, max_batch=4, queue_size=16, prefix_cache=True) as url:
+        r = load_test(url, clients=8, asks=asks, time_limit=30)
+        assert r['errors'] == [] and r['requests'] == 40 and r['tokens'] > 40
         assert all(0 < t <= total for t, total in zip(r['ttft'], r['latency']))

@@ -155,7 +155,7 @@ def read_split(out, split, meta):
     return ids, mask, starts
 
 
-@pytest.mark.parametrize('which', ['char', 'gpt2'])
+@pytest.mark.parametrize('which', ['char', 'gpt2', 'bpe'])
 def test_prepare_writes_consistent_files(tmp_path, which):
     out = tmp_path / 'tasks'
     meta = tasks.prepare(out_dir=str(out), tokenizer=which, n_train=40, n_val=8, n_test=10, quiet=True)
@@ -171,6 +171,7 @@ def test_prepare_writes_consistent_files(tmp_path, which):
         assert len(records) == len(starts) == 5 * n and len(ids) == len(mask) == meta[f'{split}_tokens']
         assert starts[0] == 0 and np.all(np.diff(starts) > 0)
         assert int(mask.sum()) == meta[f'{split}_loss_tokens'] and set(np.unique(mask)) == {0, 1}
+        assert meta[f'{split}_loss_bytes'] == sum(len(r['meta']['answer'].encode()) for r in records)
         ends = list(starts[1:]) + [len(ids)]
         for r, s, e in zip(records, starts, ends):
             conv = ids[s:e].tolist()

@@ -1,0 +1,362 @@
+"""
+The serving engine: continuous batching over a fixed pool of KV slots, in one worker thread.
+
+    engine = Engine(model, vocab_size=tok.vocab_size, max_batch=16)
+    engine.start()                         # the worker thread (or call engine.step() in a loop yourself)
+    req = Request(prompt_ids, max_tokens=50, temperature=0.0, stop_ids={end_id})
+    engine.submit(req)                     # queue.Full when queue_size requests already wait
+    req.out                                # Token(id, logprob, top) items, then one finish reason
+
+Memory: SlotCache holds max_batch x block_size positions per layer, allocated once; nothing grows
+with the load. Slots 0 .. d-1 hold the rows that decode, so the decoding batch is a view of the pool (no
+gather per token); the other slots hold rows still reading their prompts, and free slots, whose cached
+tokens a later request may reuse.
+
+The scheduling rule, at each step:
+  1. cancelled rows (client gone, time up) leave, and their slots are free at once;
+  2. waiting requests take free slots, oldest first. Each takes the free slot whose cached tokens share
+     the longest prefix with its prompt (the prefix cache: a chat re-sends its history, and those
+     tokens are not computed again), else the least recently used one;
+  3. one forward holds every row that decodes (its last token) and, oldest first, chunks of the prompts
+     still being read, up to prefill_chunk prompt tokens in all (whole prompts when no row decodes). A
+     long prompt is read over several steps, so it holds the decoding rows up by one chunk per step,
+     never by the whole prompt;
+  4. each row that has fed all its ids samples its next token; a row that has just read its prompt
+     joins the decoding rows for the next step.
+A row ends at a stop id, at max_tokens, when cancelled, or when it fails; its slot is free at once.
+Every row has its own positions and sees only its own keys (SlotCache), so a request that fits
+in block_size alone fits in any batch, and at temperature 0 gets the tokens it gets alone.
+A forward or sampling that fails is retried row by row: only the row that fails alone ends.
+
+static=True is the scheme this replaces, kept to compare against (bench/serve.py): requests are taken
+only when no row is running, and their prompts are read whole.
+"""
+import asyncio
+import itertools
+import queue
+import random
+import threading
+import traceback
+from collections import namedtuple
+
+import torch
+from torch.nn import functional as F
+
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily: logits / 1e-40 would overflow to inf
+
+Token = namedtuple('Token', 'id logprob top')  # top: [(id, logprob), ...] when top logprobs were asked for
+
+
+class SlotCache:
+    """Keys and values of many sequences decoded side by side: a pool of `slots` rows of block_size
+    positions per layer, allocated once.
+
+    A step's rows go through the model in one forward, their new tokens packed in one sequence (1, N):
+    plan() says which slots they are and where each row's tokens go; GPT.hidden asks positions() for
+    each token's position, its attention calls attend() per layer, and GPT.forward returns the logits at
+    `last`, each row's last token. Reading the weights once per step, not once per row or prompt, is
+    what a CPU's decoding time goes to. Each row sees only its own keys, up to itself: no row is padded
+    to another's length, so a sequence that fits alone fits beside any other. What is past a row's
+    position is never read, so a slot needs no clearing between uses.
+    """
+
+    def __init__(self, config, slots, dtype=torch.float32, device='cpu'):
+        hs = config.n_embd // config.n_head
+        # (layer, k or v, slot, head, position, hs): one tensor, so moving a slot moves all layers in one copy
+        self.kv = torch.zeros(config.n_layer, 2, slots, config.n_head, config.block_size, hs, dtype=dtype,
+                              device=device)
+        self.block_size = config.block_size
+
+    def plan(self, segments):
+        """segments: [(start, pos, T)]: rows start .. start + len(pos) - 1 of the pool, row b reading T new
+        tokens from position pos[b]; the forward's sequence holds them segment after segment, row after row."""
+        self.segments, self.last, n = segments, [], 0
+        for start, pos, T in segments:
+            if max(pos) + T > self.block_size:
+                raise ValueError(f"sequence of length {max(pos) + T} is longer than block_size {self.block_size}")
+            self.last += [n + (b + 1) * T - 1 for b in range(len(pos))]
+            n += len(pos) * T
+        return self
+
+    def positions(self, device):
+        """The packed tokens' positions (1, N), and per segment its (B, T) positions and key masks for attend."""
+        self.where = []
+        for start, pos, T in self.segments:
+            cols = torch.tensor(pos, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
+            keys = torch.arange(max(pos) + T, device=device)
+            self.where.append((cols, (keys <= cols[..., None]).unsqueeze(1)))  # (B, 1, T, L): itself and before
+        return torch.cat([cols.flatten() for cols, _ in self.where])[None]
+
+    def attend(self, i, q, k, v):
+        """Layer i's attention for the packed rows: q, k, v (1, nh, N, hs) -> (1, nh, N, hs). Each segment's
+        new keys and values go to their slots, then its rows attend to their own slots."""
+        out, n = [], 0
+        for (start, pos, T), (cols, mask) in zip(self.segments, self.where):
+            B = len(pos)
+            qs, ks, vs = (t[0, :, n:n + B * T].unflatten(1, (B, T)).transpose(0, 1) for t in (q, k, v))  # (B, nh, T, hs)
+            K, V = self.kv[i, :, start:start + B].unbind(0)  # (B, nh, block_size, hs) views of the pool
+            if B == 1:  # a prompt's chunk: one slice
+                K[:, :, pos[0]:pos[0] + T], V[:, :, pos[0]:pos[0] + T] = ks, vs
+            else:  # row b's tokens go to its own positions cols[b]
+                rows = torch.arange(B, device=q.device)[:, None]  # (B, 1)
+                K[rows, :, cols], V[rows, :, cols] = ks.transpose(1, 2), vs.transpose(1, 2)  # (B, T, nh, hs)
+            L = max(pos) + T
+            y = F.scaled_dot_product_attention(qs, K[:, :, :L], V[:, :, :L], attn_mask=mask)  # (B, nh, T, hs)
+            out.append(y.transpose(0, 1).flatten(1, 2))  # (nh, B * T, hs)
+            n += B * T
+        return torch.cat(out, dim=1)[None]
+
+    def swap(self, i, j, n):
+        """Exchange the first n positions of slots i and j (their sequences, in every layer)."""
+        if i != j and n > 0:
+            a = self.kv[:, :, i, :, :n].clone()
+            self.kv[:, :, i, :, :n] = self.kv[:, :, j, :, :n]
+            self.kv[:, :, j, :, :n] = a
+
+
+class Request:
+    """One sequence to generate: its prompt ids, how to sample it, and the queue its tokens go to.
+
+    out receives a Token per generated id, then one finish reason: 'stop' (a stop id, sent before it),
+    'length' (max_tokens), 'cancelled' or 'error'. With an asyncio loop, out is an asyncio.Queue filled
+    from the worker thread through that loop; without one, a thread-safe queue.SimpleQueue.
+    """
+
+    def __init__(self, prompt, max_tokens, temperature=1.0, top_p=1.0, seed=None, stop_ids=(), logprobs=None,
+                 loop=None):
+        self.prompt, self.max_tokens = list(prompt), max_tokens
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.logprobs = logprobs  # None, or how many top alternatives to report with each token's logprob
+        self.stop_ids = frozenset(stop_ids)
+        self.rng = random.Random(seed)  # one uniform number per token: the same draws however it is batched
+        self.ids = list(prompt)  # the prompt, then the generated ids
+        self.fed = 0  # how many of ids have their keys and values in the slot
+        self.cancelled = False  # set by whoever waits on out: the row leaves at the next step
+        self.ended = False  # set by the engine once the finish reason is sent
+        self.loop = loop
+        self.out = asyncio.Queue() if loop is not None else queue.SimpleQueue()
+
+    @property
+    def generated(self):
+        return len(self.ids) - len(self.prompt)
+
+
+class Slot:
+    """What one row of the pool holds: a running request, or the tokens left cached by the last one."""
+
+    def __init__(self):
+        self.req, self.tokens, self.used = None, [], 0
+
+    def length(self):  # positions worth keeping when the slot moves
+        return self.req.fed if self.req is not None else len(self.tokens)
+
+
+def sample_rows(logits, temperature, top_p, uniform):
+    """The next token (B,) of each row of logits (B, V), each row with its own temperature, top_p and a
+    uniform number in [0, 1): greedy under GREEDY_BELOW, else the token where the uniform falls in the
+    cumulative distribution of softmax(logits / temperature), cut to its top_p nucleus. All rows in a few
+    ops, no loop over rows."""
+    greedy = logits.argmax(dim=-1)
+    if bool((temperature < GREEDY_BELOW).all()):
+        return greedy
+    probs = F.softmax(logits / temperature.clamp(min=GREEDY_BELOW)[:, None], dim=-1)
+    probs, order = probs.sort(dim=-1, descending=True)
+    # keep the smallest set of likeliest tokens that reaches top_p (the first token is always kept)
+    probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p[:, None], 0.0)
+    cdf = probs.cumsum(dim=-1)
+    # right=True: the first token whose cumulative mass passes the draw, never one of mass 0
+    k = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=logits.size(-1) - 1)
+    return torch.where(temperature < GREEDY_BELOW, greedy, order.gather(-1, k)[:, 0])
+
+
+class Engine:
+
+    def __init__(self, model, vocab_size, max_batch=16, queue_size=64, prefill_chunk=64, prefix_cache=True,
+                 static=False):
+        self.model, self.vocab_size = model, vocab_size
+        self.device = model.lm_head.weight.device
+        self.cache = SlotCache(model.config, max_batch, model.lm_head.weight.dtype, self.device)
+        self.slots = [Slot() for _ in range(max_batch)]
+        self.d = 0  # slots[:d] are the decoding rows
+        self.pending = queue.Queue(maxsize=queue_size)
+        self.prefill_chunk, self.prefix_cache, self.static = prefill_chunk, prefix_cache, static
+        self.clock = 0  # steps taken: slots remember when they were last used
+        self.admissions = itertools.count()  # the order in which rows read their prompts
+        self.wake, self.stopped = threading.Event(), False
+        self.thread = threading.Thread(target=self.work, daemon=True)
+
+    def submit(self, req):
+        self.pending.put_nowait(req)  # raises queue.Full
+        self.wake.set()
+
+    @property
+    def running(self):
+        return sum(s.req is not None for s in self.slots)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stopped = True
+        self.wake.set()
+
+    def work(self):
+        while not self.stopped:
+            if not self.running and self.pending.empty():
+                self.wake.wait(0.1)  # nothing to do: sleep until a request comes
+                self.wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception:  # a bug must not take the server down: the running rows fail, the next ones run
+                traceback.print_exc()
+                self.deliver([(s.req, 'error') for s in self.slots if s.req is not None])
+                for s in self.slots:
+                    if s.req is not None:
+                        s.req.ended = True
+                    s.req, s.tokens = None, []
+                self.d = 0
+
+    # -- the slots
+
+    def index(self, req):
+        return next(i for i, s in enumerate(self.slots) if s.req is req)
+
+    def swap(self, i, j):
+        self.cache.swap(i, j, max(self.slots[i].length(), self.slots[j].length()))
+        self.slots[i], self.slots[j] = self.slots[j], self.slots[i]
+
+    def admit(self, req):
+        """Put req in the free slot with the longest cached prefix of its prompt; only the rest is computed."""
+        def shared(slot):  # at least the prompt's last token is fed again: its logits give the first token
+            n, limit = 0, min(len(slot.tokens), len(req.prompt) - 1) if self.prefix_cache else 0
+            while n < limit and slot.tokens[n] == req.prompt[n]:
+                n += 1
+            return n
+        free = [s for s in self.slots[self.d:] if s.req is None]
+        slot = max(free, key=lambda s: (shared(s), -s.used))
+        req.fed, slot.req, slot.tokens = shared(slot), req, []
+
+    def free(self, req, reason, events):
+        i = self.index(req)
+        slot = self.slots[i]
+        # the slot keeps what it holds for the prefix cache, unless a failure may have left it half written
+        slot.req, slot.tokens, slot.used = None, (req.ids[:req.fed] if reason != 'error' else []), self.clock
+        req.ended = True
+        events.append((req, reason))
+        if i < self.d:  # keep the decoding rows together: the last of them takes the hole
+            self.swap(i, self.d - 1)
+            self.d -= 1
+
+    # -- a step
+
+    @torch.no_grad()
+    def step(self):
+        """One scheduling step (the module's docstring gives the rule)."""
+        self.clock += 1
+        events = []
+        for s in list(self.slots):
+            if s.req is not None and s.req.cancelled:
+                self.free(s.req, 'cancelled', events)
+        if not self.static or not self.running:
+            while any(s.req is None for s in self.slots):
+                try:
+                    req = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+                if req.cancelled:
+                    events.append((req, 'cancelled'))
+                    continue
+                req.admitted = next(self.admissions)
+                self.admit(req)
+        # one forward: the decoding rows, then chunks of prompts within the prefill budget
+        segments = [(0, [s.req for s in self.slots[:self.d]], 1)] if self.d else []
+        reading = len(segments)  # where the prompts' chunks start
+        budget = self.prefill_chunk if self.d and not self.static else self.cache.block_size * len(self.slots)
+        for req in sorted((s.req for s in self.slots[self.d:] if s.req is not None), key=lambda r: r.admitted):
+            if budget <= 0:
+                break
+            T = min(len(req.prompt) - req.fed, budget)
+            budget -= T
+            segments.append((self.index(req), [req], T))
+        if segments:
+            self.finish(self.advance(segments), events)
+        for _, (req,), _ in segments[reading:]:
+            if not req.ended and req.fed == len(req.prompt):  # its prompt is read: it decodes from the next step
+                self.swap(self.index(req), self.d)
+                self.d += 1
+        self.deliver(events)
+
+    def advance(self, segments):
+        """Feed the segments' tokens ([(start slot, rows, T)]: T more ids of each row) in one forward, and
+        sample the next token of each row that has then fed all its ids. Returns [(row, Token or 'error')].
+        A forward of several rows that fails is run again row by row: only a row that fails alone ends."""
+        rows = [(r, T) for _, rs, T in segments for r in rs]
+        try:
+            x = torch.tensor([[i for r, T in rows for i in r.ids[r.fed:r.fed + T]]], device=self.device)  # (1, N)
+            plan = self.cache.plan([(start, [r.fed for r in rs], T) for start, rs, T in segments])
+            logits, _ = self.model(x, cache=plan)  # (1, rows, V): at each row's last token
+            done = [b for b, (r, T) in enumerate(rows) if r.fed + T == len(r.ids)]
+            tokens = self.sample([rows[b][0] for b in done], logits[0, done].float()) if done else []
+        except Exception:
+            if len(rows) == 1:
+                traceback.print_exc()
+                return [(rows[0][0], 'error')]
+            alone = [(start + b, [r], T) for start, rs, T in segments for b, r in enumerate(rs)]
+            return [out for segment in alone for out in self.advance([segment])]
+        for r, T in rows:
+            r.fed += T
+        return [(rows[b][0], t) for b, t in zip(done, tokens)]
+
+    def sample(self, rows, logits):
+        """A Token for each row from its logits (B, V): one batched sampling and one transfer for all rows."""
+        if max(r.temperature for r in rows) < GREEDY_BELOW:
+            ids = logits.argmax(dim=-1)  # all greedy (and no draws, as alone)
+        else:
+            t = torch.tensor([r.temperature for r in rows], device=logits.device)
+            p = torch.tensor([r.top_p for r in rows], device=logits.device)
+            u = torch.tensor([r.rng.random() for r in rows], device=logits.device)
+            ids = sample_rows(logits, t, p, u)
+        if all(r.logprobs is None for r in rows):
+            return [Token(i, None, None) for i in ids.tolist()]
+        # logprobs of the model's own distribution (before temperature and top_p), as OpenAI reports them
+        logp = F.log_softmax(logits, dim=-1)
+        chosen = logp.gather(-1, ids[:, None])[:, 0].tolist()
+        k = min(max(r.logprobs or 0 for r in rows), logits.size(-1))  # a char model may have fewer than 20 tokens
+        top_lp, top_ids = logp.topk(k, dim=-1)
+        top = [list(zip(i, lp)) for i, lp in zip(top_ids.tolist(), top_lp.tolist())]
+        return [Token(i, lp, tp[:r.logprobs] if r.logprobs is not None else None)
+                for i, lp, tp, r in zip(ids.tolist(), chosen, top, rows)]
+
+    def finish(self, results, events):
+        """Send each row its token; end the rows that hit a stop id, their max_tokens or an error."""
+        for req, tok in results:
+            if tok == 'error':
+                self.free(req, 'error', events)
+                continue
+            req.ids.append(tok.id)
+            events.append((req, tok))
+            if tok.id in req.stop_ids or tok.id >= self.vocab_size:
+                self.free(req, 'stop', events)
+            elif req.generated >= req.max_tokens:
+                self.free(req, 'length', events)
+
+    def deliver(self, events):
+        """Hand a step's tokens to their requests: one wake-up of each event loop per step, not one per token."""
+        by_loop = {}
+        for req, item in events:
+            if req.loop is None:
+                req.out.put(item)
+            else:
+                by_loop.setdefault(req.loop, []).append((req, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(put_all, items)
+            except RuntimeError:  # the loop has closed: nobody is listening
+                for req, _ in items:
+                    req.cancelled = True
+
+
+def put_all(items):
+    for req, item in items:
+        req.out.put_nowait(item)
