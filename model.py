@@ -116,7 +116,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if self.qk_norm:
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+            # epsilon 1e-5 as in the other norms, and as Qwen3's q_norm/k_norm: export then maps it exactly
+            q, k = F.rms_norm(q, (q.size(-1),), eps=1e-5), F.rms_norm(k, (k.size(-1),), eps=1e-5)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if hasattr(cache, 'attend'):  # a server's rows packed in one sequence: each sees its own slot's keys only

@@ -16,7 +16,6 @@ Settings come from the defaults below, then each config file, then --key=value, 
 import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,7 +36,7 @@ from seedgpt.objectives import Distill
 from seedgpt.optim import Stepper, lr_at
 from seedgpt.plot import loss_png
 from seedgpt.prune import apply_masks
-from seedgpt.runtime import peak_flops, print0, rank0_float, setup_runtime
+from seedgpt.runtime import exit_after_torchrun, peak_flops, print0, rank0_float, setup_runtime
 
 
 @dataclass
@@ -338,9 +337,4 @@ def train(cfg, rt, objective=None):
 
 if __name__ == '__main__':
     main(load_config(Config))
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        # all work is done and saved; skip interpreter teardown, where gloo's worker threads can
-        # abort the process ("terminate called without an active exception") on CPU
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    exit_after_torchrun()

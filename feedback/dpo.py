@@ -24,6 +24,7 @@ from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.data import PairBatches
 from seedgpt.objectives import DPOLoss
+from seedgpt.runtime import exit_after_torchrun
 
 
 @dataclass
@@ -64,3 +65,4 @@ def main(cfg):
 
 if __name__ == '__main__':
     main(load_config(Config))
+    exit_after_torchrun()

@@ -22,6 +22,7 @@ from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.data import PairBatches, load_meta
 from seedgpt.objectives import BradleyTerry, pair_accuracy
+from seedgpt.runtime import exit_after_torchrun
 
 
 @dataclass
@@ -56,3 +57,4 @@ def main(cfg):
 
 if __name__ == '__main__':
     main(load_config(Config))
+    exit_after_torchrun()
