@@ -6,7 +6,10 @@ Exact-match accuracy of a chat model on the task suite of prepare/tasks.py, per 
     python -m chat.eval --out_dir=out-sft-tasks --max_examples=200 --temperature=0.8 --split=val
 
 Each question of the split is rendered as a prompt (the user turn, then <|assistant|>), answered
-greedily by default up to <|end|>, and judged by prepare/tasks.py's check. Beside the accuracy, the loss of the
+greedily by default up to <|end|>, and judged by prepare/tasks.py's check. A model that knows tools
+calls them as it answers (seedgpt/agent.py); then the table also says how often it called a tool where
+the suite needs one, where it does not, and how many calls were malformed, and arithmetic is broken
+down by digits. Beside the accuracy, the loss of the
 split's own answers (nats per token, as SFT's loss) and the same in bits per byte of the answers' text, which
 compares models of different tokenizers. The means are over tasks.
 """
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from seedgpt.chat import chat_ids
-from seedgpt.checkpoint import load_model
+from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
 from seedgpt.runtime import setup_runtime
 from seedgpt.tasks import accuracy, answer_loss, load_records, table
@@ -28,7 +31,7 @@ from seedgpt.tasks import accuracy, answer_loss, load_records, table
 @dataclass
 class Config:
     out_dir: str = 'out'  # the training run's directory, holding ckpt.pt
-    data_dir: str = 'data/tasks'  # made by prepare/tasks.py
+    data_dir: str = ''  # made by prepare/tasks.py; '' is the one the model was trained on
     split: str = 'test'  # which {split}.jsonl to answer
     max_examples: int = 0  # answer only the first this many questions; 0 answers all
     max_new_tokens: int = 32  # an answer longer than this is cut (and wrong)
@@ -38,6 +41,7 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
     json: bool = False  # print one JSON object instead of the table
+    max_calls: int = 3  # a model that knows tools: at most this many tool calls per answer
     batch_size: int = 64  # questions answered together (left-padded, one KV cache); greedy answers do not depend on it
 
 
@@ -45,20 +49,21 @@ def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
     chat_ids(tok)  # a base model stops here, with a one-line error
-    records = load_records(cfg.data_dir, cfg.split, cfg.max_examples)
+    data_dir = cfg.data_dir or load_checkpoint(cfg.out_dir)['config'].get('data_dir') or 'data/tasks'
+    records = load_records(data_dir, cfg.split, cfg.max_examples)
     g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     try:
-        result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True,
+        result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True, max_calls=cfg.max_calls,
                           temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
         losses = answer_loss(model, tok, records, cfg.batch_size)
     except ValueError as e:  # a question with a character the model has never seen
-        raise SystemExit(f"error: {e}; was {cfg.data_dir} made with this model's tokenizer?")
+        raise SystemExit(f"error: {e}; was {data_dir} made with this model's tokenizer?")
     for task, row in losses.items():
         result['tasks'][task].update(row)
     for key in ('loss', 'bpb'):
         result[key] = sum(row[key] for row in losses.values()) / max(1, len(losses))
     if cfg.json:
-        print(json.dumps({'out_dir': cfg.out_dir, 'split': cfg.split, **result}))
+        print(json.dumps({'out_dir': cfg.out_dir, 'data_dir': data_dir, 'split': cfg.split, **result}))
     else:
         print(table(result))
 

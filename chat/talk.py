@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from seedgpt.chat import chat_ids, render_prompt
+from seedgpt.agent import generate_with_tools
+from seedgpt.chat import chat_ids, knows_tools, render_prompt
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.generate import stream_reply
@@ -32,6 +33,7 @@ class Config:
     temperature: float = 0.0  # 0 is greedy: exact tasks want the likeliest answer
     top_k: int = 0  # keep only the k likeliest tokens; 0 keeps all
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p; 1.0 keeps all
+    max_calls: int = 3  # a model that knows tools: at most this many tool calls per answer
     seed: int = 1337
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
@@ -43,14 +45,24 @@ def fit(tok, messages, block_size):
     dropped = False
     while len(render_prompt(tok, messages)) > block_size and len(messages) - first > 1:
         del messages[first]
-        while len(messages) - first > 1 and messages[first]['role'] == 'assistant':
+        while len(messages) - first > 1 and messages[first]['role'] in ('assistant', 'tool'):
             del messages[first]  # a reply without its question would only confuse
         dropped = True
     return dropped
 
 
 def reply(model, tok, messages, cfg, g):
-    """Stream the model's answer to stdout and return it; Ctrl-C stops it where it is."""
+    """Stream the model's answer to stdout and return it as messages; Ctrl-C stops it where it is. A model
+    that knows tools calls them (seedgpt/agent.py): each call and its result are shown, dimmed, before the
+    answer, and they are kept in the conversation as the model saw them."""
+    if knows_tools(tok):
+        trace = generate_with_tools(model, tok, [render_prompt(tok, messages)], cfg.max_new_tokens,
+                                    max_calls=cfg.max_calls, temperature=cfg.temperature, top_k=cfg.top_k,
+                                    top_p=cfg.top_p, generator=g)[0]
+        for text, result in trace.calls:
+            sys.stderr.write(f"\033[2m[{text} -> {result}]\033[0m\n")
+        print(trace.answer if trace.finish == 'stop' else f"{trace.answer}(stopped: {trace.finish})", flush=True)
+        return trace.messages
     pieces = []
     try:
         for piece in stream_reply(model, tok, messages, cfg.max_new_tokens, temperature=cfg.temperature,
@@ -62,7 +74,7 @@ def reply(model, tok, messages, cfg, g):
         pass
     sys.stdout.write('\n')
     sys.stdout.flush()
-    return ''.join(pieces)
+    return [{'role': 'assistant', 'content': ''.join(pieces)}]
 
 
 def main(cfg):
@@ -108,7 +120,7 @@ def main(cfg):
             continue
         if fit(tok, messages, model.config.block_size):
             sys.stderr.write("(older turns dropped to fit the model's context)\n")
-        messages.append({'role': 'assistant', 'content': reply(model, tok, messages, cfg, g)})
+        messages += reply(model, tok, messages, cfg, g)
 
 
 if __name__ == '__main__':

@@ -45,6 +45,7 @@ from types import SimpleNamespace
 
 import torch
 
+from seedgpt.agent import generate_with_tools
 from seedgpt.chat import render_chat, render_prompt
 from seedgpt.checkpoint import (
     build_model, checkpoint_path, full_state, load_checkpoint, load_model, restore_rng, rng_states, save_checkpoint,
@@ -52,7 +53,6 @@ from seedgpt.checkpoint import (
 )
 from seedgpt.config import load_config
 from seedgpt.data import load_meta
-from seedgpt.generate import generate_replies, reply_text
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
 from seedgpt.objectives import score_conversations, token_logprobs
 from seedgpt.optim import Stepper, lr_at
@@ -76,7 +76,8 @@ class Config:
     reward_dir: str = 'out-reward-tasks'  # with reward='model': a feedback/reward.py checkpoint
     prompts_per_step: int = 16  # train questions per step
     group_size: int = 8  # answers sampled per question (grpo's baseline is their mean: at least 2)
-    max_new_tokens: int = 16  # an answer is cut here
+    max_new_tokens: int = 16  # an answer (and each tool call) is cut here
+    max_calls: int = 3  # a model that knows tools: at most this many tool calls per answer
     temperature: float = 1.0  # of the rollouts; every log-probability is taken at it too
     kl_coef: float = 0.05  # weight of the KL to the reference
     kl_estimator: str = 'auto'  # 'k1' (log ratio) or 'k3' (never negative); 'auto': k1 for ppo, k3 for grpo's loss
@@ -152,12 +153,11 @@ class Rewarder:
             if self.model.value_head is None:
                 raise SystemExit(f"error: {cfg.reward_dir} has no value head; train one with feedback/reward.py")
 
-    def __call__(self, records, texts):
-        right = torch.tensor([float(check(r['meta']['task'], r['meta'], t)) for r, t in zip(records, texts)])
+    def __call__(self, records, traces):
+        right = torch.tensor([float(check(r['meta']['task'], r['meta'], t.answer)) for r, t in zip(records, traces)])
         if self.kind == 'check':
             return right, right
-        convs = [render_chat(self.tok, question(r) + [{'role': 'assistant', 'content': t}])[0]
-                 for r, t in zip(records, texts)]
+        convs = [render_chat(self.tok, question(r) + t.messages)[0] for r, t in zip(records, traces)]
         # the learned reward to climb, and the truth to watch: the two parting is reward hacking
         return score_conversations(self.model, convs).cpu(), right
 
@@ -259,15 +259,19 @@ def main(cfg):
             records = [r for r in rng.sample(train_records, cfg.prompts_per_step) for _ in range(cfg.group_size)]
             prompts = [render_prompt(tok, question(r)) for r in records]
             policy.eval()
-            answers = generate_replies(policy, tok, prompts, cfg.max_new_tokens, temperature=cfg.temperature)
+            # a model that knows tools runs them in its rollouts (seedgpt/agent.py): a trace is the model's
+            # calls and answer, with the tools' results between them. The results are given, not sampled:
+            # they are out of the loss (y = -1), and the reward scores the final answer alone.
+            traces = generate_with_tools(policy, tok, prompts, cfg.max_new_tokens, cfg.max_calls,
+                                         temperature=cfg.temperature)
             policy.train()
-            x, y = as_batch(prompts, answers, rt.device)
+            x, y = as_batch(prompts, [t.ids for t in traces], rt.device, [t.mask for t in traces])
             mask = (y != -1).float()
 
             # 2. rewards, and what the policy and the reference thought of the answers, at the temperature
             # that sampled them: the ratio and the KL must compare the distributions the tokens came from.
             # old_logp is the policy before any update (pi_old of the ratio); ref_logp the leash's anchor.
-            scores, right = rewarder(records, [reply_text(tok, a) for a in answers])
+            scores, right = rewarder(records, traces)
             scores = scores.to(rt.device)
             with torch.no_grad(), rt.autocast():
                 old_logp, old_values = token_logprobs(policy, x, y, cfg.temperature)

@@ -90,6 +90,9 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
     rt = setup_runtime(device, 'float32', seed)
     model, tok = load_model(from_dir, rt.device, torch.float32)
     meta = json.load(open(os.path.join(data_dir, 'meta.json'), encoding='utf-8'))
+    if meta.get('settings', {}).get('tools'):  # a pair is two plain answers; a tool suite answers through calls
+        raise SystemExit(f"error: {data_dir} is the suite with tools, whose answers go through tool calls; preference "
+                         f"pairs are made from plain answers: use the suite without --tools, or RL (feedback.rl) for tool use")
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)

@@ -37,10 +37,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from seedgpt.chat import CHAT_SPECIALS, render_chat
+from seedgpt.chat import CHAT_SPECIALS, chat_ids, loss_text, render_chat
 from seedgpt.config import load_config
 from seedgpt.corpus import ROOT, publish, write_tokenizer
-from seedgpt.tasks import TASKS, TaskError, generate
+from seedgpt.tasks import TASKS, TOOL_TASKS, TaskError, generate
 from seedgpt.tokenizer import BPETokenizer, CharTokenizer, GPT2Tokenizer, load_tokenizer, train_bpe
 
 
@@ -59,16 +59,18 @@ def make_tokenizer(name, splits, vocab_size):
     return CharTokenizer(sorted(chars), CHAT_SPECIALS)
 
 def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_train=4000, n_val=100, n_test=200,
-            quiet=False, vocab_size=512):
+            quiet=False, vocab_size=512, tools=False):
     """Generate, tokenize and write the suite to out_dir (default data/tasks); returns the meta dict."""
     if tokenizer not in ('char', 'gpt2', 'bpe'):
         raise TaskError(f"tokenizer must be 'char', 'gpt2' or 'bpe', got {tokenizer!r}")
+    if tools and digits < 2:
+        raise TaskError(f"with tools the arithmetic is of 2 to --digits digits: --digits must be at least 2, got {digits}")
     if digits < 1 or word_len < 1 or min(n_train, n_val, n_test) < 1:
         raise TaskError("digits, word_len and the split sizes must be at least 1")
     if tokenizer == 'bpe' and vocab_size < 258:
         raise TaskError(f"vocab_size must be at least 258 for a byte-level BPE, got {vocab_size}")
-    out_dir = out_dir or os.path.join(ROOT, 'data', 'tasks')
-    splits = generate(seed, digits, word_len, n_train, n_val, n_test)
+    out_dir = out_dir or os.path.join(ROOT, 'data', 'tasks-tools' if tools else 'tasks')
+    splits = generate(seed, digits, word_len, n_train, n_val, n_test, tools=tools)
     tok = make_tokenizer(tokenizer, splits, vocab_size)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
 
@@ -94,15 +96,14 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
             counts[f'{split}_tokens'] = len(ids)
             counts[f'{split}_loss_tokens'] = int(mask.sum())
             # the text those tokens stand for (<|end|> stands for none): bits per byte's denominator
-            counts[f'{split}_loss_bytes'] = sum(len(m['content'].encode('utf-8')) for r in records
-                                                for m in r['messages'] if m['role'] == 'assistant')
+            counts[f'{split}_loss_bytes'] = sum(len(loss_text(tok, ids, m).encode('utf-8')) for ids, m in rendered)
         meta = dict(format='chat', tokenizer=tokenizer, vocab_size=tok.vocab_size, dtype=np.dtype(dtype).name,
                     special_tokens=tok.special_ids, **counts,
                     conversations={s: len(r) for s, r in splits.items()},
                     max_conversation_tokens=longest,  # block_size >= this - 1 holds every conversation whole
-                    tasks=list(TASKS), source='prepare/tasks.py',
+                    tasks=list(TOOL_TASKS if tools else TASKS), source='prepare/tasks.py',
                     settings=dict(seed=seed, digits=digits, word_len=word_len, n_train=n_train, n_val=n_val,
-                                  n_test=n_test),
+                                  n_test=n_test, tools=tools),
                     split='disjoint problems: none in two splits, none twice')
         if tokenizer == 'char':
             meta['chars'] = tok.chars
@@ -123,21 +124,35 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
 
 
 def show(data_dir, tok, n, split='train', file=sys.stdout):
-    """Print the first n conversations of a written split: loss tokens in green, the rest in grey."""
+    """Print the first n conversations of a written split: loss tokens in green (a tool call in cyan), tool
+    results in yellow, the rest in grey."""
     meta = json.load(open(os.path.join(data_dir, 'meta.json'), encoding='utf-8'))
     ids = np.fromfile(os.path.join(data_dir, f'{split}.bin'), dtype=meta['dtype'])
     mask = np.fromfile(os.path.join(data_dir, f'{split}.mask.bin'), dtype=np.uint8)
     starts = np.fromfile(os.path.join(data_dir, f'{split}.idx.bin'), dtype=np.int64)
     ends = list(starts[1:]) + [len(ids)]
-    colour = {0: '\033[90m', 1: '\033[32m'}
-    file.write(f"{colour[1]}green: in the loss (mask 1)\033[0m  {colour[0]}grey: given, not learned (mask 0)\033[0m\n")
+    special = chat_ids(tok)
+    colour = {'given': '\033[90m', 'learned': '\033[32m', 'call': '\033[36m', 'result': '\033[33m'}
+    file.write(f"{colour['learned']}green: in the loss (mask 1)\033[0m  {colour['call']}cyan: a tool call, in the loss"
+               f"\033[0m  {colour['result']}yellow: a tool's result, given\033[0m  {colour['given']}grey: given, not "
+               f"learned (mask 0)\033[0m\n")
     for s, e in list(zip(starts, ends))[:n]:
-        line, run_start = '', s
-        for i in range(s, e + 1):  # cut into runs of equal mask
-            if i == e or mask[i] != mask[run_start]:
-                line += colour[int(mask[run_start])] + tok.decode(ids[run_start:i].tolist()) + '\033[0m'
-                run_start = i
-        file.write(line + '\n')
+        parts, part = [], None
+        for i in range(s, e):  # each token's part, from its mask and the chat token that opened its span
+            t = int(ids[i])
+            if t in (special['assistant'], special['user'], special['system'], special.get('tool')):
+                opened = t
+            elif t == special.get('call'):
+                opened = t
+            kind = ('call' if opened == special.get('call') else 'learned') if mask[i] else \
+                ('result' if opened == special.get('tool') and t != special.get('tool') else 'given')
+            if kind != part:
+                parts.append((kind, []))
+                part = kind
+            parts[-1][1].append(t)
+            if t == special['end']:
+                opened = None
+        file.write(''.join(colour[k] + tok.decode(p) + '\033[0m' for k, p in parts) + '\n')
 
 
 @dataclass
@@ -146,7 +161,8 @@ class Config:
     vocab_size: int = 512  # tokenizer=bpe: tokens before the chat tokens (fewer if the questions run out of merges)
     out_dir: str = ''  # output directory; '' is data/tasks
     seed: int = 1337  # the same seed gives the same suite
-    digits: int = 2  # add and sub: numbers of up to this many digits
+    digits: int = 2  # add and sub: numbers of up to this many digits (with tools: of 2 to this many)
+    tools: bool = False  # the suite with tool calls (calc, count) and mul, into data/tasks-tools; try --digits=6
     word_len: int = 5  # reverse and sort: words of 3 to this many letters
     n_train: int = 4000  # train conversations per task
     n_val: int = 100  # val conversations per task
@@ -163,7 +179,7 @@ def main(cfg):
     except TaskError as e:
         raise SystemExit(f"error: {e}")
     if n_show:
-        show(cfg.out_dir or os.path.join(ROOT, 'data', 'tasks'), load_tokenizer(meta), n_show)
+        show(cfg.out_dir or os.path.join(ROOT, 'data', 'tasks-tools' if cfg.tools else 'tasks'), load_tokenizer(meta), n_show)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ decode together, and stream_reply / generate_replies turn a conversation into th
 import torch
 from torch.nn import functional as F
 
-from seedgpt.chat import chat_ids, render_prompt
+from seedgpt.chat import chat_ids, render_prompt, stop_ids
 
 
 def left_pad(rows, device='cpu'):
@@ -46,7 +46,7 @@ def stream_reply(model, tok, messages, max_new_tokens, **sampling):
     Stops early at any chat token (a model that skips <|end|> and starts a new turn) or an id past the
     tokenizer (a padded vocabulary). `sampling` goes to model.generate_stream (temperature, top_k, ...).
     """
-    stop = set(chat_ids(tok).values())
+    stop = stop_ids(tok)
     device = next(model.parameters()).device
     x = torch.tensor([render_prompt(tok, messages)], dtype=torch.long, device=device)
     pending = []  # BPE may split a character over tokens: yield only what decodes whole
@@ -68,7 +68,7 @@ def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
     through the KV cache. Each row's ids end at its first chat token (kept: <|end|> is part of the answer)
     or after max_new_tokens; generation stops when every row has ended. At temperature 0 each row gets
     the same ids as alone."""
-    stop = set(chat_ids(tok).values())
+    stop = stop_ids(tok)
     device = next(model.parameters()).device
     idx, pad = left_pad(prompts, device)
     # room for every answer and a closing <|end|>: a cut answer, rendered as a turn, still fits the context

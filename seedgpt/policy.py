@@ -34,7 +34,8 @@ def kl_per_token(logp, ref_logp, estimator):
 
 def gae(rewards, values, mask, gamma, lam):
     """Advantages and returns (N, T) by generalised advantage estimation, over the positions where mask is 1
-    (each row's answer, one contiguous run): A_t = delta_t + gamma * lam * A_{t+1}, with
+    (each row's answer; with tools, its calls and answer, the tools' results between them skipped as if
+    they were not there): A_t = delta_t + gamma * lam * A_{t+1}, with
     delta_t = r_t + gamma * V_{t+1} - V_t and nothing after the last token.
 
     Why GAE (https://arxiv.org/abs/1506.02438): the one-step delta leans on the value (low variance, biased
@@ -121,9 +122,9 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def as_batch(prompts, answers, device):
+def as_batch(prompts, answers, device, masks=None):
     """x, y (N, T) for prompt + answer rows, right-padded: y holds the answer's tokens as targets (the
-    positions that predict them), -1 elsewhere."""
+    positions that predict them), -1 elsewhere and where an answer's mask is 0 (a tool's result)."""
     rows = [p + a for p, a in zip(prompts, answers)]
     T = max(len(r) for r in rows) - 1  # the last token predicts nothing
     x = torch.zeros(len(rows), T, dtype=torch.long)
@@ -131,5 +132,6 @@ def as_batch(prompts, answers, device):
     for i, (p, a) in enumerate(zip(prompts, answers)):
         r = p + a
         x[i, :len(r) - 1] = torch.tensor(r[:-1])
-        y[i, len(p) - 1:len(r) - 1] = torch.tensor(a)  # position len(p) - 1 reads the prompt's end, predicts a[0]
+        targets = a if masks is None else [t if m else -1 for t, m in zip(a, masks[i])]
+        y[i, len(p) - 1:len(r) - 1] = torch.tensor(targets)  # position len(p) - 1 reads the prompt's end, predicts a[0]
     return x.to(device), y.to(device)

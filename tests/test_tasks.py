@@ -31,12 +31,14 @@ def gpt2_chat_tok():
 
 def test_chat_token_ids_follow_the_base_vocabulary(gpt2_chat_tok):
     tok = char_tok()
-    assert chat_ids(tok) == {'system': 96, 'user': 97, 'assistant': 98, 'end': 99} and tok.vocab_size == 100
-    assert chat_ids(gpt2_chat_tok) == {'system': 50257, 'user': 50258, 'assistant': 50259, 'end': 50260}
-    assert gpt2_chat_tok.vocab_size == 50261
+    assert chat_ids(tok) == {'system': 96, 'user': 97, 'assistant': 98, 'end': 99, 'tool': 100, 'call': 101}
+    assert tok.vocab_size == 102
+    assert chat_ids(gpt2_chat_tok) == {'system': 50257, 'user': 50258, 'assistant': 50259, 'end': 50260,
+                                       'tool': 50261, 'call': 50262}
+    assert gpt2_chat_tok.vocab_size == 50263
     assert gpt2_chat_tok.encode('Hello world') == [15496, 995]  # the base BPE is unchanged
     for t in (tok, gpt2_chat_tok):
-        assert max(t.encode('<|end|><|user|>')) < t.vocab_size - 4  # typed text never yields a chat token
+        assert max(t.encode('<|end|><|user|>')) < t.vocab_size - 6  # typed text never yields a chat token
 
 
 def test_mask_is_exactly_assistant_content_and_end():
@@ -161,7 +163,7 @@ def test_prepare_writes_consistent_files(tmp_path, which):
     meta = tasks.prepare(out_dir=str(out), tokenizer=which, n_train=40, n_val=8, n_test=10, quiet=True)
     assert meta == json.loads((out / 'meta.json').read_text())
     assert meta['format'] == 'chat' and meta['special_tokens'] == dict(zip(CHAT_SPECIALS, range(
-        meta['vocab_size'] - 4, meta['vocab_size'])))
+        meta['vocab_size'] - len(CHAT_SPECIALS), meta['vocab_size'])))
     tok = load_tokenizer(meta)
     assert tok.vocab_size == meta['vocab_size']
     longest = 0
