@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.data import data_batches, load_meta
+from seedgpt.tokenizer import same_ids
 
 
 class Distill(torch.nn.Module):
@@ -37,7 +38,8 @@ class Distill(torch.nn.Module):
         if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:
             raise SystemExit("error: distill_temperature must be > 0 and distill_alpha in [0, 1]")
         ours, theirs = load_meta(cfg.data_dir), load_checkpoint(cfg.teacher_dir)['meta']
-        if any(ours.get(k) != theirs.get(k) for k in ('tokenizer', 'vocab_size', 'chars', 'special_tokens')):
+        # every id means the same (a learned BPE's merges too, not just its size), and no id is one side's only
+        if not same_ids(ours, theirs) or any(ours.get(k) != theirs.get(k) for k in ('vocab_size', 'special_tokens')):
             raise SystemExit(f"error: the teacher {cfg.teacher_dir} has another tokenizer or vocabulary than "
                              f"{cfg.data_dir}; its logits would be over other tokens")
         teacher, _ = load_model(cfg.teacher_dir, rt.device)  # fp32 weights, eval mode

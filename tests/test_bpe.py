@@ -11,6 +11,7 @@ import torch
 
 from conftest import make_text, run_script, run_train, write
 from seedgpt import corpus
+from seedgpt.chat import CHAT_SPECIALS
 from seedgpt.corpus import bits_per_byte
 from seedgpt.data import load_meta, load_tokens
 from seedgpt.tokenizer import EOT, BPETokenizer, load_tokenizer, same_ids, train_bpe
@@ -186,7 +187,7 @@ def bpe_data(tmp_path_factory):
 
 def test_bpe_dataset_trains_and_samples(tmp_path, bpe_data):
     """train.py on a BPE dataset logs bits per byte, sample.py decodes with the tokenizer the checkpoint carries
-    (the dataset itself gone), and fine-tuning checks the tokenizer is the same one."""
+    (the dataset itself gone), and fine-tuning and distillation check the tokenizer is the same one."""
     out = tmp_path / 'out'
     losses = run_train(out, bpe_data, '--max_iters=20', '--eval_interval=10', '--learning_rate=3e-3')
     assert losses[20] < losses[1]
@@ -211,6 +212,16 @@ def test_bpe_dataset_trains_and_samples(tmp_path, bpe_data):
     assert same_ids(meta, meta) and not same_ids(load_meta(other), meta)
     with pytest.raises(SystemExit, match='another tokenizer'):
         run_train(tmp_path / 'ft', other, f'--init_from={out}', '--max_iters=1')
+    # a teacher whose learned BPE has as many tokens but other merges: the same size, kind and special tokens
+    # (all that distillation compared before it asked same_ids), yet its logits are over other tokens
+    same_size = tmp_path / 'same_size'
+    corpus.prepare([str(write(tmp_path / 'en.txt', rich_text(9000, seed=5)))], tokenizer='bpe', vocab_size=600,
+                   out_dir=str(same_size), block_size=16, quiet=True)
+    theirs = load_meta(same_size)
+    assert all(theirs.get(k) == meta.get(k) for k in ('tokenizer', 'vocab_size', 'special_tokens'))
+    assert not same_ids(theirs, meta)
+    with pytest.raises(SystemExit, match='^error: the teacher .* another tokenizer or vocabulary'):
+        run_train(tmp_path / 'kd', same_size, f'--teacher_dir={out}', '--max_iters=1')
 
 
 def direct_bits_per_byte(model, data, tok, block_size):
@@ -258,7 +269,8 @@ def test_chat_suite_with_bpe(tmp_path):
     out = tmp_path / 'tasks'
     meta = tasks.prepare(out_dir=str(out), tokenizer='bpe', n_train=40, n_val=8, n_test=10, quiet=True)
     tok = load_tokenizer(meta)
-    assert tok.vocab_size == meta['vocab_size'] and tok.eot == meta['eot_token'] == meta['vocab_size'] - 5
+    assert tok.vocab_size == meta['vocab_size']
+    assert tok.eot == meta['eot_token'] == meta['vocab_size'] - 1 - len(CHAT_SPECIALS)  # the chat tokens follow it
     assert (out / 'tokenizer.json').read_text(encoding='utf-8') == meta['tokenizer_json']
     run_train(tmp_path / 'sft', out, '--max_iters=3', '--block_size=64')
     p = run_script('-m', 'chat.eval', f'--out_dir={tmp_path / "sft"}', f'--data_dir={out}', '--max_examples=10',

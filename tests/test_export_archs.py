@@ -1,9 +1,10 @@
 """Every architecture seedgpt trains, out to Hugging Face and back, against transformers' own models: GPT-2
 (with and without biases), Llama-style and Qwen3-style give logits within 1e-4 in fp32 and the same greedy tokens;
 with the tokenizer written beside them, AutoTokenizer + AutoModelForCausalLM give sample.py's greedy text; a
-model with no standard counterpart is refused in one line; Llama and Qwen3 directories built by transformers load
-into seedgpt and fine-tune."""
+model with no standard counterpart is refused in one line, and so is every shipped config's model that has none;
+Llama and Qwen3 directories built by transformers load into seedgpt and fine-tune."""
 import os
+from pathlib import Path
 
 os.environ['HF_HUB_OFFLINE'] = '1'  # before transformers is imported: nothing may reach the network
 
@@ -20,7 +21,7 @@ from seedgpt import corpus  # noqa: E402
 from seedgpt.chat import CHAT_SPECIALS  # noqa: E402
 from seedgpt.config import load_config  # noqa: E402
 from seedgpt.data import load_meta  # noqa: E402
-from seedgpt.hf import hf_architecture, load_hf, save_hf_dir, to_hf, tokenizer_files  # noqa: E402
+from seedgpt.hf import GPT2_NAMES, hf_architecture, load_hf, save_hf_dir, to_hf, tokenizer_files  # noqa: E402
 from seedgpt.tokenizer import BPETokenizer, train_bpe  # noqa: E402
 
 ARCHS = {  # seedgpt's settings -> the Hugging Face class that holds them
@@ -155,6 +156,59 @@ def test_export_script_refuses_relu2_before_writing(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode != 0 and len(lines) == 1 and 'ReLU²' in lines[0], p.stderr
     assert not (tmp_path / 'hf').exists()
+
+
+
+# ---- the shipped configs: every model they train goes out, or is refused with its reason
+
+ROOT = Path(__file__).resolve().parent.parent
+GPT2_SETTINGS = dict(pos='learned', norm='layer', mlp='gelu', qk_norm=False, bias=True)  # OpenAI's GPT-2 weights
+
+
+def shipped_architectures():
+    """{config name: the architecture settings of the model it trains}, each config read with load_config through
+    its script's Config. A fine-tune (init_from) trains the model it starts from: GPT-2's, or the one that the
+    shipped config writing that out_dir trains."""
+    import train
+    from feedback import dpo, reward, rl
+    cfgs = {}
+    for path in sorted((ROOT / 'config').glob('*.py')):
+        script = {'dpo_': dpo, 'reward_': reward, 'rl_': rl}.get(path.name.split('_')[0] + '_', train)
+        cfgs[path.name] = load_config(script.Config, [str(path)])
+
+    def settings(name):
+        start = getattr(cfgs[name], 'init_from', 'scratch')
+        if start in GPT2_NAMES:
+            return GPT2_SETTINGS
+        if start != 'scratch':
+            base = [n for n, c in cfgs.items() if c.out_dir == start and n != name]
+            assert len(base) == 1, f"{name}: init_from={start!r} is no shipped config's out_dir"
+            return settings(base[0])
+        return {k: getattr(cfgs[name], k) for k in GPT2_SETTINGS}
+    return {name: settings(name) for name in cfgs}
+
+
+def test_every_shipped_config_exports_or_is_refused_with_its_reason(tmp_path):
+    """Each architecture the shipped configs train (tiny here) exports with transformers' logits within 1e-4 and
+    the same greedy tokens, or is refused in one line; ReLU² is the one reason, and the line names the way out."""
+    outcome = {}
+    for name, settings in shipped_architectures().items():
+        ours, args = seed_model(**settings)
+        try:
+            theirs = export_load(tmp_path / name, ours, args)
+        except SystemExit as e:
+            msg = str(e)
+            assert msg.startswith('error:') and '\n' not in msg, (name, msg)
+            assert settings['mlp'] == 'relu2' and "mlp='swiglu'" in msg and 'ReLU²' in msg, (name, msg)
+            outcome[name] = 'refused'
+            continue
+        assert max_logit_diff(ours, theirs, 300) < 1e-4, name
+        a, b = greedy(ours, theirs, [5, 17, 42, 7])
+        assert a == b, name
+        outcome[name] = type(theirs).__name__
+    assert len(outcome) >= 13 and outcome['finetune_shakespeare.py'] == 'GPT2LMHeadModel'
+    # the quick-start, SFT and everything fine-tuned from SFT use ReLU²: refused until the configs switch MLPs
+    assert outcome['stdlib_char.py'] == outcome['sft_tasks.py'] == outcome['rl_tasks.py'] == 'refused'
 
 
 # ---- in: Llama and Qwen3 directories that transformers builds

