@@ -9,13 +9,22 @@ tokens back as text, stop strings and logprobs. serve/server.py puts HTTP around
 Every check follows OpenAI's documented ranges: temperature in [0, 2], top_p in (0, 1], n >= 1,
 top_logprobs in [0, 20] (completions' logprobs in [0, 5]), up to 4 stop strings. A prompt's length is
 checked before it is tokenized where its characters already prove it too long, then exactly.
+
+Tool calls follow OpenAI's protocol: the request offers function tools, a reply that calls one comes
+back as tool_calls with JSON arguments, and the client runs the tool and sends its result in a
+role 'tool' message. The model writes a call in its own short form after <|call|> (seedgpt/tools.py),
+parsed here against the tools the request offers; without tools, or with tool_choice 'none', the
+<|call|> token is banned, so the model cannot call.
 """
 import json
 import math
 import random
+import re
+import uuid
 from dataclasses import dataclass, field
 
-from seedgpt.chat import ROLES, chat_ids, render_prompt
+from seedgpt.chat import CHAT_TOKENS, ROLES, render_prompt, stop_ids
+from seedgpt.tools import TOOLS, ToolError, parse_call, run_tool
 
 
 class ApiError(Exception):
@@ -66,6 +75,135 @@ def parse_json(raw):
     return body
 
 
+TOOL_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')  # OpenAI's rule for a function's name
+
+
+def openai_tools():
+    """seedgpt's own tools (seedgpt/tools.py) as OpenAI function tools: what a client offers so that the
+    model may call them (GET /tools serves this list)."""
+    return [{'type': 'function', 'function': {
+        'name': name, 'description': description,
+        'parameters': {'type': 'object', 'properties': {p: {'type': 'string'} for p in params},
+                       'required': list(params), 'additionalProperties': False}}}
+            for name, (_, params, description) in TOOLS.items()]
+
+
+def tool_call(name, arguments):
+    """OpenAI's tool call of a parsed call: {id, type, function: {name, arguments: JSON text}}."""
+    return {'id': f'call_{uuid.uuid4().hex[:24]}', 'type': 'function',
+            'function': {'name': name, 'arguments': json.dumps(arguments)}}
+
+
+def check_tools(body):
+    """{name: parameter names} of the tools the reply may call (the names of each schema's properties, in
+    order), or None when it may not call: no tools, or tool_choice 'none'. A 400 for anything but OpenAI's
+    function tools, and for the tool_choice values this server cannot honour."""
+    tools = body.get('tools')
+    if tools is not None and not isinstance(tools, list):
+        raise ApiError(400, "'tools' must be a list of function tools", param='tools', code='invalid_type')
+    offered = {}
+    for i, t in enumerate(tools or []):
+        fn = t.get('function') if isinstance(t, dict) else None
+        schema = fn.get('parameters', {}) if isinstance(fn, dict) else None
+        if not (isinstance(fn, dict) and t.get('type') == 'function' and isinstance(fn.get('name'), str)
+                and TOOL_NAME.fullmatch(fn['name']) and isinstance(fn.get('description', ''), str)
+                and isinstance(schema, dict) and schema.get('type', 'object') == 'object'
+                and isinstance(schema.get('properties', {}), dict)):
+            raise ApiError(400, f"tools[{i}] must be {{'type': 'function', 'function': {{'name': 1 to 64 letters, "
+                           "digits, _ or -, 'description': a string, 'parameters': a JSON schema of type 'object'}}: "
+                           "function tools are the only kind served", param=f'tools[{i}]', code='invalid_value')
+        if fn['name'] in offered:
+            raise ApiError(400, f"tools[{i}]: two tools are named {fn['name']!r}", param=f'tools[{i}]',
+                           code='invalid_value')
+        offered[fn['name']] = tuple(schema.get('properties', {}))
+    choice = body.get('tool_choice', None)
+    if choice is None:
+        choice = 'auto' if offered else 'none'
+    if choice == 'required' or isinstance(choice, dict):
+        raise ApiError(400, "tool_choice 'required' and a named function are not supported: use 'auto' (the model "
+                       "decides whether to call) or 'none' (it does not call)", param='tool_choice',
+                       code='unsupported_value')
+    if choice not in ('auto', 'none'):
+        raise ApiError(400, "tool_choice must be 'auto' or 'none'", param='tool_choice', code='invalid_value')
+    if choice == 'auto' and not offered:
+        raise ApiError(400, "tool_choice 'auto' needs 'tools' to choose from", param='tool_choice',
+                       code='invalid_value')
+    return offered if choice == 'auto' else None
+
+
+def check_messages(messages):
+    """The request's messages in the shape render_chat reads, or a 400 naming the first bad one. Besides
+    {role, content}: an assistant message may hold tool_calls (its content then may be null), and each of
+    its calls is answered by a role 'tool' message with its tool_call_id, right after it, before any other."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", param='messages', code='invalid_type')
+    out, waiting = [], None  # ids of the last assistant message's calls not answered yet; None: no calls
+    for i, m in enumerate(messages):
+        def bad(why):
+            return ApiError(400, f"messages[{i}] {why}", param=f'messages[{i}]', code='invalid_value')
+        if not isinstance(m, dict) or m.get('role') not in ROLES:
+            raise bad(f"must be {{'role': one of {', '.join(ROLES)}, 'content': a string}}")
+        role, content, calls = m['role'], m.get('content'), m.get('tool_calls')
+        if waiting and role != 'tool':
+            raise bad(f"comes before each tool call is answered by a tool message (no answer to {', '.join(waiting)})")
+        if calls is not None:
+            if role != 'assistant' or not isinstance(calls, list) or not calls:
+                raise bad("'tool_calls' must be a non-empty list, on an assistant message")
+            out.append({'role': role, 'content': content, 'tool_calls': [check_call(c, bad) for c in calls]})
+            waiting = [c['id'] for c in out[-1]['tool_calls']]
+            if content is not None and not isinstance(content, str):
+                raise bad("'content' must be a string or null")
+            continue
+        if not isinstance(content, str):
+            raise bad(f"must be {{'role': one of {', '.join(ROLES)}, 'content': a string}}")
+        if role == 'tool':
+            call_id = m.get('tool_call_id')
+            if not isinstance(call_id, str):
+                raise bad("(role 'tool') needs 'tool_call_id': the id of the call it answers")
+            if waiting is None or call_id not in waiting:
+                raise bad(f"answers a call {call_id!r} that no assistant message right before it made (or that "
+                          "is answered already)")
+            waiting.remove(call_id)
+        else:
+            waiting = None
+        out.append({'role': role, 'content': content})
+    if waiting:
+        raise ApiError(400, f"the last assistant message's tool calls need tool messages answering them "
+                       f"({', '.join(waiting)})", param='messages', code='invalid_value')
+    return out
+
+
+def check_call(call, bad):
+    """One tool call of an assistant message: {id, type: 'function', function: {name, arguments: JSON of an
+    object}}, copied without the fields the client may add (refusal, annotations...)."""
+    call = call if isinstance(call, dict) else {}
+    fn = call.get('function') if isinstance(call.get('function'), dict) else {}
+    try:
+        arguments = json.loads(fn['arguments']) if isinstance(fn.get('arguments'), str) else None
+    except (ValueError, RecursionError):
+        arguments = None
+    if not (isinstance(call.get('id'), str) and call.get('type') == 'function' and isinstance(fn.get('name'), str)
+            and isinstance(arguments, dict)):
+        raise bad("has a tool call not of the shape {'id', 'type': 'function', 'function': {'name', 'arguments': "
+                  "a JSON object as text}}")
+    return {'id': call['id'], 'type': 'function', 'function': {'name': fn['name'], 'arguments': fn['arguments']}}
+
+
+def run_tool_request(raw):
+    """seedgpt's own route POST /tools/run, for a client without tools of its own (the chat page):
+    {"name", "arguments": a tool call's JSON text, or an object} -> {"content": the tool's result}.
+    A bad call is a result ('error: ...'), as the model would read it; only a bad body is a 400."""
+    body = parse_json(raw)
+    name, arguments = get(body, 'name', STR, ''), body.get('arguments')
+    try:
+        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except (ValueError, RecursionError):
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise ApiError(400, "'arguments' must be a JSON object, or its text", param='arguments', code='invalid_value')
+    return {'content': run_tool(name, arguments)}
+
+
 @dataclass
 class Ask:
     """One checked request: its prompt's ids and everything about how to answer it."""
@@ -79,6 +217,8 @@ class Ask:
     logprobs: int = None  # None, or how many top alternatives to give with each token's logprob
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
+    tools: dict = None  # {name: parameter names} of the tools the reply may call; None: it may not call
+    ban: list = field(default_factory=list)  # ids never generated: <|call|> when the reply may not call
 
 
 class Protocol:
@@ -88,9 +228,10 @@ class Protocol:
         self.tok, self.block_size, self.max_tokens, self.max_n = tok, block_size, max_tokens, max_n
         self.prompt_limit = min(max_prompt_tokens or block_size - 1, block_size - 1)
         try:
-            self.chat_stop = set(chat_ids(tok).values())
+            self.chat_stop = stop_ids(tok)  # every chat token but <|call|>, which starts a call in the reply
         except SystemExit:
             self.chat_stop = None  # a base model: completions only
+        self.call_id = getattr(tok, 'special_ids', {}).get(CHAT_TOKENS['call'])  # None: a model from before tools
         # completions of any model end at a special token: <|endoftext|> or a chat token
         self.text_stop = set(getattr(tok, 'special_ids', {}).values()) | ({tok.eot} if hasattr(tok, 'eot') else set())
         # no token writes more bytes than this, so a text of more characters than limit x this is too long
@@ -115,15 +256,10 @@ class Protocol:
             if self.chat_stop is None:
                 raise ApiError(400, "this is a base model without chat tokens; use /v1/completions",
                                code='not_a_chat_model')
-            messages = body.get('messages')
-            if not isinstance(messages, list) or not messages:
-                raise ApiError(400, "'messages' must be a non-empty list", param='messages', code='invalid_type')
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict) or m.get('role') not in ROLES or not isinstance(m.get('content'), str):
-                    raise ApiError(400, f"messages[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': a "
-                                   f"string}}", param=f'messages[{i}]', code='invalid_value')
-            self.early_check(sum(len(m['content']) for m in messages), param)
-            messages = [{'role': m['role'], 'content': m['content']} for m in messages]
+            messages = check_messages(body.get('messages'))
+            tools = check_tools(body)
+            self.early_check(sum(len(m['content'] or '') for m in messages) + sum(
+                len(c['function']['arguments']) for m in messages for c in m.get('tool_calls', [])), param)
             encode = lambda: render_prompt(self.tok, messages)  # noqa: E731
         else:
             text = get(body, 'prompt', STR)
@@ -132,6 +268,9 @@ class Protocol:
             self.early_check(len(text), param)
             encode = lambda: self.tok.encode(text)  # noqa: E731
         ask = self.sampling(body, chat)  # cheap checks before the tokenizer runs
+        if chat and self.call_id is not None:
+            ask.tools = tools
+            ask.ban = [self.call_id] if tools is None else []
         try:
             ask.prompt = encode()
         except ValueError as e:
@@ -184,15 +323,27 @@ class Protocol:
 class TextStream:
     """Generated tokens in, text out. Holds back what might still be the start of a stop string (stop
     strings are matched across token boundaries, and are not sent) or half a character (BPE may split
-    one over tokens). `hidden` ids (end tokens) give no text."""
+    one over tokens). `hidden` ids (end tokens) give no text.
 
-    def __init__(self, tok, stop=(), hidden=()):
-        self.tok, self.stop, self.hidden = tok, list(stop), set(hidden)
+    With `tools` ({name: parameter names}, Ask.tools), everything from a <|call|> token on is held back
+    as a call, never sent as text; end() then makes it OpenAI's tool_calls. Stop strings apply to the
+    text, not to a call."""
+
+    def __init__(self, tok, stop=(), hidden=(), tools=None):
+        self.tok, self.stop, self.hidden, self.tools = tok, list(stop), set(hidden), tools
         self.ids, self.held, self.stopped = [], '', False
         self.tokens = []  # the tokens fed since text was last taken, for their logprobs
+        self.call_id = tok.special_ids[CHAT_TOKENS['call']] if tools is not None else None
+        self.call = None  # the tokens from the first <|call|> on, once one came
 
     def feed(self, token):
         """The text that is safe to send after this token ('' while it is held back)."""
+        if self.call is not None:
+            self.call.append(token)
+            return ''
+        if token.id == self.call_id and not self.stopped:
+            self.call = [token]
+            return self.flush()  # a stop string cannot go on into a call: the text held back is sent
         if self.stopped or token.id in self.hidden or token.id >= self.tok.vocab_size:
             return ''
         self.tokens.append(token)
@@ -217,6 +368,28 @@ class TextStream:
         out = '' if self.stopped else self.held + (self.tok.decode(self.ids) if self.ids else '')
         self.held, self.ids = '', []
         return out
+
+    def end(self, finish):
+        """(tool_calls or None, the text left) when the reply ends with `finish` ('stop' or 'length'). A call
+        is returned when the reply ended at its end token and each call parses as name(arguments) of an
+        offered tool (parse_call); otherwise, a malformed call, a tool not offered, or a call cut off by
+        max_tokens is sent as text: what the model wrote is never dropped, and never a 500."""
+        call, self.call = self.call, None
+        if call is None:
+            return None, self.flush()
+        parts = [[]]
+        for t in call[1:]:
+            if t.id == self.call_id:
+                parts.append([])
+            elif t.id not in self.hidden and t.id < self.tok.vocab_size:
+                parts[-1].append(t.id)
+        if finish == 'stop':
+            try:
+                return [tool_call(*parse_call(self.tok.decode(p), self.tools)) for p in parts], ''
+            except ToolError:
+                pass
+        text = ''.join(self.feed(t) for t in call if t.id != self.call_id)
+        return None, text + self.flush()
 
     def take_tokens(self):
         tokens, self.tokens = self.tokens, []

@@ -13,7 +13,13 @@ Endpoints: POST /v1/completions and /v1/chat/completions (OpenAI shapes; "stream
 chunks, then `data: [DONE]`), GET /v1/models, GET /health, GET / (serve/page.html). One model per server:
 the request's "model" is not checked. The chat endpoint needs a chat model (one with chat tokens);
 completions work for any. Parameters read: messages or prompt, max_tokens (max_completion_tokens),
-temperature, top_p, n, seed, stop, logprobs and top_logprobs, stream and stream_options.include_usage.
+temperature, top_p, n, seed, stop, logprobs and top_logprobs, stream and stream_options.include_usage,
+tools and tool_choice.
+
+Tool calls (a model trained with tools, e.g. out-sft-tools) follow OpenAI's protocol: the request offers
+tools, a reply that calls returns tool_calls with finish_reason "tool_calls", and the client runs the tool
+and sends its result as a role 'tool' message; the server runs no tool for a chat completion. GET /tools
+and POST /tools/run are seedgpt's own routes (not OpenAI's): its tools, and running one, for the chat page.
 
 Concurrency: continuous batching (seedgpt/engine.py states the scheduling rule). One worker thread decodes
 up to max_batch rows in a pool of KV slots allocated at start; a request takes a free slot as soon as one
@@ -39,7 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
-from seedgpt.api import ApiError, Protocol, TextStream, chat_logprobs, completion_logprobs
+from seedgpt.api import (ApiError, Protocol, TextStream, chat_logprobs, completion_logprobs, openai_tools,
+                         run_tool_request)
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.engine import Engine, Request
@@ -88,8 +95,9 @@ async def read_body(request, limit):
 
 
 async def replies(req, text, deadline, timeout):
-    """('text', piece, tokens) as the tokens come, then ('end', finish_reason, completion_tokens); nothing
-    more if the row was cancelled. Ends the row when it stops at a stop string or on the timeout (504)."""
+    """('text', piece, tokens) as the tokens come, ('calls', tool_calls, []) if the reply calls tools, then
+    ('end', finish_reason, completion_tokens); nothing more if the row was cancelled. Ends the row when it
+    stops at a stop string or on the timeout (504)."""
     seen = 0
     try:
         while True:
@@ -103,8 +111,11 @@ async def replies(req, text, deadline, timeout):
             if item == 'cancelled':
                 return
             if isinstance(item, str):  # 'stop' (an end token) or 'length'
-                yield 'text', text.flush(), text.take_tokens()
-                yield 'end', item, seen
+                calls, piece = text.end(item)
+                yield 'text', piece, text.take_tokens()
+                if calls:
+                    yield 'calls', calls, []
+                yield 'end', 'tool_calls' if calls else 'stop' if text.stopped else item, seen
                 return
             seen += 1
             piece = text.feed(item)
@@ -197,8 +208,8 @@ def make_app(model, tok, cfg, name):
         ask = await loop.run_in_executor(None, proto.parse, raw, chat)
         deadline = time.monotonic() + cfg.timeout
         stop_ids = proto.chat_stop if chat else proto.text_stop
-        reqs = [Request(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, seed, stop_ids, ask.logprobs, loop)
-                for seed in ask.seeds]
+        reqs = [Request(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, seed, stop_ids, ask.logprobs, loop,
+                        ban_ids=ask.ban) for seed in ask.seeds]
         try:
             for r in reqs:
                 engine.submit(r)
@@ -207,13 +218,13 @@ def make_app(model, tok, cfg, name):
                 r.cancelled = True
             raise ApiError(503, f"the server is busy ({cfg.queue_size} requests waiting); retry later",
                            type='server_error', code='queue_full') from None
-        texts = [TextStream(tok, ask.stop, stop_ids) for _ in reqs]
+        texts = [TextStream(tok, ask.stop, stop_ids, ask.tools) for _ in reqs]
         events = merged([replies(r, t, deadline, cfg.timeout) for r, t in zip(reqs, texts)])
         top = {'id': f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", 'created': int(time.time()),
                'object': 'chat.completion.chunk' if chat else 'text_completion', 'model': name}
         offsets = [0] * ask.n  # where each choice's next token starts in its text (completions' logprobs)
 
-        def choice(i, text, tokens, finish, whole=False):
+        def choice(i, text, tokens, finish, whole=False, calls=None):
             lp = None
             if ask.logprobs is not None and tokens:
                 lp = chat_logprobs(tok, tokens) if chat else completion_logprobs(tok, tokens, offsets[i])
@@ -221,8 +232,10 @@ def make_app(model, tok, cfg, name):
             if not chat:
                 return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': finish}
             if whole:
-                return {'index': i, 'message': {'role': 'assistant', 'content': text}, 'logprobs': lp,
-                        'finish_reason': finish}
+                message = {'role': 'assistant', 'content': text}
+                if calls:  # the text before the call, if any; OpenAI's null when there is none
+                    message = {'role': 'assistant', 'content': text or None, 'tool_calls': calls}
+                return {'index': i, 'message': message, 'logprobs': lp, 'finish_reason': finish}
             return {'index': i, 'delta': {'content': text} if text is not None else {}, 'logprobs': lp,
                     'finish_reason': finish}
 
@@ -243,6 +256,10 @@ def make_app(model, tok, cfg, name):
                         if what == 'end':
                             n += b
                             yield data({**top, 'choices': [choice(i, None if chat else '', [], a)]})
+                        elif what == 'calls':  # each call whole, in the shape the openai client accumulates
+                            delta = {'tool_calls': [{'index': k, **c} for k, c in enumerate(a)]}
+                            yield data({**top, 'choices': [{'index': i, 'delta': delta, 'logprobs': None,
+                                                            'finish_reason': None}]})
                         elif a or (b and ask.logprobs is not None):
                             yield data({**top, 'choices': [choice(i, a, b, None)]})
                     if ask.include_usage:
@@ -255,11 +272,14 @@ def make_app(model, tok, cfg, name):
         # not streamed: nothing is sent until the end, so watch for the client hanging up meanwhile
         watch = asyncio.create_task(cancel_on_disconnect(request, reqs))
         pieces, tokens, finish, n = [[] for _ in reqs], [[] for _ in reqs], [None] * ask.n, 0
+        calls = [None] * ask.n
         try:
             async for i, (what, a, b) in events:
                 if what == 'text':
                     pieces[i].append(a)
                     tokens[i] += b
+                elif what == 'calls':
+                    calls[i] = a
                 else:
                     finish[i], n = a, n + b
         finally:
@@ -267,7 +287,7 @@ def make_app(model, tok, cfg, name):
         if None in finish:  # the client went away: nobody reads this
             return Response(status_code=499)
         return {**top, 'object': 'chat.completion' if chat else 'text_completion', 'usage': usage(n),
-                'choices': [choice(i, ''.join(pieces[i]), tokens[i], finish[i], whole=True) for i in range(ask.n)]}
+                'choices': [choice(i, ''.join(pieces[i]), tokens[i], finish[i], True, calls[i]) for i in range(ask.n)]}
 
     @app.post('/v1/completions')
     async def completions(request: HttpRequest):
@@ -281,10 +301,20 @@ def make_app(model, tok, cfg, name):
     async def models():
         return {'object': 'list', 'data': [{'id': name, 'object': 'model', 'created': 0, 'owned_by': 'seedgpt'}]}
 
+    @app.get('/tools')
+    async def tools():  # seedgpt's own route, not OpenAI's: the tools the server can run for a client
+        return {'tools': openai_tools()}
+
+    @app.post('/tools/run')
+    async def tools_run(request: HttpRequest):  # seedgpt's own route: runs one of them (the chat page's calls)
+        raw = await read_body(request, cfg.max_body)
+        return await asyncio.get_running_loop().run_in_executor(None, run_tool_request, raw)
+
     @app.get('/health')
     async def health():
-        return {'status': 'ok', 'model': name, 'chat': proto.chat_stop is not None, 'block_size': block_size,
-                'batching': cfg.batching, 'running': engine.running, 'queued': engine.pending.qsize()}
+        return {'status': 'ok', 'model': name, 'chat': proto.chat_stop is not None, 'tools': proto.call_id is not None,
+                'block_size': block_size, 'batching': cfg.batching, 'running': engine.running,
+                'queued': engine.pending.qsize()}
 
     page = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'page.html')
 

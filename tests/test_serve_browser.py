@@ -1,10 +1,12 @@
 """The chat page (serve.html) in headless Chromium, driven by Selenium through the system's chromedriver:
-a streamed reply equal to the model's own, the stop button, a second turn that carries the first."""
+a streamed reply equal to the model's own, the stop button, a second turn that carries the first; a tool call
+and its result shown apart from the replies, and the answer the model gives from the result."""
 import shutil
 import time
 
 import pytest
 from test_serve import QUESTIONS, chat_model, gated, greedy_reply, http, running  # noqa: F401  (chat_model: a fixture)
+from test_serve_tools import ADD, CONVERSATIONS, caller  # noqa: F401  (caller: a fixture)
 
 from seedgpt.chat import render_prompt
 from seedgpt.generate import stream_reply
@@ -80,3 +82,25 @@ def test_chat_page_streams_stops_and_continues(chat_model, browser, tmp_path):  
         assert (1, len(render_prompt(tok, messages))) in gate.shapes
         assert not browser.find_elements(By.CSS_SELECTOR, '.error')
         browser.save_screenshot(str(tmp_path / 'serve-chat-2.png'))
+
+
+def test_chat_page_shows_tool_calls_and_results(caller, browser, tmp_path):  # noqa: F811
+    """The page offers the server's tools; the model calls calc, the page runs it through /tools/run, shows the call
+    and the result in their own styles, sends them back, and the model's answer from the result ends the turn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    model, tok = caller
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    shown = lambda: [(e.get_attribute('class'), e.get_attribute('textContent'))  # noqa: E731
+                     for e in browser.find_elements(By.CSS_SELECTOR, '#log > div')]
+    with running(model, tok, name='tiny-tools') as url, gated(model) as gate:
+        browser.get(url + '/')
+        wait_until(lambda: 'tiny-tools' in by_id('model').text)
+        wait_until(lambda: browser.execute_script('return tools.length') == 2)  # offered once /tools has answered
+        by_id('input').send_keys(ADD[0]['content'], Keys.ENTER)
+        wait_until(lambda: len(shown()) == 4 and by_id('send').is_enabled())
+        assert shown() == [('msg user', ADD[0]['content']), ('msg call', 'calc {"expression": "48+75"}'),
+                           ('msg tool', '123'), ('msg assistant', CONVERSATIONS[0][-1]['content'])]
+        # the second request carried the call and the result as the model was taught them
+        assert (1, len(render_prompt(tok, CONVERSATIONS[0][:3]))) in gate.shapes
+        browser.save_screenshot(str(tmp_path / 'serve-tools.png'))
