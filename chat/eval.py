@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seedgpt.chat import chat_ids
+from seedgpt.chat import chat_ids, knows_tools
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
 from seedgpt.runtime import setup_runtime
@@ -55,13 +55,17 @@ def main(cfg):
     try:
         result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True, max_calls=cfg.max_calls,
                           temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
-        losses = answer_loss(model, tok, records, cfg.batch_size)
+        # the loss of the suite's own answers needs the model to read them: one from before tools cannot read
+        # a tool suite's calls and results (its accuracy, answering without tools, is still measured)
+        can_read = knows_tools(tok) or not any(r['meta'].get('tool') for r in records)
+        losses = answer_loss(model, tok, records, cfg.batch_size) if can_read else {}
     except ValueError as e:  # a question with a character the model has never seen
         raise SystemExit(f"error: {e}; was {data_dir} made with this model's tokenizer?")
     for task, row in losses.items():
         result['tasks'][task].update(row)
     for key in ('loss', 'bpb'):
-        result[key] = sum(row[key] for row in losses.values()) / max(1, len(losses))
+        if losses:
+            result[key] = sum(row[key] for row in losses.values()) / max(1, len(losses))
     if cfg.json:
         print(json.dumps({'out_dir': cfg.out_dir, 'data_dir': data_dir, 'split': cfg.split, **result}))
     else:
