@@ -6,20 +6,36 @@ and 64 concurrent clients. Then the time to first token of a chat's 5th turn, pr
 
     python -m bench.serve                                              # random baby-GPT-size models, 512 context
     python -m bench.serve --clients=16 --rounds=1 --models=base        # one row per scheme
+    python -m bench.serve --clients=16 --rounds=3 --models=chat --turns=0 --prefill_chunk=64,128   # A/B of the chunk
     python -m bench.serve --chat_dir=out-sft-tasks --base_dir=out-stdlib-char
+    python -m bench.serve --soak=600                                   # 10 minutes of load on one server: its RSS
+    python -m bench.serve --profile=True --models=base                 # where a step's time goes, 1 to 64 rows
 
 A model is a checkpoint directory, or 'random': a random model of baby-GPT size (6 layers of 384, 512
 tokens of context, a char vocabulary) written to a temporary directory. Speed does not depend on the
 weights. Requests sample at temperature 1 with a seed each, so both schemes generate the same tokens;
-the random chat model then ends a reply at its <|end|> after ~70 tokens on average, as chat models end
+the random chat model then ends a reply at a chat token after ~15 tokens on average, as chat models end
 early, while the base model (no special tokens) always runs to max_tokens.
 
-Prints per row: requests/s, output tokens/s, and the p50 and p99 of the time to first token and of the
-time between tokens (every gap between two tokens of a request, over all requests).
+Prints per row: requests/s and output tokens/s over the whole row; busy: text chunks (a token each with a char
+vocabulary) per second while every client still had a request to send, before the load drains with fewer
+clients than the row names; and the p50 and p99 of the time to first token and of the time between tokens
+(every gap between two tokens of a request, over all requests). Both schemes run the same server and the same
+engine step (seedgpt/engine.py), with the same max_batch: static only changes when requests are taken.
+
+--profile=True instead times the engine in this process, without HTTP: one decoding step with 1 to 64 rows at
+positions 5-400, split into the forward, the sampling and the rest (Python: the plan, the tensors built, the
+bookkeeping), beside a forward of the same rows without their keys (the weights alone), and a step that also
+reads a prompt chunk of prefill_chunk tokens.
+
+--soak=SECONDS instead drives one continuous-batching server (the first of --models) with the mixed load
+from the largest --clients count for that long, and samples the server process's resident memory (RSS)
+every second: it prints the RSS as the load goes on, then start, end and peak, and whether it grew.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m bench.serve ...")
 
+import itertools
 import json
 import os
 import random
@@ -59,6 +75,9 @@ class Config:
     rounds: int = 2  # static and continuous alternate this many times
     turns: int = 5  # the chat whose last turn's time to first token is measured (0: skip)
     seed: int = 0
+    prefill_chunk: str = '128'  # the server's prompt tokens per step beside decoding rows; '64,128': a row for each
+    profile: bool = False  # instead of the table, time the engine's steps in this process, 1 to 64 rows
+    soak: float = 0  # seconds: instead of the table, load one server this long and watch its RSS (0: off)
 
 
 def random_checkpoint(out_dir, chat):
@@ -93,19 +112,24 @@ def mixed_load(out_dir, chat, n, seed):
 
 def load_test(url, clients, asks, time_limit=300.0):
     """Send `asks` ((path, body) pairs, streamed) from `clients` threads, each back to back, stopping early at
-    time_limit. Returns {'requests', 'errors', 'seconds', 'tokens', 'ttft', 'tbt', 'latency'}: ttft and latency
-    one per request, tbt one per gap between two tokens of a request, in seconds."""
+    time_limit. Returns {'requests', 'errors', 'seconds', 'tokens', 'ttft', 'tbt', 'latency', 'busy_seconds',
+    'busy_pieces'}: ttft and latency one per request, tbt one per gap between two tokens of a request, in seconds;
+    busy_seconds is how long every client had a request to send (until the first found none left: after it,
+    the load drains with fewer clients), busy_pieces the text chunks streamed in that time."""
     import httpx
     todo = iter(asks)
     lock = threading.Lock()
-    r = {'requests': 0, 'errors': [], 'tokens': 0, 'ttft': [], 'tbt': [], 'latency': []}
+    r = {'requests': 0, 'errors': [], 'tokens': 0, 'ttft': [], 'tbt': [], 'latency': [], 'times': []}
     t_end = time.perf_counter() + time_limit
+    busy_end = [t_end]
 
     def client():
         with httpx.Client(base_url=url, timeout=time_limit, trust_env=False) as http:
             while time.perf_counter() < t_end:
                 with lock:
                     ask = next(todo, None)
+                    if ask is None:
+                        busy_end[0] = min(busy_end[0], time.perf_counter())
                 if ask is None:
                     return
                 path, body = ask
@@ -130,12 +154,15 @@ def load_test(url, clients, asks, time_limit=300.0):
                     r['ttft'].append((times[0] if times else t1) - t0)  # an empty reply's first token is its end
                     r['tbt'] += [b - a for a, b in zip(times, times[1:])]
                     r['latency'].append(t1 - t0)
+                    r['times'] += times
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         for f in [pool.submit(client) for _ in range(clients)]:
             f.result()
     r['seconds'] = time.perf_counter() - t0
+    end = min(busy_end[0], t0 + r['seconds'])
+    r['busy_seconds'], r['busy_pieces'] = end - t0, sum(t <= end for t in r.pop('times'))
     return r
 
 
@@ -149,10 +176,16 @@ class Server:
     def __init__(self, cfg, out_dir, **settings):
         import httpx
         settings = dict(out_dir=out_dir, port=cfg.port, max_batch=cfg.max_batch, device=cfg.device, dtype=cfg.dtype,
-                        quant=cfg.quant, threads=cfg.threads, queue_size=256, timeout=600, **settings)
+                        quant=cfg.quant, threads=cfg.threads, prefill_chunk=cfg.prefill_chunk.split(',')[0],
+                        queue_size=256, timeout=600) | settings
         args = [sys.executable, '-m', 'serve.server'] + [f'--{k}={v}' for k, v in settings.items()]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
         self.url = f'http://127.0.0.1:{cfg.port}'
+        try:  # a server already there would answer the health checks below in place of ours
+            httpx.get(self.url + '/health', trust_env=False)
+            raise SystemExit(f"error: something already listens on port {cfg.port}: pick another with --port")
+        except httpx.HTTPError:
+            pass
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
         for _ in range(600):
             try:
                 if httpx.get(self.url + '/health', trust_env=False).status_code == 200:
@@ -191,6 +224,104 @@ def fifth_turn(url, turns, seed):
     return ttft
 
 
+def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
+    """The median time of a decoding step of B rows, split into forward, sampling and the rest."""
+    from seedgpt.checkpoint import load_model
+    from seedgpt.engine import Engine, Request
+    from seedgpt.runtime import setup_runtime
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))  # as the server does
+    model, tok = load_model(out_dir, rt.device, rt.ptdtype, cfg.quant)
+    rnd = random.Random(cfg.seed)
+    chunk_size = int(cfg.prefill_chunk.split(',')[0])
+    times = {}
+    model_forward = model.forward
+
+    def timed(fn, key):  # fn, adding its time to times[key]
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            times[key] = times.get(key, 0.0) + time.perf_counter() - t
+            return out
+        return run
+    print(f"# one decoding step, {rt.dtype}, {torch.get_num_threads()} torch threads, rows at positions 5-400; "
+          f"median of {steps} steps, ms")
+    print(f"{'rows':>4} {'step':>6} {'forward':>8} {'sample':>7} {'rest':>6} {'no keys':>8} {'+chunk':>7}")
+    for B in sizes:
+        engine = Engine(model, tok.vocab_size, max_batch=B + 1, prefill_chunk=chunk_size)
+        reqs = [Request([rnd.randrange(tok.vocab_size) for _ in range(rnd.randint(5, 400))], 10 ** 6, temperature=1.0,
+                        seed=b) for b in range(B)]
+        for r in reqs:
+            engine.submit(r)
+        while engine.d < B:
+            engine.step()
+        rows = {'step': [], 'forward': [], 'sample': [], 'no keys': [], '+chunk': []}
+        model.forward, engine.sample = timed(model_forward, 'forward'), timed(engine.sample, 'sample')
+        dense = torch.randint(0, tok.vocab_size, (B, 1), device=rt.device)
+        for i in range(steps + 2):
+            times.clear()
+            t = time.perf_counter()
+            engine.step()
+            rows['step'].append(time.perf_counter() - t)
+            rows['forward'].append(times['forward'])
+            rows['sample'].append(times['sample'])
+            t = time.perf_counter()
+            with torch.no_grad():
+                model_forward(dense)
+            rows['no keys'].append(time.perf_counter() - t)
+            chunk = Request([rnd.randrange(tok.vocab_size) for _ in range(chunk_size + 1)], 1, temperature=1.0)
+            engine.submit(chunk)  # the step that reads it: B decoding rows and one chunk
+            t = time.perf_counter()
+            engine.step()
+            rows['+chunk'].append(time.perf_counter() - t)
+            chunk.cancelled = True
+        model.forward = model_forward
+        ms = {k: 1000 * statistics.median(v[2:]) for k, v in rows.items()}
+        print(f"{B:4d} {ms['step']:6.1f} {ms['forward']:8.1f} {ms['sample']:7.2f} "
+              f"{ms['step'] - ms['forward'] - ms['sample']:6.2f} {ms['no keys']:8.1f} {ms['+chunk']:7.1f}", flush=True)
+
+
+def rss_mb(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:')) / 1024
+
+
+def soak(cfg, kind, out_dir, clients):
+    """Load one continuous server for cfg.soak seconds with the mixed load; sample its RSS every second."""
+    server = Server(cfg, out_dir, batching='continuous')
+    with server as url:
+        pid = server.proc.pid
+        # warm up at full load: the allocator's pools, the threads and the connections' buffers settle
+        load_test(url, clients, mixed_load(out_dir, kind == 'chat', 2 * clients, cfg.seed + 1))
+        samples, done = [], threading.Event()
+
+        def watch():
+            t0 = time.perf_counter()
+            while not done.wait(1.0):
+                samples.append((time.perf_counter() - t0, rss_mb(pid)))
+                if len(samples) % max(1, int(cfg.soak / 10)) == 0:
+                    print(f"  {samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MB", flush=True)
+        start = rss_mb(pid)
+        print(f"# soak: {kind} model, {clients} clients, {cfg.soak:g} s, continuous batching, max_batch "
+              f"{cfg.max_batch}; server RSS after warm-up {start:.1f} MB", flush=True)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        asks = itertools.cycle(mixed_load(out_dir, kind == 'chat', 4096, cfg.seed))  # seeds repeat after 4096
+        r = load_test(url, clients, asks, time_limit=cfg.soak)
+        done.set()
+        watcher.join()
+        end = rss_mb(pid)
+    rss = [m for _, m in samples]
+    tenth = max(1, len(rss) // 10)
+    # the first tenth is the load's own ramp; a leak keeps growing through the second half, a high-water mark does not
+    second, middle, last = (statistics.mean(rss[a:a + tenth]) for a in (tenth, len(rss) // 2 - tenth, len(rss) - tenth))
+    print(f"requests {r['requests']} ({len(r['errors'])} errors), {r['tokens']} tokens in {r['seconds']:.0f} s; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"RSS start {start:.1f} MB, end {end:.1f} MB, peak {max(rss + [end]):.1f} MB; "
+          f"from the second tenth to the last {last - second:+.1f} MB, over the second half {last - middle:+.1f} MB: "
+          + ("grows" if last - middle > max(4.0, 0.01 * middle) else "flat in the second half (within 4 MB or 1%)"))
+
+
 def main(cfg):
     tmp = tempfile.TemporaryDirectory()
     dirs = {}
@@ -200,20 +331,35 @@ def main(cfg):
     clients = [int(c) for c in cfg.clients.split(',')]
     cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')), '?')
     print(f"# {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; max_batch {cfg.max_batch}, "
-          f"{cfg.requests} requests per client per row; prompts of 5-200 tokens, max_tokens 8-200, temperature 1")
-    print(f"{'model':>5} {'batching':>10} {'clients':>7} {'req/s':>7} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
-          f"{'tbt p50':>8} {'tbt p99':>8}")
+          f"prefill_chunk {cfg.prefill_chunk}; load average {os.getloadavg()[0]:.2f} at start")
+    if cfg.profile:
+        for kind, out_dir in dirs.items():
+            print(f"\n# {kind} model")
+            profile_steps(cfg, out_dir)
+        tmp.cleanup()
+        return
+    if cfg.soak:
+        kind = next(iter(dirs))
+        soak(cfg, kind, dirs[kind], max(clients))
+        tmp.cleanup()
+        return
+    print(f"# {cfg.requests} requests per client per row; prompts of 5-200 tokens, max_tokens 8-200, temperature 1")
+    print(f"{'model':>5} {'batching':>10} {'clients':>7} {'req/s':>7} {'tok/s':>7} {'busy':>7} {'ttft p50':>9} "
+          f"{'ttft p99':>9} {'tbt p50':>8} {'tbt p99':>8}")
     ms = lambda xs, p: f"{1000 * percentile(xs, p):7.0f}ms"  # noqa: E731
     for _ in range(cfg.rounds):
         for kind, out_dir in dirs.items():
-            for batching in ('static', 'continuous'):
-                with Server(cfg, out_dir, batching=batching) as url:
+            chunks = cfg.prefill_chunk.split(',')
+            for batching, chunk in [('static', chunks[0])] + [('continuous', c) for c in chunks]:
+                name = f"cont/{chunk}" if batching == 'continuous' and len(chunks) > 1 else batching
+                with Server(cfg, out_dir, batching=batching, prefill_chunk=chunk) as url:
                     load_test(url, 4, mixed_load(out_dir, kind == 'chat', 8, cfg.seed + 1))  # warm up
                     for c in clients:
                         asks = mixed_load(out_dir, kind == 'chat', max(16, c * cfg.requests), cfg.seed)
                         r = load_test(url, c, asks)
-                        print(f"{kind:>5} {batching:>10} {c:7d} {r['requests'] / r['seconds']:7.2f} "
-                              f"{r['tokens'] / r['seconds']:7.0f} {ms(r['ttft'], 50)} {ms(r['ttft'], 99)} "
+                        print(f"{kind:>5} {name:>10} {c:7d} {r['requests'] / r['seconds']:7.2f} "
+                              f"{r['tokens'] / r['seconds']:7.0f} {r['busy_pieces'] / r['busy_seconds']:7.0f} "
+                              f"{ms(r['ttft'], 50)} {ms(r['ttft'], 99)} "
                               f"{ms(r['tbt'], 50)} {ms(r['tbt'], 99)}"
                               + (f"  ({len(r['errors'])} errors)" if r['errors'] else ''), flush=True)
     if cfg.turns and 'chat' in dirs:

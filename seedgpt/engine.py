@@ -24,12 +24,16 @@ The scheduling rule, at each step:
   4. each row that has fed all its ids samples its next token; a row that has just read its prompt
      joins the decoding rows for the next step.
 A row ends at a stop id, at max_tokens, when cancelled, or when it fails; its slot is free at once.
+prefill_chunk trades time between tokens for admissions: at 64, 16 chat clients (~100-token prompts, ~15-token
+replies) asked for more prompt tokens per step than it let in, and the decoding rows ran half full
+(docs/serving.md).
 Every row has its own positions and sees only its own keys (SlotCache), so a request that fits
 in block_size alone fits in any batch, and at temperature 0 gets the tokens it gets alone.
 A forward or sampling that fails is retried row by row: only the row that fails alone ends.
 
 static=True is the scheme this replaces, kept to compare against (bench/serve.py): requests are taken
-only when no row is running, and their prompts are read whole.
+only when no row is running, and their prompts are read whole. It runs the same step(), forward and
+sampling: a faster step speeds up both schemes alike.
 """
 import asyncio
 import itertools
@@ -120,14 +124,16 @@ class Request:
     out receives a Token per generated id, then one finish reason: 'stop' (a stop id, sent before it),
     'length' (max_tokens), 'cancelled' or 'error'. With an asyncio loop, out is an asyncio.Queue filled
     from the worker thread through that loop; without one, a thread-safe queue.SimpleQueue.
+    ban_ids: ids never generated: their logits are -inf before sampling (and in the logprobs reported).
     """
 
     def __init__(self, prompt, max_tokens, temperature=1.0, top_p=1.0, seed=None, stop_ids=(), logprobs=None,
-                 loop=None):
+                 loop=None, ban_ids=()):
         self.prompt, self.max_tokens = list(prompt), max_tokens
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.logprobs = logprobs  # None, or how many top alternatives to report with each token's logprob
         self.stop_ids = frozenset(stop_ids)
+        self.ban_ids = sorted(set(ban_ids))
         self.rng = random.Random(seed)  # one uniform number per token: the same draws however it is batched
         self.ids = list(prompt)  # the prompt, then the generated ids
         self.fed = 0  # how many of ids have their keys and values in the slot
@@ -171,7 +177,7 @@ def sample_rows(logits, temperature, top_p, uniform):
 
 class Engine:
 
-    def __init__(self, model, vocab_size, max_batch=16, queue_size=64, prefill_chunk=64, prefix_cache=True,
+    def __init__(self, model, vocab_size, max_batch=16, queue_size=64, prefill_chunk=128, prefix_cache=True,
                  static=False):
         self.model, self.vocab_size = model, vocab_size
         self.device = model.lm_head.weight.device
@@ -310,6 +316,10 @@ class Engine:
 
     def sample(self, rows, logits):
         """A Token for each row from its logits (B, V): one batched sampling and one transfer for all rows."""
+        banned = [(b, i) for b, r in enumerate(rows) for i in r.ban_ids if i < logits.size(-1)]
+        if banned:  # one masked write for all rows' banned ids
+            b, i = torch.tensor(banned, device=logits.device).unbind(1)
+            logits[b, i] = float('-inf')
         if max(r.temperature for r in rows) < GREEDY_BELOW:
             ids = logits.argmax(dim=-1)  # all greedy (and no draws, as alone)
         else:

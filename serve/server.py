@@ -65,7 +65,7 @@ class Config:
     max_n: int = 16  # the most samples (n) one request may ask for; each takes a row
     max_body: int = 1 << 20  # bytes; a larger request body gets 413 before it is read whole
     batching: str = 'continuous'  # 'continuous', or 'static' (the old scheme, to compare: a batch runs to its end)
-    prefill_chunk: int = 64  # prompt tokens read per step while others decode: a long prompt delays them by chunks
+    prefill_chunk: int = 128  # prompt tokens read per step while others decode: a long prompt delays them by chunks
     prefix_cache: bool = True  # reuse a slot's cached keys and values for a prompt that starts with its tokens
     threads: int = 0  # torch threads; 0: one less than the cores this process may use (one is left to HTTP), at least 1
     timeout: float = 60.0  # seconds a request may take, waiting in the queue included

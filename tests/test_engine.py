@@ -237,3 +237,25 @@ def test_seeded_sampling_is_the_same_batched_and_alone():
     assert [sampled([m])[0] for m in mix] == together
     assert len({tuple(t[0] for t in o) for o in together}) == len(mix)
     assert all(len(i[2]) == 3 and i[2][0][1] >= i[1] for o in together for i in o)
+
+
+def test_banned_ids_are_never_generated():
+    """A row's ban_ids are never sampled, greedy or not, even where one is the argmax; its neighbours, which
+    ban nothing, still get their tokens as alone."""
+    model = tiny()
+    rnd = random.Random(6)
+    prompts = [[rnd.randrange(V) for _ in range(rnd.randint(2, 10))] for _ in range(4)]
+    firsts = [alone(model, p, 1)[0][0] for p in prompts]
+    engine = Engine(model, V, max_batch=4, prefill_chunk=5)
+    free = Request(prompts[0], 12, temperature=0)
+    greedy = Request(prompts[1], 12, temperature=0, ban_ids=[firsts[1], 3])  # its own argmax, at the first token
+    hot = Request(prompts[2], 12, temperature=1.5, seed=0, ban_ids=range(0, V, 2))
+    for r in (free, greedy, hot):
+        engine.submit(r)
+    while not all(r.ended for r in (free, greedy, hot)):
+        engine.step()
+    assert drain(free) == alone(model, prompts[0], 12)
+    tokens, _ = drain(greedy)
+    assert tokens[0] != firsts[1] and not {firsts[1], 3} & set(tokens) and len(tokens) == 12
+    tokens, _ = drain(hot)
+    assert all(i % 2 for i in tokens) and len(tokens) == 12
