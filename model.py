@@ -75,27 +75,25 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, for one-token-at-a-time decoding.
+    """Keys and values of the tokens seen so far, for one-token-at-a-time decoding.
 
-    Buffers of the full context are allocated once and filled in place: growing them token by
-    token would allocate (and page-fault) new memory at every step.
+    One buffer of the full context for every layer, allocated once and filled in place: growing it token by
+    token would allocate (and page-fault) new memory at every step. Its layout is seedgpt/engine.py's
+    SlotCache's: (layer, k or v, B, nh, block_size, hs), so a layer's new keys and values go in with one copy.
     """
 
     def __init__(self, n_layer, block_size):
-        self.layers = [None] * n_layer
-        self.block_size = block_size
+        self.kv = None
+        self.n_layer, self.block_size = n_layer, block_size
         self.pos = 0  # how many tokens the cache holds
 
-    def update(self, i, k, v):
-        # k, v: (B, nh, T, hs) for the new tokens; returns all keys and values so far
-        if self.layers[i] is None:
-            B, nh, _, hs = k.shape
-            self.layers[i] = (k.new_empty(B, nh, self.block_size, hs), v.new_empty(B, nh, self.block_size, hs))
-        K, V = self.layers[i]
-        end = self.pos + k.size(2)
-        K[:, :, self.pos:end] = k
-        V[:, :, self.pos:end] = v
-        return K[:, :, :end], V[:, :, :end]  # (B, nh, pos + T, hs)
+    def update(self, i, kv):
+        # kv: (2, B, nh, T, hs), the new tokens' keys and values; returns layer i's keys and values so far
+        if self.kv is None:
+            self.kv = kv.new_empty(self.n_layer, *kv.shape[:3], self.block_size, kv.size(-1))
+        end = self.pos + kv.size(3)
+        self.kv[i, :, :, :, self.pos:end] = kv
+        return self.kv[i, :, :, :, :end].unbind(0)  # K, V: (B, nh, pos + T, hs) each
 
 
 class CausalSelfAttention(nn.Module):
@@ -111,10 +109,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache=None, layer=0, mask=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        # q, k, v side by side, split into heads by one view: fewer ops per layer, which is what a one-token
+        # decoding step spends its time on besides reading the weights
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        q, k, v = qkv.unbind(0)  # (B, nh, T, hs) each
         if self.qk_norm:
             # epsilon 1e-5 as in the other norms, and as Qwen3's q_norm/k_norm: export then maps it exactly
             q, k = F.rms_norm(q, (q.size(-1),), eps=1e-5), F.rms_norm(k, (k.size(-1),), eps=1e-5)
@@ -126,7 +124,9 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if cache is not None:
             past = cache.pos
-            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+            # keys and values as one (2, B, nh, T, hs) block; rope and qk_norm made new keys: stack them
+            kv = torch.stack((k, v)) if self.qk_norm or rope is not None else qkv[1:]
+            k, v = cache.update(layer, kv)  # (B, nh, past + T, hs) each
         # who may attend to whom: query i (of the T new tokens) sees keys 0 .. past + i
         if mask is not None:
             causal = False  # left-padded rows: the caller's mask (B, 1, T, past + T) also hides the padding
@@ -297,7 +297,7 @@ class GPT(nn.Module):
             values = self.value_head(x).squeeze(-1).float() if self.value_head is not None else None
             return logp * (targets != -1), values
         if targets is None:  # only the next token is needed: (B, 1, V), or a packed row's each (1, rows, V)
-            return self.lm_head(x[:, getattr(cache, 'last', [-1]), :])[..., :V], None
+            return self.lm_head(x[:, getattr(cache, 'last', slice(-1, None)), :])[..., :V], None  # a slice: no copy
         logits = self.lm_head(x)[..., :V]  # the padding's ids are never right: keep them out of the softmax
         loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -337,7 +337,6 @@ class GPT(nn.Module):
         """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
         return self.flops_per_token() * tokens_per_second / peak_flops
 
-    @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                         use_cache=True, generator=None, compile=False, pad=None):
         """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
@@ -349,7 +348,7 @@ class GPT(nn.Module):
         Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so
         every token sees at least half a context. The uncached path (use_cache=False) recomputes the
         same window each step, so both give the same tokens. compile=True runs the one-token steps
-        through torch.compile: one call per token instead of ~200 small ops (about a minute to compile).
+        through torch.compile: one call per token instead of ~150 small ops (about a minute to compile).
         """
         bs = self.config.block_size
         B, T = idx.shape
@@ -367,14 +366,18 @@ class GPT(nn.Module):
                 # window recomputes it once per block_size // 2 tokens, and each token still sees at least
                 # half a context
                 start = t - bs // 2
-            if not use_cache:
-                logits, _ = self(ids[:, start:t], pad=pad)
-            elif window != start:  # (re)fill the cache with the whole window
-                cache, window = KVCache(self.config.n_layer, bs), start
-                logits, _ = self(ids[:, start:t], cache=cache, pad=pad)
-            else:
-                logits, _ = step(ids[:, t - 1:t], cache=cache, pad=pad)
-            ids[:, t:t + 1] = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            # inference mode, not just no_grad: each op skips autograd's bookkeeping, and a one-token step is
+            # ~150 small ops. Entered per step, not around the yield: the caller's code stays in its own mode,
+            # and ids, made outside, is a plain tensor that autograd may use
+            with torch.inference_mode():
+                if not use_cache:
+                    logits, _ = self(ids[:, start:t], pad=pad)
+                elif window != start:  # (re)fill the cache with the whole window
+                    cache, window = KVCache(self.config.n_layer, bs), start
+                    logits, _ = self(ids[:, start:t], cache=cache, pad=pad)
+                else:
+                    logits, _ = step(ids[:, t - 1:t], cache=cache, pad=pad)
+                ids[:, t:t + 1] = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
             yield ids[:, t:t + 1]
 
     def generate(self, idx, max_new_tokens, **kwargs):

@@ -5,6 +5,8 @@ Measure seedgpt on this machine, side by side with nanoGPT, and print the result
     python -m bench.speed --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
     python -m bench.speed --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
     python -m bench.speed --only=train,sample --quick                # some sections, fewer and shorter rounds
+    python -m bench.speed --only=sample --nanogpt=/path/to/nanoGPT --threads=1 --sample_others=False --sample_compile=False
+                                                                     # the default decoding path vs nanoGPT alone
     python -m bench.speed --only=quant --quant_out_dir=out-shakespeare-char-cpu  # int8's val-loss change
     python -m bench.speed --only=quant --quant_out_dir=out-stdlib-char-fp32,out-stdlib-char-bf16:bfloat16,out-stdlib-char-int8
     python -m bench.speed --help                                     # every setting
@@ -57,6 +59,8 @@ class Config:
     copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
     compile: bool = False  # also time seedgpt under torch.compile (the first steps compile: minutes on a CPU)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda'; prepare always runs on the CPU
+    threads: int = 0  # torch threads; 0 keeps torch's default (one per core). 1 on a CPU shared with other jobs
+    sample_others: bool = True  # also time no cache, bf16 and int8 weights; False: the default path vs nanoGPT only
     out: str = ''  # also write the tables to this markdown file
 
 
@@ -212,9 +216,11 @@ def bench_sample(cfg, rt, impls):
     prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)  # a 1-token prompt, batch 1
     kw = dict(temperature=1.0, top_k=200)  # nanoGPT's sample.py defaults
     # (model, label, weights, generate's extra arguments); activations are fp32 unless the weights are bf16
-    cases = [(impls[0], 'cache', 'fp32', dict(use_cache=True)), (impls[0], 'no cache', 'fp32', dict(use_cache=False)),
-             (impls[0], 'cache', 'bf16', dict(use_cache=True)),  # what sample.py does on a bf16 CPU
-             (impls[0], 'cache', 'int8', dict(use_cache=True))]
+    cases = [(impls[0], 'cache', 'fp32', dict(use_cache=True))]  # sample.py's default path, with fp32 weights
+    if cfg.sample_others:
+        cases += [(impls[0], 'no cache', 'fp32', dict(use_cache=False)),
+                  (impls[0], 'cache', 'bf16', dict(use_cache=True)),  # what sample.py does on a bf16 CPU
+                  (impls[0], 'cache', 'int8', dict(use_cache=True))]
     if cfg.sample_compile:
         cases += [(impls[0], 'cache, compiled', w, dict(use_cache=True, compile=True)) for w in ('fp32', 'int8')]
     cases += [(impl, '(its own)', 'fp32', {}) for impl in impls[1:]]
@@ -252,11 +258,20 @@ def bench_sample(cfg, rt, impls):
     for key, tok_s in speeds.items():
         vs = [f"{tok_s / base:.1f}x", f"{fastest[key] / base_fast:.1f}x"] if base else ['', '']
         rows.append([*key, f"{tok_s:,.1f}", f"{fastest[key]:,.1f}", *vs])
-    speedup = speeds[('seedgpt', 'cache', 'fp32')] / speeds[('seedgpt', 'no cache', 'fp32')]
+    default, nano = ('seedgpt', 'cache', 'fp32'), ('nanoGPT', '(its own)', 'fp32')
+    summary = ''
+    if nano in times:
+        # each round's ratio: the two ran back to back, so a change in other load hits both alike
+        paired = statistics.median(a / b for a, b in zip(times[nano], times[default]))
+        summary = (f"\n\nDefault decoding path (KV cache, fp32 weights and activations, eager) vs nanoGPT's sample.py: "
+                   f"**{speeds[default] / base:.1f}x** on the medians ({speeds[default]:,.1f} vs {base:,.1f} tok/s), "
+                   f"{paired:.1f}x the median of each round's ratio, {fastest[default] / base_fast:.1f}x on the fastest rounds.")
+    if ('seedgpt', 'no cache', 'fp32') in speeds:
+        summary += f"\n\nKV cache speedup over no cache (fp32): {speeds[default] / speeds[('seedgpt', 'no cache', 'fp32')]:.1f}x."
 
     # greedy decoding must not depend on the cache (also after the window jumps past block_size), nor on compiling
     checks = []
-    for weights in ('fp32', 'int8'):
+    for weights in ('fp32', 'int8') if cfg.sample_others else ('fp32',):
         model = models[keys.index(('seedgpt', 'cache', weights))]
         log(f"sample: greedy checks, {weights}, {n} tokens")
         a = model.generate(prompt, n, temperature=0.0, use_cache=True)
@@ -268,12 +283,11 @@ def bench_sample(cfg, rt, impls):
     bs = shape['block_size']
     where = f"crossing block_size {bs}" if n > bs else f"within block_size {bs}: pass more to test the window"
     out = (f"### sampling: baby model (random init), batch 1, 1-token prompt, {n} new tokens, temperature 1, top_k 200 "
-           f"(median of {cfg.sample_rounds} runs; other processes used {statistics.median(busy):.1f} cores in the "
-           f"median round)\n\n" +
+           f"(median of {cfg.sample_rounds} alternated runs, {torch.get_num_threads()} torch threads; other processes "
+           f"used {statistics.median(busy):.1f} cores in the median round)\n\n" +
            markdown_table(['model', 'KV cache', 'weights', 'tokens/s (median)', 'tokens/s (fastest)', 'vs nanoGPT (medians)',
-                  'vs nanoGPT (fastest)'], rows) +
-           f"\n\nKV cache speedup over no cache (fp32): {speedup:.1f}x. Greedy (temperature 0) tokens, {n} tokens "
-           f"({where}): " + '; '.join(checks))
+                  'vs nanoGPT (fastest)'], rows) + summary +
+           f"\n\nGreedy (temperature 0) tokens, {n} tokens ({where}): " + '; '.join(checks))
     return out
 
 
@@ -344,6 +358,8 @@ def main(cfg):
         raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare "
                          "(checkpoints are compared by python -m bench.checkpoints)")
     rt = setup_runtime(cfg.device, 'float32')
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     impls = [Impl('seedgpt', seedgpt_model)]
     if cfg.nanogpt:
         impls.append(Impl('nanoGPT', load_nanogpt(cfg.nanogpt)))

@@ -36,7 +36,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    # torch.multinomial's own draw for one sample, every row at once: argmax(p / q) with q ~ Exp(1), which is
+    # the Gumbel-max trick. Written out, it skips multinomial's checks of the probabilities: a few ops per
+    # token on a CPU, and on a GPU two waits for the device. The same generator gives the same tokens.
+    q = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / q).argmax(dim=-1, keepdim=True)
 
 
 

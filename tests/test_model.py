@@ -120,6 +120,33 @@ def test_sampled_generation_cached_equals_uncached():
     assert torch.equal(a, b)
 
 
+def test_sample_next_draws_as_multinomial():
+    """sample_next writes out torch.multinomial's one-sample draw: the same generator gives the same tokens."""
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(15)) * 3
+    for top_k, top_p in [(None, None), (5, None), (None, 0.8)]:
+        for seed in range(20):
+            picked = sample_next(logits, 0.7, top_k, top_p, generator=torch.Generator().manual_seed(seed))
+            probs = F.softmax(logits / 0.7, dim=-1)
+            if top_k:
+                probs = F.softmax((logits / 0.7).masked_fill(logits < logits.topk(top_k).values[:, -1:], float('-inf')), -1)
+            if top_p:
+                p, order = probs.sort(dim=-1, descending=True)
+                probs = probs.scatter(-1, order, p.masked_fill(p.cumsum(-1) - p > top_p, 0.0))
+            assert torch.equal(picked, torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_generated_ids_are_plain_tensors():
+    """The steps run in inference mode, the caller's code does not: its grad mode is kept, and the ids it gets
+    can feed a forward that trains."""
+    model = tiny_model()
+    with torch.enable_grad():
+        for next_id in model.generate_stream(torch.zeros((1, 1), dtype=torch.long), 3):
+            assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            assert not next_id.is_inference()
+    _, loss = model(next_id, next_id)
+    loss.backward()
+
+
 def test_top_k_1_is_greedy():
     logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(7))
     greedy = sample_next(logits, temperature=0)
