@@ -25,7 +25,7 @@ batch_size = 32
 
 pos = 'rope'
 norm = 'rms'
-mlp = 'relu2'
+mlp = 'swiglu'  # as config/stdlib_char.py: it beat relu2 at equal time, and the model exports to Llama/Qwen3
 qk_norm = True
 muon_lr = 0.02
 
