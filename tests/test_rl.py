@@ -696,7 +696,7 @@ def test_val_is_watched_and_test_answered_once_at_the_end(suite, tmp_path, monke
     _, data, sft = suite
     split_of = {json.dumps(r['messages'][:-1]): split for split in ('train', 'val', 'test')
                 for r in records(data, split)}
-    events, real_accuracy, real_generate = [], rl.accuracy, rl.generate_replies
+    events, real_accuracy, real_generate = [], rl.accuracy, rl.generate_with_tools
 
     def watched(model, tok, recs, *args, **kwargs):
         events.append((split_of[json.dumps(recs[0]['messages'][:-1])], len(recs)))
@@ -708,7 +708,7 @@ def test_val_is_watched_and_test_answered_once_at_the_end(suite, tmp_path, monke
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(rl, 'accuracy', watched)
-    monkeypatch.setattr(rl, 'generate_replies', rollouts)
+    monkeypatch.setattr(rl, 'generate_with_tools', rollouts)
     out = tmp_path / 'out'
     result = rl.main(load_config(rl.Config, TINY_RL + [f'--out_dir={out}', f'--init_from={sft}', f'--data_dir={data}',
                                                        '--max_iters=4', '--eval_interval=2', '--eval_examples=3']))

@@ -91,8 +91,9 @@ def test_chat_page_shows_tool_calls_and_results(caller, browser, tmp_path):  # n
     from selenium.webdriver.common.keys import Keys
     model, tok = caller
     by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
-    shown = lambda: [(e.get_attribute('class'), e.get_attribute('textContent'))  # noqa: E731
-                     for e in browser.find_elements(By.CSS_SELECTOR, '#log > div')]
+    # read in one script, so that the page re-rendering between two reads cannot leave a stale element
+    shown = lambda: [tuple(row) for row in browser.execute_script(  # noqa: E731
+        "return [...document.querySelectorAll('#log > div')].map(e => [e.getAttribute('class'), e.textContent])")]
     with running(model, tok, name='tiny-tools') as url, gated(model) as gate:
         browser.get(url + '/')
         wait_until(lambda: 'tiny-tools' in by_id('model').text)
