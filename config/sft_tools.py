@@ -3,7 +3,7 @@
 
     python -m prepare.tasks --tools --digits=6 && python train.py config/sft_tools.py
     python -m chat.eval --out_dir=out-sft-tools                  # accuracy per task and digits, tool use
-    python -m chat.talk --out_dir=out-sft-tools --prompt="What is 48213*9127?"
+    python -m chat.talk --out_dir=out-sft-tools --prompt="What is 48213*91275?"
 
 The same model and time budget as config/sft_tasks.py; longer conversations (a call, the tool's
 result, the answer), so a longer block. The loss covers the calls and the answers, never the results

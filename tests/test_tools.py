@@ -209,7 +209,8 @@ def test_eval_reports_tools_and_digits(tool_model):
     assert 'tool called where needed' in table.stdout and 'digits' in table.stdout, table.stdout
 
 
-def test_rl_rollouts_run_tools_and_keep_results_out_of_the_loss(tool_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize('algo', ['ppo', 'grpo'])
+def test_rl_rollouts_run_tools_and_keep_results_out_of_the_loss(tool_model, tmp_path, monkeypatch, algo):
     from feedback import rl
     from seedgpt.config import load_config
     from seedgpt.policy import as_batch
@@ -229,7 +230,7 @@ def test_rl_rollouts_run_tools_and_keep_results_out_of_the_loss(tool_model, tmp_
     cfg = load_config(rl.Config, ['--device=cpu', '--dtype=float32', f'--init_from={out}', f'--ref_dir={out}',
                                   f'--data_dir={data}', f'--out_dir={tmp_path / "rl"}', '--max_iters=1',
                                   '--prompts_per_step=4', '--group_size=2', '--max_new_tokens=24', '--minibatch_size=8',
-                                  '--eval_examples=4', '--log_interval=1', '--max_calls=2'])
+                                  '--eval_examples=4', '--log_interval=1', '--max_calls=2', f'--algo={algo}'])
     result = rl.main(cfg)
     assert 0 <= result['test_accuracy'] <= 1 and (tmp_path / 'rl' / 'ckpt.pt').exists()
     assert any(t.called for traces in seen for t in traces)  # the rollouts (and evals) ran the tools
