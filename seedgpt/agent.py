@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 
 from seedgpt.chat import chat_ids, knows_tools, parse_reply
-from seedgpt.generate import generate_replies
+from seedgpt.generate import generate_replies, reply_text
 from seedgpt.tools import ToolError, call_text, run_tool
 
 
@@ -58,9 +58,8 @@ def generate_with_tools(model, tok, prompts, max_new_tokens, max_calls=3, **samp
 
     max_new_tokens bounds each round's reply; the whole trace stays within the model's block_size."""
     if not knows_tools(tok):  # a model from before tools: one round, as generate_replies
-        return [Trace(ids=r, mask=[1] * len(r), answer=tok.decode([i for i in r if i < tok.vocab_size
-                                                                    and i not in chat_ids(tok).values()]))
-                for r in generate_replies(model, tok, prompts, max_new_tokens, **sampling)]
+        texts = [(r, reply_text(tok, r)) for r in generate_replies(model, tok, prompts, max_new_tokens, **sampling)]
+        return [Trace(ids=r, mask=[1] * len(r), answer=a, messages=[{'role': 'assistant', 'content': a}]) for r, a in texts]
     call_id, block = chat_ids(tok)['call'], model.config.block_size
     traces = [Trace() for _ in prompts]
     active = list(range(len(prompts)))

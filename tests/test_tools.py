@@ -234,3 +234,12 @@ def test_rl_rollouts_run_tools_and_keep_results_out_of_the_loss(tool_model, tmp_
     result = rl.main(cfg)
     assert 0 <= result['test_accuracy'] <= 1 and (tmp_path / 'rl' / 'ckpt.pt').exists()
     assert any(t.called for traces in seen for t in traces)  # the rollouts (and evals) ran the tools
+
+
+def test_a_model_from_before_tools_gets_one_round_with_its_answer_as_a_message():
+    old = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS[:4])
+    end = chat_ids(old)['end']
+    (trace,) = generate_with_tools(Scripted(lambda context: old.encode('42') + [end]), old,
+                                   [render_prompt(old, [{'role': 'user', 'content': 'hi'}])], 8)
+    # the reward model (feedback.rl --reward=model) reads the question and these messages
+    assert trace.answer == '42' and trace.messages == [{'role': 'assistant', 'content': '42'}] and not trace.called
