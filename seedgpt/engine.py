@@ -51,6 +51,16 @@ GREEDY_BELOW = 1e-5  # temperatures under this decode greedily: logits / 1e-40 w
 Token = namedtuple('Token', 'id logprob top')  # top: [(id, logprob), ...] when top logprobs were asked for
 
 
+def packed_length(n):
+    """The length a step's sequence of n tokens is padded to: n itself up to 16, above that the next of a few
+    lengths per doubling (at most 1/8 more tokens). oneDNN compiles a matmul for each shape it meets and
+    keeps up to 1,024 of them (~150 KB each with AMX): the mixed load's packed length takes ~300 values, so
+    the server's memory kept growing as new ones turned up. Padded, a step has one of ~70 lengths: the
+    cache stops growing within minutes, and the padding costs at most 1/8 of a step's tokens (docs/serving.md)."""
+    step = 1 << max(0, n.bit_length() - 4)  # 1 below 16, 2 from 16, 4 from 32, ... : 8 lengths per doubling
+    return -(-n // step) * step
+
+
 class SlotCache:
     """Keys and values of many sequences decoded side by side: a pool of `slots` rows of block_size
     positions per layer, allocated once.
@@ -73,13 +83,15 @@ class SlotCache:
 
     def plan(self, segments):
         """segments: [(start, pos, T)]: rows start .. start + len(pos) - 1 of the pool, row b reading T new
-        tokens from position pos[b]; the forward's sequence holds them segment after segment, row after row."""
+        tokens from position pos[b]; the forward's sequence holds them segment after segment, row after row,
+        then `padding` tokens that no row reads (see packed_length)."""
         self.segments, self.last, n = segments, [], 0
         for start, pos, T in segments:
             if max(pos) + T > self.block_size:
                 raise ValueError(f"sequence of length {max(pos) + T} is longer than block_size {self.block_size}")
             self.last += [n + (b + 1) * T - 1 for b in range(len(pos))]
             n += len(pos) * T
+        self.padding = packed_length(n) - n
         return self
 
     def positions(self, device):
@@ -89,7 +101,8 @@ class SlotCache:
             cols = torch.tensor(pos, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
             keys = torch.arange(max(pos) + T, device=device)
             self.where.append((cols, (keys <= cols[..., None]).unsqueeze(1)))  # (B, 1, T, L): itself and before
-        return torch.cat([cols.flatten() for cols, _ in self.where])[None]
+        pad = torch.zeros(self.padding, dtype=torch.long, device=device)  # padding: position 0, read by no row
+        return torch.cat([cols.flatten() for cols, _ in self.where] + [pad])[None]
 
     def attend(self, i, q, k, v):
         """Layer i's attention for the packed rows: q, k, v (1, nh, N, hs) -> (1, nh, N, hs). Each segment's
@@ -108,6 +121,7 @@ class SlotCache:
             y = F.scaled_dot_product_attention(qs, K[:, :, :L], V[:, :, :L], attn_mask=mask)  # (B, nh, T, hs)
             out.append(y.transpose(0, 1).flatten(1, 2))  # (nh, B * T, hs)
             n += B * T
+        out.append(q.new_zeros(q.size(1), self.padding, q.size(-1)))  # the padding attends to nothing
         return torch.cat(out, dim=1)[None]
 
     def swap(self, i, j, n):
@@ -299,8 +313,9 @@ class Engine:
         A forward of several rows that fails is run again row by row: only a row that fails alone ends."""
         rows = [(r, T) for _, rs, T in segments for r in rs]
         try:
-            x = torch.tensor([[i for r, T in rows for i in r.ids[r.fed:r.fed + T]]], device=self.device)  # (1, N)
             plan = self.cache.plan([(start, [r.fed for r in rs], T) for start, rs, T in segments])
+            ids = [i for r, T in rows for i in r.ids[r.fed:r.fed + T]] + [0] * plan.padding
+            x = torch.tensor([ids], device=self.device)  # (1, N)
             logits, _ = self.model(x, cache=plan)  # (1, rows, V): at each row's last token
             done = [b for b, (r, T) in enumerate(rows) if r.fed + T == len(r.ids)]
             tokens = self.sample([rows[b][0] for b in done], logits[0, done].float()) if done else []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from seedgpt.engine import Engine, Request, sample_rows
+from seedgpt.engine import Engine, Request, packed_length, sample_rows
 
 V = 23
 
@@ -90,13 +90,26 @@ def test_random_mix_equals_each_request_alone(pos, chunk, static, seed):
         admit(req)
         seen['prefix reused'] += req.fed > 0
     engine.admit = admit_and_count
+    plan, padded = engine.cache.plan, []
+    engine.cache.plan = lambda segments: padded.append(plan(segments).padding) or engine.cache
     reqs = run(engine, mix, lambda engine, reqs, step: seen['batch sizes'].add(engine.d))
     for (arrival, prompt, max_tokens, stop), req in zip(mix, reqs):
         assert drain(req) == alone(model, prompt, max_tokens, stop), (prompt, max_tokens, stop)
     assert engine.cache.kv.data_ptr() == pool and engine.running == 0
     assert max(seen['batch sizes']) >= 3  # rows decoded side by side
+    if chunk >= 16 or static:  # steps of more than 16 tokens: some ran with padding, and no row's tokens changed
+        assert max(padded) > 0
     if not static:
         assert seen['joined mid-decode'] and seen['prefix reused']
+
+
+def test_packed_length_bounds_the_shapes():
+    """A step's sequence is padded to one of a few lengths (oneDNN keeps a compiled matmul per shape), by at most
+    1/8 of its tokens, and not at all up to 16 tokens, where decoding steps are."""
+    lengths = [packed_length(n) for n in range(1, 4097)]
+    assert lengths[:16] == list(range(1, 17))
+    assert all(n <= p <= n * 9 / 8 and packed_length(p) == p for n, p in enumerate(lengths, 1))
+    assert len(set(lengths)) <= 16 + 8 * 8  # 8 lengths per doubling from 16 to 4096
 
 
 def test_greedy_output_is_varied():

@@ -73,15 +73,16 @@ def running(model, tok, name='tiny', **settings):
 
 @contextmanager
 def gated(model, delay=0.0):
-    """Wrap model.forward: each call's input shape is recorded, and the (rows, tokens each) of each segment of the
-    engine's packed rows (seedgpt.engine.SlotCache.plan); it waits while the gate is shut, then sleeps delay."""
+    """Wrap model.forward: each call's input shape is recorded (without the engine's padding: the tokens the rows
+    read), and the (rows, tokens each) of each segment of the engine's packed rows (seedgpt.engine.SlotCache.plan);
+    it waits while the gate is shut, then sleeps delay."""
     forward = model.forward
 
     class Gate:
         shapes, segments, entered, open = [], [], threading.Event(), threading.Event()
 
         def __call__(self, idx, *args, **kwargs):
-            self.shapes.append(tuple(idx.shape))
+            self.shapes.append((idx.size(0), idx.size(1) - getattr(kwargs.get('cache'), 'padding', 0)))
             self.segments.append([(len(pos), T) for _, pos, T in getattr(kwargs.get('cache'), 'segments', [])])
             self.entered.set()
             assert self.open.wait(timeout=30)
