@@ -70,8 +70,9 @@ class SlotCache:
     each token's position, its attention calls attend() per layer, and GPT.forward returns the logits at
     `last`, each row's last token. Reading the weights once per step, not once per row or prompt, is
     what a CPU's decoding time goes to. Each row sees only its own keys, up to itself: no row is padded
-    to another's length, so a sequence that fits alone fits beside any other. What is past a row's
-    position is never read, so a slot needs no clearing between uses.
+    to another's length, so a sequence that fits alone fits beside any other. The keys past a row's
+    position are masked out (a batch reads up to its longest row, rounded up), so a slot needs no clearing
+    between uses.
     """
 
     def __init__(self, config, slots, dtype=torch.float32, device='cpu'):
@@ -99,7 +100,10 @@ class SlotCache:
         self.where = []
         for start, pos, T in self.segments:
             cols = torch.tensor(pos, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
-            keys = torch.arange(max(pos) + T, device=device)
+            # the keys up to the longest row, rounded up to a multiple of 32 (the mask hides the ones past each
+            # row): with bf16, the attention kernel compiles a matrix-product kernel for each key length and
+            # query chunk it meets and keeps them all, so a length per token would grow memory for hours
+            keys = torch.arange(min(self.block_size, -(-(max(pos) + T) // 32) * 32), device=device)
             self.where.append((cols, (keys <= cols[..., None]).unsqueeze(1)))  # (B, 1, T, L): itself and before
         pad = torch.zeros(self.padding, dtype=torch.long, device=device)  # padding: position 0, read by no row
         return torch.cat([cols.flatten() for cols, _ in self.where] + [pad])[None]
@@ -117,7 +121,7 @@ class SlotCache:
             else:  # row b's tokens go to its own positions cols[b]
                 rows = torch.arange(B, device=q.device)[:, None]  # (B, 1)
                 K[rows, :, cols], V[rows, :, cols] = ks.transpose(1, 2), vs.transpose(1, 2)  # (B, T, nh, hs)
-            L = max(pos) + T
+            L = mask.size(-1)
             y = F.scaled_dot_product_attention(qs, K[:, :, :L], V[:, :, :L], attn_mask=mask)  # (B, nh, T, hs)
             out.append(y.transpose(0, 1).flatten(1, 2))  # (nh, B * T, hs)
             n += B * T
