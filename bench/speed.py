@@ -15,7 +15,8 @@ Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train
 clip + AdamW step at two sizes, fp32 and bf16 autocast; --compile adds torch.compile'd rows); sample
 (tokens/s with and without the KV cache, fp32, bf16 and int8 weights, eager and compiled, and checks
 that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus: MB/s, cores used, and
-peak memory for a corpus 10x larger); quant (trained checkpoints, e.g. compress/shrink.py's, side by side:
+peak memory for a corpus 10x larger); coldops (what a small op costs after its caches were flushed by
+streaming memory, as a decoding step's weights do; not in the default list); quant (trained checkpoints, e.g. compress/shrink.py's, side by side:
 size on disk, zero block weights, val loss and decoding tokens/s, with each one's weights as loaded by
 sample.py; not in the default list). nanoGPT is imported at run time from the
 path given, never copied here. Progress goes to stderr, the tables to stdout.
@@ -36,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 import model as seedgpt_model  # the module: bench compares implementations, each a module with GPT and GPTConfig
 from seedgpt.config import load_config
@@ -48,7 +50,7 @@ from seedgpt.runtime import cpu_has_bf16, measured_matmul_flops, setup_runtime
 @dataclass
 class Config:
     nanogpt: str = ''  # path to a nanoGPT checkout to compare against; '' measures seedgpt alone
-    only: str = 'peak,train,sample,prepare'  # sections to run, comma-separated
+    only: str = 'peak,train,sample,prepare'  # sections to run, comma-separated (also: coldops)
     quick: bool = False  # 2 short rounds, 1 sampling run of 300 tokens, a 3x corpus: a smoke test only
     rounds: int = 5  # each model trains once per round, in turn, so a change in load hits all alike
     round_s: float = 4.0  # seconds each model trains per round (3 steps at least); the median round counts
@@ -348,14 +350,40 @@ def bench_prepare(cfg, rt):
             f"\n\nPeak RSS growth {cfg.copies}x vs 1x: {growth * 100:+.1f}%")
 
 
+def bench_coldops(cfg):
+    """What a small op costs right after a matrix product: a one-token decoding step reads every weight once,
+    and a baby GPT's 42.5 MB of fp32 weights stream through each core's caches, so each op that follows finds
+    its code and data evicted. Here the stream is a sum over a buffer of that many MB, then the op runs once."""
+    x, w, h = torch.randn(1, 384), torch.ones(384), torch.randn(1, 1536)
+    ops = [('LayerNorm of 384', lambda: F.layer_norm(x, (384,), w, None)),
+           ('GELU (tanh) of 1,536', lambda: F.gelu(h, approximate='tanh')), ('add of 384', lambda: x + x)]
+    sizes, n, rows = [0, 0.5, 1, 2, 4, 8], 2000 if not cfg.quick else 200, []
+    for name, op in ops:
+        row = [name]
+        for mb in sizes:
+            buf = torch.randn(max(1, int(mb * 2 ** 20 / 4)))
+            total = 0
+            for i in range(n + 50):
+                if mb:
+                    buf.sum()
+                t = time.perf_counter_ns()
+                op()
+                total += (time.perf_counter_ns() - t) if i >= 50 else 0
+            row.append(f"{total / n / 1e3:.1f}")
+        rows.append(row)
+        log(f"coldops: {name} done")
+    return (f"### small ops after streaming memory (us per op, mean of {n}, {torch.get_num_threads()} torch threads)\n\n" +
+            markdown_table(['op', *[f"after {mb:g} MB" if mb else 'alone' for mb in sizes]], rows))
+
+
 def main(cfg):
     if cfg.quick:
         cfg.rounds, cfg.round_s, cfg.warmup, cfg.sample_rounds = 2, 1.0, 2, 1
         cfg.sample_tokens, cfg.copies = min(cfg.sample_tokens, 300), min(cfg.copies, 3)
     sections = [s.strip() for s in cfg.only.split(',') if s.strip()]
-    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare'}
+    unknown = set(sections) - {'peak', 'train', 'sample', 'prepare', 'coldops'}
     if unknown:
-        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare "
+        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare,coldops "
                          "(checkpoints are compared by python -m bench.checkpoints)")
     rt = setup_runtime(cfg.device, 'float32')
     if cfg.threads:
@@ -377,7 +405,8 @@ def main(cfg):
 
     parts = []
     for name, fn in [('peak', lambda: bench_peak(cfg, rt)), ('train', lambda: bench_train(cfg, rt, impls)),
-                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt))]:
+                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt)),
+                     ('coldops', lambda: bench_coldops(cfg))]:
         if name in sections:
             parts.append(fn())
     busy = others.cores()
