@@ -10,6 +10,7 @@ and 64 concurrent clients. Then the time to first token of a chat's 5th turn, pr
     python -m bench.serve --chat_dir=out-sft-tasks --base_dir=out-stdlib-char
     python -m bench.serve --soak=600                                   # 10 minutes of load on one server: its RSS
     python -m bench.serve --profile=True --models=base                 # where a step's time goes, 1 to 64 rows
+    python -m bench.serve --engine_steps=8000 --engine_reply=25        # the engine alone: its RSS over 8,000 steps
 
 A model is a checkpoint directory, or 'random': a random model of baby-GPT size (6 layers of 384, 512
 tokens of context, a char vocabulary) written to a temporary directory. Speed does not depend on the
@@ -27,6 +28,10 @@ engine step (seedgpt/engine.py), with the same max_batch: static only changes wh
 positions 5-400, split into the forward, the sampling and the rest (Python: the plan, the tensors built, the
 bookkeeping), beside a forward of the same rows without their keys (the weights alone), and a step that also
 reads a prompt chunk of prefill_chunk tokens.
+
+--engine_steps=N instead steps the engine alone in this process (no HTTP, no clients) N times with its slots
+kept full (the first of --models; prompts of 5-200 tokens, max_tokens 8 to --engine_reply) and prints the
+process's RSS as it goes: the engine's own memory, where a soak sees the whole server's.
 
 --soak=SECONDS instead drives one continuous-batching server (the first of --models) with the mixed load
 from the largest --clients count for that long, and samples the server process's resident memory (RSS)
@@ -78,6 +83,8 @@ class Config:
     prefill_chunk: str = '128'  # the server's prompt tokens per step beside decoding rows; '64,128': a row for each
     profile: bool = False  # instead of the table, time the engine's steps in this process, 1 to 64 rows
     soak: float = 0  # seconds: instead of the table, load one server this long and watch its RSS (0: off)
+    engine_steps: int = 0  # instead of the table: this many engine steps in this process (no HTTP), and its RSS
+    engine_reply: int = 200  # --engine_steps' longest reply (max_tokens 8 to this); 25 reads prompts at most steps
 
 
 def random_checkpoint(out_dir, chat):
@@ -281,6 +288,29 @@ def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
               f"{ms['step'] - ms['forward'] - ms['sample']:6.2f} {ms['no keys']:8.1f} {ms['+chunk']:7.1f}", flush=True)
 
 
+def engine_memory(cfg, out_dir):
+    """Step the engine alone, its slots kept full with the mixed load's prompts, and print this process's RSS:
+    the memory the engine's tensors and the kernels they compile take, without the server around them."""
+    from seedgpt.checkpoint import load_model
+    from seedgpt.engine import Engine, Request
+    from seedgpt.runtime import setup_runtime
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))  # as the server does
+    model, tok = load_model(out_dir, rt.device, rt.ptdtype, cfg.quant)
+    engine = Engine(model, tok.vocab_size, cfg.max_batch, prefill_chunk=int(cfg.prefill_chunk.split(',')[0]))
+    rnd, bs = random.Random(cfg.seed), model.config.block_size
+    print(f"# the engine alone, {rt.dtype}, {torch.get_num_threads()} torch threads, {cfg.max_batch} slots; prompts "
+          f"of 5-200 tokens, max_tokens 8-{cfg.engine_reply}; RSS every {max(1, cfg.engine_steps // 8)} steps", flush=True)
+    t0 = time.perf_counter()
+    for step in range(cfg.engine_steps + 1):
+        while engine.running + engine.pending.qsize() < cfg.max_batch:
+            prompt = [rnd.randrange(tok.vocab_size) for _ in range(rnd.randint(5, min(200, bs // 2)))]
+            engine.submit(Request(prompt, rnd.randint(8, min(cfg.engine_reply, bs - len(prompt))), seed=step))
+        if step % max(1, cfg.engine_steps // 8) == 0:
+            print(f"  step {step:6d}  {time.perf_counter() - t0:6.0f} s  RSS {rss_mb(os.getpid()):7.1f} MB", flush=True)
+        engine.step()
+
+
 def rss_mb(pid):
     with open(f'/proc/{pid}/status') as f:
         return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:')) / 1024
@@ -336,6 +366,10 @@ def main(cfg):
         for kind, out_dir in dirs.items():
             print(f"\n# {kind} model")
             profile_steps(cfg, out_dir)
+        tmp.cleanup()
+        return
+    if cfg.engine_steps:
+        engine_memory(cfg, next(iter(dirs.values())))
         tmp.cleanup()
         return
     if cfg.soak:
