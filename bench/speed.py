@@ -15,8 +15,7 @@ Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train
 clip + AdamW step at two sizes, fp32 and bf16 autocast; --compile adds torch.compile'd rows); sample
 (tokens/s with and without the KV cache, fp32, bf16 and int8 weights, eager and compiled, and checks
 that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus: MB/s, cores used, and
-peak memory for a corpus 10x larger); coldops (what a small op costs after its caches were flushed by
-streaming memory, as a decoding step's weights do; not in the default list); quant (trained checkpoints, e.g. compress/shrink.py's, side by side:
+peak memory for a corpus 10x larger); coldops (a small op's cost after streaming memory; not default); quant (trained checkpoints, e.g. compress/shrink.py's, side by side:
 size on disk, zero block weights, val loss and decoding tokens/s, with each one's weights as loaded by
 sample.py; not in the default list). nanoGPT is imported at run time from the
 path given, never copied here. Progress goes to stderr, the tables to stdout.
@@ -351,27 +350,20 @@ def bench_prepare(cfg, rt):
 
 
 def bench_coldops(cfg):
-    """What a small op costs right after a matrix product: a one-token decoding step reads every weight once,
-    and a baby GPT's 42.5 MB of fp32 weights stream through each core's caches, so each op that follows finds
-    its code and data evicted. Here the stream is a sum over a buffer of that many MB, then the op runs once."""
-    x, w, h = torch.randn(1, 384), torch.ones(384), torch.randn(1, 1536)
-    ops = [('LayerNorm of 384', lambda: F.layer_norm(x, (384,), w, None)),
-           ('GELU (tanh) of 1,536', lambda: F.gelu(h, approximate='tanh')), ('add of 384', lambda: x + x)]
-    sizes, n, rows = [0, 0.5, 1, 2, 4, 8], 2000 if not cfg.quick else 200, []
-    for name, op in ops:
-        row = [name]
-        for mb in sizes:
-            buf = torch.randn(max(1, int(mb * 2 ** 20 / 4)))
-            total = 0
+    """What a small op costs right after a matrix product: a one-token step reads every weight once (a baby GPT's
+    42.5 MB in fp32), flushing each core's caches before each op that follows. Here a sum streams the MB."""
+    x, w, h, n = torch.randn(1, 384), torch.ones(384), torch.randn(1, 1536), 200 if cfg.quick else 2000
+    ops, sizes, rows = {'LayerNorm of 384': lambda: F.layer_norm(x, (384,), w), 'GELU (tanh) of 1,536':
+                        lambda: F.gelu(h, approximate='tanh'), 'add of 384': lambda: x + x}, [0, 0.5, 1, 2, 4, 8], []
+    for name, op in ops.items():
+        rows.append([name])
+        for buf, total in ((torch.randn(max(1, int(mb * 2 ** 18))), 0) for mb in sizes):
             for i in range(n + 50):
-                if mb:
-                    buf.sum()
+                _ = buf.sum() if buf.numel() > 1 else None  # the stream (none for 'alone')
                 t = time.perf_counter_ns()
                 op()
-                total += (time.perf_counter_ns() - t) if i >= 50 else 0
-            row.append(f"{total / n / 1e3:.1f}")
-        rows.append(row)
-        log(f"coldops: {name} done")
+                total += (time.perf_counter_ns() - t) * (i >= 50)
+            rows[-1].append(f"{total / n / 1e3:.1f}")
     return (f"### small ops after streaming memory (us per op, mean of {n}, {torch.get_num_threads()} torch threads)\n\n" +
             markdown_table(['op', *[f"after {mb:g} MB" if mb else 'alone' for mb in sizes]], rows))
 
