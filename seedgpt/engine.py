@@ -56,7 +56,8 @@ def packed_length(n):
     lengths per doubling (at most 1/8 more tokens). oneDNN compiles a matmul for each shape it meets and
     keeps up to 1,024 of them (~150 KB each with AMX): the mixed load's packed length takes ~300 values, so
     the server's memory kept growing as new ones turned up. Padded, a step has one of ~70 lengths: the
-    cache stops growing within minutes, and the padding costs at most 1/8 of a step's tokens (docs/serving.md)."""
+    cache stops growing within minutes, and the padding costs at most 1/8 of a step's tokens (docs/serving.md).
+    Only bf16 and fp16 on a CPU need it: fp32 matmuls go to MKL, which keeps nothing per shape."""
     step = 1 << max(0, n.bit_length() - 4)  # 1 below 16, 2 from 16, 4 from 32, ... : 8 lengths per doubling
     return -(-n // step) * step
 
@@ -81,6 +82,9 @@ class SlotCache:
         self.kv = torch.zeros(config.n_layer, 2, slots, config.n_head, config.block_size, hs, dtype=dtype,
                               device=device)
         self.block_size = config.block_size
+        # shapes rounded (packed_length, and the keys' length): bf16 and fp16 on a CPU compile and keep kernels
+        # per shape; fp32 does not, and there the rounding only cost time (+4% a step, docs/serving.md)
+        self.round_shapes = dtype != torch.float32 and self.kv.device.type == 'cpu'
 
     def plan(self, segments):
         """segments: [(start, pos, T)]: rows start .. start + len(pos) - 1 of the pool, row b reading T new
@@ -92,7 +96,7 @@ class SlotCache:
                 raise ValueError(f"sequence of length {max(pos) + T} is longer than block_size {self.block_size}")
             self.last += [n + (b + 1) * T - 1 for b in range(len(pos))]
             n += len(pos) * T
-        self.padding = packed_length(n) - n
+        self.padding = packed_length(n) - n if self.round_shapes else 0
         return self
 
     def positions(self, device):
@@ -103,7 +107,8 @@ class SlotCache:
             # the keys up to the longest row, rounded up to a multiple of 32 (the mask hides the ones past each
             # row): with bf16, the attention kernel compiles a matrix-product kernel for each key length and
             # query chunk it meets and keeps them all, so a length per token would grow memory for hours
-            keys = torch.arange(min(self.block_size, -(-(max(pos) + T) // 32) * 32), device=device)
+            L = max(pos) + T
+            keys = torch.arange(min(self.block_size, -(-L // 32) * 32) if self.round_shapes else L, device=device)
             self.where.append((cols, (keys <= cols[..., None]).unsqueeze(1)))  # (B, 1, T, L): itself and before
         pad = torch.zeros(self.padding, dtype=torch.long, device=device)  # padding: position 0, read by no row
         return torch.cat([cols.flatten() for cols, _ in self.where] + [pad])[None]

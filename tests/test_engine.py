@@ -90,6 +90,7 @@ def test_random_mix_equals_each_request_alone(pos, chunk, static, seed):
         admit(req)
         seen['prefix reused'] += req.fed > 0
     engine.admit = admit_and_count
+    engine.cache.round_shapes = True  # as a bf16 model on a CPU has it: padded steps must change no row's tokens
     plan, padded = engine.cache.plan, []
     engine.cache.plan = lambda segments: padded.append(plan(segments).padding) or engine.cache
     reqs = run(engine, mix, lambda engine, reqs, step: seen['batch sizes'].add(engine.d))
@@ -110,6 +111,12 @@ def test_packed_length_bounds_the_shapes():
     assert lengths[:16] == list(range(1, 17))
     assert all(n <= p <= n * 9 / 8 and packed_length(p) == p for n, p in enumerate(lengths, 1))
     assert len(set(lengths)) <= 16 + 8 * 8  # 8 lengths per doubling from 16 to 4096
+
+
+def test_shapes_are_rounded_only_where_kernels_are_kept_per_shape():
+    model = tiny()
+    assert not Engine(model.float(), V).cache.round_shapes  # fp32: MKL keeps nothing per shape
+    assert Engine(model.bfloat16(), V).cache.round_shapes  # bf16 on a CPU: oneDNN's caches
 
 
 def test_greedy_output_is_varied():
