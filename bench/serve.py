@@ -75,6 +75,7 @@ class Config:
     device: str = 'cpu'  # the server's device, dtype and quant
     dtype: str = 'auto'
     quant: str = 'none'
+    compile: bool = False  # the server's --compile (and --profile's engine): blocks' norms and MLPs compiled
     clients: str = '1,4,16,64'  # concurrent clients, each sending requests back to back
     requests: int = 4  # requests per client in each row (at least 16 per row)
     rounds: int = 2  # static and continuous alternate this many times
@@ -183,7 +184,7 @@ class Server:
     def __init__(self, cfg, out_dir, **settings):
         import httpx
         settings = dict(out_dir=out_dir, port=cfg.port, max_batch=cfg.max_batch, device=cfg.device, dtype=cfg.dtype,
-                        quant=cfg.quant, threads=cfg.threads, prefill_chunk=cfg.prefill_chunk.split(',')[0],
+                        quant=cfg.quant, compile=cfg.compile, threads=cfg.threads, prefill_chunk=cfg.prefill_chunk.split(',')[0],
                         queue_size=256, timeout=600) | settings
         args = [sys.executable, '-m', 'serve.server'] + [f'--{k}={v}' for k, v in settings.items()]
         self.url = f'http://127.0.0.1:{cfg.port}'
@@ -239,6 +240,8 @@ def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))  # as the server does
     model, tok = load_model(out_dir, rt.device, rt.ptdtype, cfg.quant)
+    if cfg.compile:
+        print(f"# compiled the step in {Engine(model, tok.vocab_size).compile():.1f} s")
     rnd = random.Random(cfg.seed)
     chunk_size = int(cfg.prefill_chunk.split(',')[0])
     times = {}

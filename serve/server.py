@@ -72,6 +72,7 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
     quant: str = 'none'  # 'int8': int8 weights in the blocks
+    compile: bool = False  # torch.compile the blocks' norms and MLPs at start (its cost is printed); attention stays eager
 
 
 def error_response(e):
@@ -177,6 +178,8 @@ def make_app(model, tok, cfg, name):
     engine = Engine(model, tok.vocab_size, cfg.max_batch, cfg.queue_size, cfg.prefill_chunk, cfg.prefix_cache,
                     static=cfg.batching == 'static')
     proto = Protocol(tok, block_size, cfg.max_tokens, cfg.max_prompt_tokens, cfg.max_n)
+    if cfg.compile:
+        print(f"compiled the step in {engine.compile():.1f} s", flush=True)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -180,6 +180,22 @@ def completion_alone(model, tok, prompt, max_tokens):
     return tok.decode(ids.tolist())
 
 
+def test_compiled_step_serves_the_same_tokens(base_model, tmp_path):
+    """--compile: the blocks' norms and MLPs compiled at start (a copy of the model: the others stay eager); a
+    batch of requests gets the tokens the eager server gives."""
+    model, tok = base_model
+    compiled = GPT(model.config)
+    compiled.load_state_dict(model.state_dict())
+    prompts = ['bad cab', 'a', 'feed a dead bee a cab']
+    answers = []
+    for m, settings in ((model, {}), (compiled.eval(), {'compile': True})):
+        with running(m, tok, **settings) as url, ThreadPoolExecutor(3) as pool:
+            answers.append(list(pool.map(lambda p: client(url).completions.create(
+                model='base', prompt=p, max_tokens=8, temperature=0).choices[0].text, prompts)))
+    assert answers[0] == answers[1] and all(len(a) == 8 for a in answers[0])
+    assert all(hasattr(block.mlp, '_orig_mod') for block in compiled.transformer.h)
+
+
 def test_base_model_serves_completions_only(base_model):
     model, tok = base_model
     assert isinstance(tok, CharTokenizer)
