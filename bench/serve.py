@@ -75,7 +75,7 @@ class Config:
     device: str = 'cpu'  # the server's device, dtype and quant
     dtype: str = 'auto'
     quant: str = 'none'
-    compile: bool = False  # the server's --compile (and --profile's engine): blocks' norms and MLPs compiled
+    compile: bool = False  # the server's --compile (and the in-process engine's): blocks' norms and MLPs compiled
     clients: str = '1,4,16,64'  # concurrent clients, each sending requests back to back
     requests: int = 4  # requests per client in each row (at least 16 per row)
     rounds: int = 2  # static and continuous alternate this many times
@@ -232,16 +232,23 @@ def fifth_turn(url, turns, seed):
     return ttft
 
 
-def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
-    """The median time of a decoding step of B rows, split into forward, sampling and the rest."""
+def engine_model(cfg, out_dir):
+    """(runtime, model, tokenizer) for an engine in this process, set up as the server is (threads, dtype, compile)."""
     from seedgpt.checkpoint import load_model
-    from seedgpt.engine import Engine, Request
+    from seedgpt.engine import Engine
     from seedgpt.runtime import setup_runtime
     rt = setup_runtime(cfg.device, cfg.dtype)
-    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))  # as the server does
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))
     model, tok = load_model(out_dir, rt.device, rt.ptdtype, cfg.quant)
     if cfg.compile:
-        print(f"# compiled the step in {Engine(model, tok.vocab_size).compile():.1f} s")
+        print(f"# compiled the step in {Engine(model, tok.vocab_size).compile():.1f} s", flush=True)
+    return rt, model, tok
+
+
+def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
+    """The median time of a decoding step of B rows, split into forward, sampling and the rest."""
+    from seedgpt.engine import Engine, Request
+    rt, model, tok = engine_model(cfg, out_dir)
     rnd = random.Random(cfg.seed)
     chunk_size = int(cfg.prefill_chunk.split(',')[0])
     times = {}
@@ -294,12 +301,8 @@ def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
 def engine_memory(cfg, out_dir):
     """Step the engine alone, its slots kept full with the mixed load's prompts, and print this process's RSS:
     the memory the engine's tensors and the kernels they compile take, without the server around them."""
-    from seedgpt.checkpoint import load_model
     from seedgpt.engine import Engine, Request
-    from seedgpt.runtime import setup_runtime
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))  # as the server does
-    model, tok = load_model(out_dir, rt.device, rt.ptdtype, cfg.quant)
+    rt, model, tok = engine_model(cfg, out_dir)
     engine = Engine(model, tok.vocab_size, cfg.max_batch, prefill_chunk=int(cfg.prefill_chunk.split(',')[0]))
     rnd, bs = random.Random(cfg.seed), model.config.block_size
     print(f"# the engine alone, {rt.dtype}, {torch.get_num_threads()} torch threads, {cfg.max_batch} slots; prompts "
@@ -372,6 +375,8 @@ def main(cfg):
         tmp.cleanup()
         return
     if cfg.engine_steps:
+        if cfg.engine_reply < 8:
+            raise SystemExit(f"error: --engine_reply must be at least 8 (replies are 8 tokens or more), got {cfg.engine_reply}")
         engine_memory(cfg, next(iter(dirs.values())))
         tmp.cleanup()
         return

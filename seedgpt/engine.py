@@ -111,8 +111,10 @@ class SlotCache:
             L = max(pos) + T
             keys = torch.arange(min(self.block_size, -(-L // 32) * 32) if self.round_shapes else L, device=device)
             self.where.append((cols, (keys <= cols[..., None]).unsqueeze(1)))  # (B, 1, T, L): itself and before
-        pad = torch.zeros(self.padding, dtype=torch.long, device=device)  # padding: position 0, read by no row
-        return torch.cat([cols.flatten() for cols, _ in self.where] + [pad])[None]
+        pos = [cols.flatten() for cols, _ in self.where]
+        if self.padding:  # padding: position 0, read by no row
+            pos.append(torch.zeros(self.padding, dtype=torch.long, device=device))
+        return torch.cat(pos)[None]
 
     def attend(self, i, q, k, v):
         """Layer i's attention for the packed rows: q, k, v (1, nh, N, hs) -> (1, nh, N, hs). Each segment's
@@ -131,7 +133,8 @@ class SlotCache:
             y = F.scaled_dot_product_attention(qs, K[:, :, :L], V[:, :, :L], attn_mask=mask)  # (B, nh, T, hs)
             out.append(y.transpose(0, 1).flatten(1, 2))  # (nh, B * T, hs)
             n += B * T
-        out.append(q.new_zeros(q.size(1), self.padding, q.size(-1)))  # the padding attends to nothing
+        if self.padding:  # the padding attends to nothing
+            out.append(q.new_zeros(q.size(1), self.padding, q.size(-1)))
         return torch.cat(out, dim=1)[None]
 
     def swap(self, i, j, n):

@@ -179,7 +179,11 @@ def make_app(model, tok, cfg, name):
                     static=cfg.batching == 'static')
     proto = Protocol(tok, block_size, cfg.max_tokens, cfg.max_prompt_tokens, cfg.max_n)
     if cfg.compile:
-        print(f"compiled the step in {engine.compile():.1f} s", flush=True)
+        try:
+            print(f"compiled the step in {engine.compile():.1f} s", flush=True)
+        except Exception as e:  # e.g. no C++ compiler on a CPU: torch.compile fails at its first call
+            first = (str(e).strip().splitlines() or [''])[0][:200]
+            raise SystemExit(f"error: --compile failed ({type(e).__name__}: {first}); serve without --compile") from None
 
     @asynccontextmanager
     async def lifespan(app):

@@ -196,6 +196,17 @@ def test_compiled_step_serves_the_same_tokens(base_model, tmp_path):
     assert all(hasattr(block.mlp, '_orig_mod') for block in compiled.transformer.h)
 
 
+def test_compile_failure_is_one_line(base_model, monkeypatch):
+    """No C++ compiler (or any failure compiling) stops the server at start with one line, not a traceback."""
+    def fail(engine):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+    monkeypatch.setattr(serve.Engine, 'compile', fail)
+    with pytest.raises(SystemExit) as e:
+        serve.make_app(*base_model, serve.Config(compile=True), 'base')
+    assert str(e.value) == ("error: --compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler "
+                            "found); serve without --compile")
+
+
 def test_base_model_serves_completions_only(base_model):
     model, tok = base_model
     assert isinstance(tok, CharTokenizer)
