@@ -1,0 +1,99 @@
+"""
+The one sampler: how the next token is chosen from the logits, for sample.py, the agent, RL's rollouts and
+the serving engine alike.
+
+    ids = sample(logits, temperature=0.8, top_k=200, top_p=0.95, uniform=draws(generator, B))
+
+Every setting may be one value for all rows or a (B,) tensor of one value per row (a server's requests
+each ask for their own). A row draws with its own uniform number: a request seeded alone gets the same
+draws in any batch. It is the inverse of the cumulative distribution: sort nothing unless top_p asks for
+it, add the probabilities up, and take the first token whose running sum passes u times the total.
+"""
+import torch
+from torch.nn import functional as F
+
+# temperatures under this decode greedily: logits / 1e-40 would overflow to inf
+GREEDY_BELOW = 1e-5
+
+
+def draws(generator, B, device='cpu'):
+    """(B,) uniform numbers in [0, 1), in float64: a float32 draw can round up to exactly 1.0 (1 - 2^-26
+    does), and the inverse CDF would then land past the last token of non-zero probability."""
+    return torch.rand(B, dtype=torch.float64, generator=generator).to(device)
+
+
+def per_row(value, B, device, dtype=torch.float32):
+    """A setting as a (B,) tensor: one value for all rows, or already one per row."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype).reshape(B)
+    return torch.full((B,), float(value), device=device, dtype=dtype)
+
+
+def ban(logits, ids):
+    """logits with the ids never to generate at -inf: one list for every row, or one list per row."""
+    if not ids:
+        return logits
+    V = logits.size(-1)
+    if isinstance(ids[0], (list, tuple, set, frozenset)):  # one list per row
+        pairs = [(b, i) for b, row in enumerate(ids) for i in row if i < V]
+    else:
+        pairs = [(b, i) for b in range(logits.size(0)) for i in ids if i < V]
+    if pairs:
+        b, i = torch.tensor(pairs, device=logits.device).unbind(1)
+        logits = logits.index_put((b, i), torch.tensor(float('-inf'), device=logits.device))
+    return logits
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, uniform=None, banned=None):
+    """The next token (B,) of each row of logits (B, V).
+
+    temperature: below GREEDY_BELOW a row takes its argmax (and uses no draw); else softmax(logits / t).
+    top_k: keep each row's k likeliest tokens (None or 0: all). top_p: keep the smallest set of likeliest
+    tokens whose mass reaches p (None or 1: all); the likeliest token is always kept. uniform: (B,) float64
+    numbers in [0, 1), one per row (draws()); banned: ids never generated (one list, or one per row).
+    """
+    B, V = logits.shape
+    logits = ban(logits.float(), banned)
+    greedy = logits.argmax(dim=-1)
+    t = per_row(temperature, B, logits.device)
+    if bool((t < GREEDY_BELOW).all()):
+        return greedy
+    if uniform is None:
+        raise ValueError("sampling at temperature > 0 needs uniform draws (seedgpt.sampling.draws)")
+    logits = logits / t.clamp(min=GREEDY_BELOW)[:, None]
+    if top_k is not None:
+        k = per_row(top_k, B, logits.device, torch.long)
+        k = torch.where((k <= 0) | (k > V), V, k)
+        if bool((k < V).any()):
+            # each row's k-th largest logit is its threshold: everything below it goes
+            kth = logits.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+            logits = logits.masked_fill(logits < kth, float('-inf'))
+    # float64 sums: a float32 running sum that stops growing before its end (tiny probabilities added to
+    # ~1) could leave u * total past it, and the search would land on a token of zero probability
+    probs = F.softmax(logits, dim=-1).double()
+    order = None
+    if top_p is not None:
+        p = per_row(top_p, B, logits.device, torch.float64)
+        if bool((p < 1).any()):
+            probs, order = probs.sort(dim=-1, descending=True)
+            probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > p[:, None], 0.0)
+    cdf = probs.cumsum(dim=-1)
+    u = uniform.to(device=logits.device, dtype=torch.float64).reshape(B, 1)
+    # right=True: the first token whose running sum passes the draw, so never one of probability 0; and
+    # never past the token where the sum reaches its total, whatever the rounding of u * total
+    k = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    k = torch.minimum(k, (cdf < cdf[:, -1:]).sum(dim=-1, keepdim=True))
+    picked = (order.gather(-1, k) if order is not None else k)[:, 0]
+    return torch.where(t < GREEDY_BELOW, greedy, picked)
+
+
+def top_logprobs(logits, ids, k, banned=None):
+    """Each row's chosen token's log-probability (B,) and its k likeliest alternatives [(id, logprob)] per
+    row, under the model's own distribution (before temperature and top_p, as OpenAI reports them). Banned
+    ids are never reported: there are fewer than k alternatives when the vocabulary has no more."""
+    logp = F.log_softmax(ban(logits.float(), banned), dim=-1)
+    chosen = logp.gather(-1, ids[:, None])[:, 0].tolist()
+    top_lp, top_ids = logp.topk(min(k, logp.size(-1)), dim=-1)
+    top = [[(i, lp) for i, lp in zip(ri, rl) if lp != float('-inf')]
+           for ri, rl in zip(top_ids.tolist(), top_lp.tolist())]
+    return chosen, top
