@@ -1,6 +1,6 @@
 """
 Shared fixtures: a tiny char dataset, a tiny trained checkpoint, and helpers that run
-train.py in-process or any script by subprocess. Everything is written under pytest's tmp dirs.
+train.py in-process or any script by subprocess, save a random chat checkpoint, or check a one-line error. Everything is written under pytest's tmp dirs.
 """
 import json
 import os
@@ -15,8 +15,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 import train  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 from seedgpt import corpus  # noqa: E402
-from seedgpt.config import load_config
+from seedgpt.checkpoint import save_checkpoint  # noqa: E402
+from seedgpt.config import load_config  # noqa: E402
 from seedgpt.tokenizer import gpt2_encoding
 
 # one thread: these models are tiny, and on a shared 2-core machine a second thread mostly spins
@@ -74,6 +76,31 @@ def run_script(*args, timeout=120, env=None, **kwargs):
                        timeout=timeout, **kwargs)
     p.stdout, p.stderr = p.stdout.decode('utf-8'), p.stderr.decode('utf-8')
     return p
+
+
+def make_ckpt(out_dir, meta, block_size=64):
+    """A random tiny GPT saved the way train.py saves one.
+
+    Its chat tokens' embeddings are zeroed: with tied embeddings a random model's likeliest next token
+    is the one it just read, <|assistant|>, and every greedy reply would be empty.
+    """
+    torch.manual_seed(0)
+    model_args = dict(n_layer=1, n_head=2, n_embd=32, block_size=block_size, vocab_size=meta['vocab_size'], bias=False)
+    model = GPT(GPTConfig(**model_args))
+    with torch.no_grad():
+        model.transformer.wte.weight[len(meta['chars']):] = 0
+    save_checkpoint(str(out_dir / 'ckpt.pt'), {'model': model.state_dict(), 'model_args': model_args, 'meta': meta,
+                                               'config': {'data_dir': 'data/tasks'}})
+    return out_dir
+
+
+def one_line_error(p, *words):
+    """The finished process `p` failed with one line on stderr, 'error: ...', naming each of words."""
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error:'), p.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
 
 
 @pytest.fixture(scope='session')

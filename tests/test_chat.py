@@ -5,32 +5,15 @@ import pytest
 import torch
 
 from chat.talk import fit
-from conftest import run_script
-from model import GPT, GPTConfig
+from conftest import make_ckpt, one_line_error, run_script
 from prepare import tasks
 from seedgpt.chat import CHAT_SPECIALS, render_prompt
-from seedgpt.checkpoint import load_model, save_checkpoint
+from seedgpt.checkpoint import load_model
 from seedgpt.generate import generate_replies, reply_text, stream_reply
 from seedgpt.tasks import TASKS, answer_loss, load_records, question, score
 from seedgpt.tokenizer import CharTokenizer
 
 CPU = ['--device=cpu', '--dtype=float32']
-
-
-def make_ckpt(out_dir, meta, block_size=64):
-    """A random tiny GPT saved the way train.py saves one.
-
-    Its chat tokens' embeddings are zeroed: with tied embeddings a random model's likeliest next token
-    is the one it just read, <|assistant|>, and every greedy reply would be empty.
-    """
-    torch.manual_seed(0)
-    model_args = dict(n_layer=1, n_head=2, n_embd=32, block_size=block_size, vocab_size=meta['vocab_size'], bias=False)
-    model = GPT(GPTConfig(**model_args))
-    with torch.no_grad():
-        model.transformer.wte.weight[len(meta['chars']):] = 0
-    save_checkpoint(str(out_dir / 'ckpt.pt'), {'model': model.state_dict(), 'model_args': model_args, 'meta': meta,
-                                               'config': {'data_dir': 'data/tasks'}})
-    return out_dir
 
 
 @pytest.fixture(scope='module')
@@ -40,14 +23,6 @@ def suite(tmp_path_factory):
     meta = tasks.prepare(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
     (root / 'out').mkdir()
     return root / 'tasks', make_ckpt(root / 'out', meta)
-
-
-def one_line_error(p, *words):
-    assert p.returncode != 0 and 'Traceback' not in p.stderr
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith('error:'), p.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_eval_json(suite):

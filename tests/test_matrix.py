@@ -10,11 +10,10 @@ import json
 
 import pytest
 import torch
-from test_chat import make_ckpt
 
 import train
 from compress import shrink
-from conftest import read_log
+from conftest import make_ckpt, read_log
 from feedback import dpo, reward, rl
 from prepare.tasks import prepare as prepare_tasks
 from seedgpt.checkpoint import load_checkpoint, load_model, save_checkpoint

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_chat import make_ckpt, one_line_error
 
 import train
 from chat import eval as evaluate
 from chat import talk as chat
-from conftest import ROOT, read_log, run_script
+from conftest import ROOT, make_ckpt, one_line_error, read_log, run_script
 from feedback import dpo, reward, rl
 from model import GPT, GPTConfig
 from prepare import preferences, tasks

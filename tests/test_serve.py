@@ -14,7 +14,7 @@ httpx = pytest.importorskip('httpx', reason='the serve tests need httpx (pip ins
 openai = pytest.importorskip('openai', reason='the serve tests need the openai client (pip install -e .[test])')
 uvicorn = pytest.importorskip('uvicorn', reason='the serve tests need fastapi and uvicorn (pip install -e .[serve])')
 
-from test_chat import make_ckpt  # noqa: E402
+from conftest import make_ckpt  # noqa: E402
 
 from bench.serve import load_test
 from model import GPT, GPTConfig
