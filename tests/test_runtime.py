@@ -49,19 +49,30 @@ def test_fp32_is_each_gpus_own_figure():
     assert gpu_peak_flops('NVIDIA A100-SXM4-80GB', 'float32') == 156e12
 
 
+@pytest.fixture
+def tf32_switches():
+    """setup_runtime('cuda') turns TF32 on for the whole process: start from off, put the old values back.
+    By hand, not monkeypatch: torch serves cuda.matmul.allow_tf32 from a module __getattr__, which pytest's
+    monkeypatch (9.2) records as absent and then fails to delete at teardown."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    yield
+    matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
 @pytest.mark.parametrize('capability,dtype', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),
                                               ((9, 0), 'bfloat16')])
-def test_gpu_auto_dtype_by_compute_capability(monkeypatch, capability, dtype):
+def test_gpu_auto_dtype_by_compute_capability(monkeypatch, tf32_switches, capability, dtype):
     """dtype='auto' on a GPU, through setup_runtime as every script calls it: bf16 from compute capability 8.0.
     (torch.cuda.is_bf16_supported would say yes to 7.x too, counting emulation: the capability decides.)"""
     asked = []
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda *a: asked.append(a) or capability)
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)  # setup_runtime sets these; put them back
-    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     rng = torch.get_rng_state()
     assert setup_runtime('cuda', 'auto').dtype == dtype
     torch.set_rng_state(rng)  # it seeds, as a script's start should; the tests after this one draw on
     assert asked  # the capability was asked, not assumed
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # fp32 matmuls on tensor cores
     assert fast_matmul_dtype('cuda') == (torch.bfloat16 if dtype == 'bfloat16' else torch.float32)
 
 
