@@ -28,6 +28,8 @@ import sysconfig
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -104,28 +106,42 @@ def iter_pieces(path):
         raise CorpusError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. iconv -t utf-8") from None
 
 
-def iter_documents(files, text_field='text'):
+# a surrogate code point alone: json.loads pairs up proper escapes (an emoji's two), so any left is a lone
+# half that no encoding can write; JSON allows the escape, so a scraped .jsonl may well hold one
+LONE_SURROGATE = re.compile('[\ud800-\udfff]')
+
+
+def iter_documents(files, text_field='text', fixed=None):
     """(name, pieces) for every document: a whole text file, or one line of a .jsonl file.
 
     Names are relative to the corpus's top directory, so a corpus splits the same wherever it lies.
+    A lone surrogate in a .jsonl line becomes U+FFFD, one character for one so the split stays put;
+    `fixed`, a list, collects the 'path:line' of each line that had one, for the run to report.
     """
     top = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
     for path in files:
         name = os.path.relpath(os.path.abspath(path), top)
         if not path.endswith('.jsonl'):
-            yield name, iter_pieces(path)
+            yield name, iter_pieces(path)  # strict UTF-8 decoding: no surrogate gets through a text file
             continue
         for lineno, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
-            try:
-                text = json.loads(line)[text_field]
-            except (json.JSONDecodeError, TypeError, KeyError):
-                raise CorpusError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' string; "
-                                  f"fix the line or pass --text_field") from None
-            if not isinstance(text, str):
-                raise CorpusError(f"{path}:{lineno}: '{text_field}' is not a string")
+            text, n_lone = LONE_SURROGATE.subn('\ufffd', _json_text(line, text_field, f"{path}:{lineno}"))
+            if n_lone and fixed is not None:
+                fixed.append(f"{path}:{lineno}")
             yield f"{name}:{lineno}", [_checked(text, f"{path}:{lineno}")]
+
+
+def _json_text(line, text_field, where):
+    try:
+        text = json.loads(line)[text_field]
+    except (json.JSONDecodeError, TypeError, KeyError):
+        raise CorpusError(f"{where}: expected a JSON object with a '{text_field}' string; "
+                          f"fix the line or pass --text_field") from None
+    if not isinstance(text, str):
+        raise CorpusError(f"{where}: '{text_field}' is not a string")
+    return text
 
 
 def _lines(path):
@@ -166,8 +182,8 @@ class Progress:
 
 def survey(files, text_field, val_fraction, want_chars):
     """First pass: check every document, count them, find the character set and the split."""
-    chars, n_docs, n_chars, n_val, first = set(), 0, 0, 0, None
-    for name, pieces in iter_documents(files, text_field):
+    chars, n_docs, n_chars, n_val, first, fixed = set(), 0, 0, 0, None, []
+    for name, pieces in iter_documents(files, text_field, fixed):
         n_docs += 1
         first = first or name
         n_val += in_val(name, val_fraction)
@@ -177,7 +193,10 @@ def survey(files, text_field, val_fraction, want_chars):
                 chars.update(piece)
     if n_chars == 0:
         raise CorpusError(f"the corpus is empty ({len(files)} files, no text); add some text")
-    return dict(chars=chars, n_docs=n_docs, n_chars=n_chars, n_val=n_val, first=first)
+    if fixed:  # said even when quiet: the text now differs from the file's
+        sys.stderr.write(f"warning: {len(fixed):,} lines had a lone surrogate (an escape such as \\ud800 that is no "
+                         f"character), each replaced with U+FFFD; the first is {fixed[0]}\n")
+    return dict(chars=chars, n_docs=n_docs, n_chars=n_chars, n_val=n_val, first=first, fixed=len(fixed))
 
 
 def split_stream(files, text_field, val_fraction, info, sep):
@@ -227,85 +246,32 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
             block_size=256, files=None, source=None, quiet=False, vocab_size=4096):
     """Tokenize `inputs` into out_dir (default data/<name>); returns the meta dict. tokenizer='bpe' first
     learns a BPE of vocab_size tokens on the train split and writes it beside the tokens as tokenizer.json."""
-    if tokenizer not in ('gpt2', 'char', 'bpe'):
-        raise CorpusError(f"tokenizer must be 'gpt2', 'char' or 'bpe', got {tokenizer!r}")
-    if not 0 < val_fraction < 1:
-        raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    if tokenizer == 'bpe' and vocab_size < 258:
-        raise CorpusError(f"vocab_size must be at least 258 for a byte-level BPE (256 bytes, a merge and "
-                          f"<|endoftext|>), got {vocab_size}")
+    check_settings(tokenizer, val_fraction, vocab_size)
     files = files or find_files(inputs)
     out_dir = out_dir or os.path.join(ROOT, 'data', name)
     info = survey(files, text_field, val_fraction, tokenizer == 'char')
-    extra = {}  # what meta.json needs to rebuild the tokenizer
     if tokenizer == 'char':
-        sep = '\n\n'
-        chars = sorted(info['chars'] | (set(sep) if info['n_docs'] > 1 else set()))
-        lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint32)
-        lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint32)
-        vocab_size, extra['chars'] = len(chars), chars
-        encode = lambda t: lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)]
-        encode_many = lambda pool, texts: pool.map(encode, texts)
+        enc = char_encoder(info)
     elif tokenizer == 'gpt2':
-        sep, enc = EOT, gpt2_encoding()
-        vocab_size, extra['eot_token'] = enc.n_vocab, enc.eot_token
-        # `is`: only the separator itself, not a document whose text happens to read <|endoftext|>
-        encode = lambda t: np.array([enc.eot_token] if t is sep else enc.encode_ordinary(t), dtype=np.uint32)
-        encode_many = lambda pool, texts: pool.map(encode, texts)
+        enc = gpt2_encoder()
     else:
-        sep, tokenizer_json = EOT, learn_bpe(files, text_field, val_fraction, info, vocab_size, quiet)
-        bpe = BPETokenizer(tokenizer_json)
-        vocab_size, extra['eot_token'], extra['tokenizer_json'] = bpe.vocab_size, bpe.eot, tokenizer_json
-
-        def encode_many(pool, texts):  # one call: the Rust encoder spreads a batch over every core itself
-            ids = iter(bpe.encode_ordinary([t for t in texts if t is not sep]))
-            return [np.array([bpe.eot] if t is sep else next(ids), dtype=np.uint32) for t in texts]
-    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
-    sep_bytes = len(sep.encode('utf-8')) if tokenizer == 'char' else 0  # <|endoftext|> stands for no text
-
+        enc = bpe_encoder(learn_bpe(files, text_field, val_fraction, info, vocab_size, quiet))
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
     try:
-        counts, n_bytes = {'train': 0, 'val': 0}, {'train': 0, 'val': 0}
-        progress = Progress(sum(os.path.getsize(f) for f in files), f"tokenizing ({tokenizer})") if not quiet else None
-        batch, batch_chars = [], 0
-        # tiktoken releases the GIL, so threads use every core; `with` closes the pool and files on any error
-        with ThreadPoolExecutor(os.cpu_count()) as pool, open(os.path.join(tmp_dir, 'train.bin'), 'wb') as train, \
-                open(os.path.join(tmp_dir, 'val.bin'), 'wb') as val:
-            outs = {'train': train, 'val': val}
-
-            def flush():
-                for (split, text), ids in zip(batch, encode_many(pool, [t for _, t in batch])):
-                    outs[split].write(ids.astype(dtype).tobytes())
-                    counts[split] += len(ids)
-                    size = sep_bytes if text is sep else len(text.encode('utf-8'))
-                    n_bytes[split] += size  # the bytes of text this split's tokens stand for: bits per byte's denominator
-                    if progress and text is not sep:
-                        progress.update(size)
-                batch.clear()
-
-            for split, text in split_stream(files, text_field, val_fraction, info, sep):
-                batch.append((split, text))
-                batch_chars += len(text)
-                if batch_chars >= 4 * PIECE:  # a few MB in flight at most
-                    flush()
-                    batch_chars = 0
-            flush()
+        progress = None if quiet else Progress(sum(os.path.getsize(f) for f in files), f"tokenizing ({tokenizer})")
+        stream = split_stream(files, text_field, val_fraction, info, enc.sep)
+        counts, n_bytes = write_splits(tmp_dir, stream, enc, progress)
         if progress:
             progress.close()
         for split, n in counts.items():
             if n <= block_size:
                 raise CorpusError(f"corpus too small: the {split} split has {n} tokens, needs more than "
                                   f"block_size={block_size}; add text or pass a smaller --block_size")
-        meta = dict(tokenizer=tokenizer, vocab_size=vocab_size, dtype=np.dtype(dtype).name,
-                    train_tokens=counts['train'], val_tokens=counts['val'],
-                    train_bytes=n_bytes['train'], val_bytes=n_bytes['val'],
-                    source=source or [os.path.abspath(i) for i in inputs], documents=info['n_docs'],
-                    characters=info['n_chars'],
-                    split=(f"first {1 - val_fraction:.0%} of the characters train, the rest val" if info['n_docs'] == 1
-                           else f"documents by name hash, about {val_fraction:.0%} to val"), **extra)
-        if tokenizer == 'bpe':  # the standard file, for Hugging Face tools; meta.json holds it too (see write_tokenizer)
+        source = source or [os.path.abspath(i) for i in inputs]
+        meta = make_meta(tokenizer, enc, counts, n_bytes, info, val_fraction, source)
+        if tokenizer == 'bpe':  # the standard file for Hugging Face tools; meta.json holds it too (write_tokenizer)
             write_tokenizer(tmp_dir, meta)
         publish(tmp_dir, out_dir, meta)
     finally:
@@ -313,8 +279,98 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
     if not quiet:
         per_token = sum(n_bytes.values()) / max(1, sum(counts.values()))
         print(f"wrote {out_dir}: {counts['train']:,} train and {counts['val']:,} val tokens, "
-              f"vocab {vocab_size:,}, {per_token:.2f} bytes per token, {info['n_docs']:,} documents")
+              f"vocab {enc.vocab_size:,}, {per_token:.2f} bytes per token, {info['n_docs']:,} documents")
     return meta
+
+
+def check_settings(tokenizer, val_fraction, vocab_size):
+    if tokenizer not in ('gpt2', 'char', 'bpe'):
+        raise CorpusError(f"tokenizer must be 'gpt2', 'char' or 'bpe', got {tokenizer!r}")
+    if not 0 < val_fraction < 1:
+        raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if tokenizer == 'bpe' and vocab_size < 258:
+        raise CorpusError(f"vocab_size must be at least 258 for a byte-level BPE (256 bytes, a merge and "
+                          f"<|endoftext|>), got {vocab_size}")
+
+
+@dataclass
+class Encoder:
+    """How one tokenizer turns the stream into ids: encode_many(pool, texts) -> arrays of ids, one per text."""
+    sep: str  # what follows each document; `is sep` tells it from a document that happens to read the same
+    vocab_size: int
+    encode_many: Callable
+    extra: dict  # what meta.json needs to rebuild the tokenizer
+    sep_bytes: int = 0  # the bytes of text a separator stands for: <|endoftext|> stands for none
+
+    @property
+    def dtype(self):  # flat uint16 tokens, uint32 past 65535 ids
+        return np.uint16 if self.vocab_size <= 65536 else np.uint32
+
+
+def char_encoder(info):
+    sep = '\n\n'
+    chars = sorted(info['chars'] | (set(sep) if info['n_docs'] > 1 else set()))
+    lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint32)
+    lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint32)
+    encode = lambda t: lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)]
+    return Encoder(sep, len(chars), lambda pool, texts: pool.map(encode, texts), {'chars': chars}, len(sep))
+
+
+def gpt2_encoder():
+    enc = gpt2_encoding()
+    encode = lambda t: np.array([enc.eot_token] if t is EOT else enc.encode_ordinary(t), dtype=np.uint32)
+    return Encoder(EOT, enc.n_vocab, lambda pool, texts: pool.map(encode, texts), {'eot_token': enc.eot_token})
+
+
+def bpe_encoder(tokenizer_json):
+    bpe = BPETokenizer(tokenizer_json)
+
+    def encode_many(pool, texts):  # one call: the Rust encoder spreads a batch over every core itself
+        ids = iter(bpe.encode_ordinary([t for t in texts if t is not EOT]))
+        return [np.array([bpe.eot] if t is EOT else next(ids), dtype=np.uint32) for t in texts]
+    return Encoder(EOT, bpe.vocab_size, encode_many, {'eot_token': bpe.eot, 'tokenizer_json': tokenizer_json})
+
+
+def batches(stream):
+    """(split, text) pieces in lists of a few MB: enough to keep every core busy, little in flight."""
+    batch, n_chars = [], 0
+    for split, text in stream:
+        batch.append((split, text))
+        n_chars += len(text)
+        if n_chars >= 4 * PIECE:
+            yield batch
+            batch, n_chars = [], 0
+    if batch:
+        yield batch
+
+
+def write_splits(tmp_dir, stream, enc, progress):
+    """Tokenize the stream into tmp_dir/{train,val}.bin; returns each split's tokens and the bytes of text
+    they stand for (bits per byte's denominator)."""
+    counts, n_bytes = {'train': 0, 'val': 0}, {'train': 0, 'val': 0}
+    # tiktoken releases the GIL, so threads use every core; `with` closes the pool and files on any error
+    with ThreadPoolExecutor(os.cpu_count()) as pool, open(os.path.join(tmp_dir, 'train.bin'), 'wb') as train, \
+            open(os.path.join(tmp_dir, 'val.bin'), 'wb') as val:
+        outs = {'train': train, 'val': val}
+        for batch in batches(stream):
+            for (split, text), ids in zip(batch, enc.encode_many(pool, [t for _, t in batch])):
+                outs[split].write(ids.astype(enc.dtype).tobytes())
+                counts[split] += len(ids)
+                size = enc.sep_bytes if text is enc.sep else len(text.encode('utf-8'))
+                n_bytes[split] += size
+                if progress and text is not enc.sep:
+                    progress.update(size)
+    return counts, n_bytes
+
+
+def make_meta(tokenizer, enc, counts, n_bytes, info, val_fraction, source):
+    split = (f"first {1 - val_fraction:.0%} of the characters train, the rest val" if info['n_docs'] == 1
+             else f"documents by name hash, about {val_fraction:.0%} to val")
+    fixed = {'lines_with_lone_surrogates': info['fixed']} if info['fixed'] else {}
+    return dict(tokenizer=tokenizer, vocab_size=enc.vocab_size, dtype=np.dtype(enc.dtype).name,
+                train_tokens=counts['train'], val_tokens=counts['val'],
+                train_bytes=n_bytes['train'], val_bytes=n_bytes['val'], source=source, documents=info['n_docs'],
+                characters=info['n_chars'], split=split, **fixed, **enc.extra)
 
 
 def write_tokenizer(d, meta):

@@ -301,3 +301,26 @@ def test_failed_prepare_keeps_old_dataset(tmp_path, case):
     check_failed(run_script('-m', 'prepare.corpus', *args, '--tokenizer=char', '--name=x', f'--out_dir={out}'), words)
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
     assert leftovers(tmp_path) == ['out']
+
+
+# ---- a .jsonl line may escape a lone surrogate ("\ud800"): valid JSON, but no character of any text
+
+@pytest.mark.parametrize('tokenizer', ['char', 'gpt2', 'bpe'])
+def test_lone_surrogate_is_replaced_and_reported(tmp_path, tokenizer):
+    """Each lone surrogate becomes U+FFFD (one character for one, so nothing shifts), the run says how many
+    lines had one and where the first was; a proper escaped pair (an emoji) is kept whole."""
+    lines = [json.dumps({'text': make_text(30, seed=i)}) for i in range(40)]
+    lines[3] = '{"text": "a\\ud800b \\ud83d\\ude00 and \\udfff"}'
+    lines[7] = '{"text": "c\\udc00d"}'
+    write(tmp_path / 'c.jsonl', '\n'.join(lines) + '\n')
+    out = tmp_path / 'out'
+    p = run_script('-m', 'prepare.corpus', tmp_path / 'c.jsonl', f'--tokenizer={tokenizer}', '--name=x',
+                   f'--out_dir={out}', '--block_size=8', '--vocab_size=300')
+    assert p.returncode == 0 and 'Traceback' not in p.stderr, p.stderr
+    warning = [line for line in p.stderr.splitlines() if 'surrogate' in line]
+    assert len(warning) == 1 and '2 lines' in warning[0] and 'c.jsonl:4' in warning[0], p.stderr
+    meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+    assert meta['lines_with_lone_surrogates'] == 2
+    from seedgpt.tokenizer import load_tokenizer
+    text = load_tokenizer(meta).decode(sum(read_split(out, meta).values(), []))
+    assert 'a\ufffdb \U0001F600 and \ufffd' in text and 'c\ufffdd' in text
