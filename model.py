@@ -7,7 +7,9 @@ Optional modern switches, each off by default (GPT-2 exactly):
   qk_norm=True    normalise queries and keys before attention          (https://arxiv.org/abs/2010.04245)
   mlp='relu2'     squared ReLU instead of GELU in the MLP              (https://arxiv.org/abs/2109.08668)
   mlp='swiglu'    a gated SiLU MLP, Llama's and Qwen's                  (https://arxiv.org/abs/2002.05202)
-and a Muon optimizer for the hidden matrices (https://kellerjordan.github.io/posts/muon/).
+
+It imports torch alone: generation (seedgpt/generate.py), the optimizers (seedgpt/optim.py) and the serving
+engine's cache (seedgpt/engine.py) build on it, and it knows them only through the Cache interface below.
 """
 import math
 from contextlib import nullcontext
@@ -18,8 +20,6 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from seedgpt.generate import sample_next
-from seedgpt.optim import Muon
 
 
 @dataclass
@@ -74,26 +74,69 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-class KVCache:
-    """Keys and values of the tokens seen so far, for one-token-at-a-time decoding.
+class Cache:
+    """What a KV cache gives the model, for decoding a few tokens at a time without recomputing the past.
+
+    A forward with a cache calls, in this order:
+      positions(T, device)   once, for the T new tokens of each row: their positions, (T,) or (B, T), as
+                             the position embeddings need them; the cache now counts them as held
+      attend(i, q, k, v)     in each layer i: store the new keys and values (B, nh, T, hs), and return the
+                             new tokens' attention over everything the row holds, (B, nh, T, hs)
+      last                   the positions whose logits a generating forward returns (an index of dim 1)
+    KVCache below keeps one batch of rows that advance together (sample.py, the agent, RL's rollouts);
+    seedgpt/engine.py's SlotCache keeps a server's pool of rows that come and go.
+    """
+    last = slice(-1, None)  # each row's last token: a slice, so no copy
+
+    def positions(self, T, device):
+        raise NotImplementedError
+
+    def attend(self, i, q, k, v):
+        raise NotImplementedError
+
+
+class KVCache(Cache):
+    """Keys and values of the tokens seen so far, for a batch of rows decoded in step.
 
     One buffer of the full context for every layer, allocated once and filled in place: growing it token by
-    token would allocate (and page-fault) new memory at every step. Its layout is seedgpt/engine.py's
-    SlotCache's: (layer, k or v, B, nh, block_size, hs), so a layer's new keys and values go in with one copy.
+    token would allocate (and page-fault) new memory at every step.
+
+    pad (B,) says how many tokens each row of a left-padded batch starts with (seedgpt.generate.left_pad):
+    they are hidden from every other token, and positions count from each row's first real token, so a row
+    gives what it would alone. Padding on the right needs nothing: causal attention never looks ahead.
     """
 
-    def __init__(self, n_layer, block_size):
-        self.kv = None
-        self.n_layer, self.block_size = n_layer, block_size
-        self.pos = 0  # how many tokens the cache holds
+    def __init__(self, config, pad=None):
+        self.n_layer, self.block_size, self.pad = config.n_layer, config.block_size, pad
+        self.kv = None  # (layer, k or v, B, nh, block_size, hs), allocated at the first attend
+        self.pos = 0  # how many tokens each row holds
 
-    def update(self, i, kv):
-        # kv: (2, B, nh, T, hs), the new tokens' keys and values; returns layer i's keys and values so far
+    def positions(self, T, device):
+        past, self.pos = self.pos, self.pos + T
+        if self.pos > self.block_size:
+            raise ValueError(f"sequence of length {self.pos} is longer than block_size {self.block_size}")
+        cols = torch.arange(past, past + T, device=device)  # (T,)
+        self.past, self.mask = past, None
+        if self.pad is not None:
+            pad, keys = self.pad.to(device), torch.arange(past + T, device=device)
+            # row b, query column q sees key column k when k <= q and k is not padding (a pad sees itself)
+            mask = (keys <= cols[:, None]) & ((keys >= pad[:, None, None]) | (keys == cols[:, None]))
+            self.mask = mask.unsqueeze(1)  # (B, 1, T, past + T)
+            return (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+        if past and T > 1:  # several new tokens after a cache: a triangle shifted right by `past` columns
+            self.mask = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+        return cols
+
+    def attend(self, i, q, k, v):
+        B, nh, T, hs = k.shape
         if self.kv is None:
-            self.kv = kv.new_empty(self.n_layer, *kv.shape[:3], self.block_size, kv.size(-1))
-        end = self.pos + kv.size(3)
-        self.kv[i, :, :, :, self.pos:end] = kv
-        return self.kv[i, :, :, :, :end].unbind(0)  # K, V: (B, nh, pos + T, hs) each
+            self.kv = k.new_empty(self.n_layer, 2, B, nh, self.block_size, hs)
+        self.kv[i, 0, :, :, self.past:self.pos] = k
+        self.kv[i, 1, :, :, self.past:self.pos] = v
+        K, V = self.kv[i, :, :, :, :self.pos].unbind(0)  # (B, nh, pos, hs) each
+        # a fresh cache's tokens see the plain lower triangle; one new token after a cache sees every key
+        causal = self.mask is None and self.past == 0 and T > 1
+        return F.scaled_dot_product_attention(q, K, V, attn_mask=self.mask, is_causal=causal)
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,7 +150,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.qk_norm = config.qk_norm
 
-    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
+    def forward(self, x, rope=None, cache=None, layer=0):
         B, T, C = x.size()
         # q, k, v side by side, split into heads by one view: fewer ops per layer, which is what a one-token
         # decoding step spends its time on besides reading the weights
@@ -118,31 +161,15 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),), eps=1e-5), F.rms_norm(k, (k.size(-1),), eps=1e-5)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if hasattr(cache, 'attend'):  # a server's rows packed in one sequence: each sees its own slot's keys only
-            y = cache.attend(layer, q, k, v)  # (1, nh, T, hs)
-            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            # keys and values as one (2, B, nh, T, hs) block; rope and qk_norm made new keys: stack them
-            kv = torch.stack((k, v)) if self.qk_norm or rope is not None else qkv[1:]
-            k, v = cache.update(layer, kv)  # (B, nh, past + T, hs) each
-        # who may attend to whom: query i (of the T new tokens) sees keys 0 .. past + i
-        if mask is not None:
-            causal = False  # left-padded rows: the caller's mask (B, 1, T, past + T) also hides the padding
-        elif past == 0:
-            mask, causal = None, True  # training, or a fresh window: the plain lower triangle
-        elif T == 1:
-            mask, causal = None, False  # one new token may see every cached one and itself
-        else:  # several new tokens after a cache: a triangle shifted right by `past` columns
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False
-        # on a CPU, the flash kernel's backward is slow on short sequences: plain math trains faster up
-        # to ~128 tokens (bench/speed.py, cpu-recipe size), flash beyond (baby size)
-        short_cpu = x.device.type == 'cpu' and k.size(2) <= 128 and torch.is_grad_enabled()
-        with sdpa_kernel(SDPBackend.MATH) if short_cpu else nullcontext():
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+        if cache is not None:  # decoding: the cache stores the new keys and attends over the row's past
+            y = cache.attend(layer, q, k, v)
+        else:
+            # training: each token sees itself and the tokens before it. On a CPU, the flash kernel's backward
+            # is slow on short sequences, and plain math trains faster there (bench/speed.py, docs/benchmarks.md)
+            short_cpu = x.device.type == 'cpu' and T <= 128 and torch.is_grad_enabled()
+            with sdpa_kernel(SDPBackend.MATH) if short_cpu else nullcontext():
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                   dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -184,8 +211,8 @@ class Block(nn.Module):
         self.ln_2 = Norm(config.n_embd, config.norm, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer, mask)
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -238,31 +265,17 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def hidden(self, idx, cache=None, pad=None):
-        """The last hidden states (B, T, C), after ln_f.
-
-        pad (B,) says how many tokens each row of a left-padded batch starts with: they are hidden from
-        every other token, and positions count from each row's first real token, so a row gives what it
-        would alone. Padding on the right needs nothing: causal attention never looks ahead. A server's
-        SlotCache (seedgpt/engine.py) needs no padding: rows of any lengths come packed in one sequence, and
-        the cache gives each token its position and each row its own keys.
-        """
+    def hidden(self, idx, cache=None):
+        """The last hidden states (B, T, C), after ln_f. With a cache (see Cache), idx holds only the new
+        tokens: the cache gives their positions and their keys' company."""
         B, T = idx.size()
         x = self.transformer.wte(idx)  # (B, T, C)
-        if hasattr(cache, 'attend'):  # seedgpt.engine's SlotCache: rows packed in one sequence, each at its positions
-            pos, mask = cache.positions(idx.device), None  # (1, T)
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
         else:
-            past = cache.pos if cache is not None else 0
-            if past + T > self.config.block_size:
-                raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
-            cols = torch.arange(past, past + T, device=idx.device)
-            pos, mask = cols, None
-        if pad is not None:
-            pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
-            keys = torch.arange(past + T, device=idx.device)
-            # row b, query column q sees key column k when k <= q and k is not padding (a pad sees itself)
-            mask = (keys <= cols[:, None]) & ((keys >= pad[:, None, None]) | (keys == cols[:, None]))
-            mask = mask.unsqueeze(1)  # (B, 1, T, past + T)
+            pos = cache.positions(T, idx.device)  # (T,), or one row of positions per row: (B, T)
         rope = None
         if self.config.pos == 'rope':
             rope = self.rope_cos[pos], self.rope_sin[pos]
@@ -272,12 +285,10 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache, i, mask)
-        if isinstance(cache, KVCache):
-            cache.pos += T
+            x = block(x, rope, cache, i)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, cache=None, pad=None, per_token=False, temperature=1.0):
+    def forward(self, idx, targets=None, cache=None, per_token=False, temperature=1.0):
         """Logits (B, T, V) and the mean loss when targets are given (a target of -1 is left out of the
         loss); without targets, the logits (B, 1, V) of the last position only.
 
@@ -287,7 +298,7 @@ class GPT(nn.Module):
         because FSDP gathers a sharded model's weights in hooks around forward: any path around it would
         meet sharded tensors.
         """
-        x = self.hidden(idx, cache, pad)
+        x = self.hidden(idx, cache)
         V = self.config.vocab_size
         if per_token:
             # the log-probabilities of the distribution that sampled: scored at another temperature than
@@ -297,35 +308,10 @@ class GPT(nn.Module):
             values = self.value_head(x).squeeze(-1).float() if self.value_head is not None else None
             return logp * (targets != -1), values
         if targets is None:  # only the next token is needed: (B, 1, V), or a packed row's each (1, rows, V)
-            return self.lm_head(x[:, getattr(cache, 'last', slice(-1, None)), :])[..., :V], None  # a slice: no copy
+            return self.lm_head(x[:, cache.last if cache is not None else Cache.last, :])[..., :V], None
         logits = self.lm_head(x)[..., :V]  # the padding's ids are never right: keep them out of the softmax
         loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    def optimizer_groups(self, weight_decay):
-        """Weight decay on matrices (2-D and up) only; biases and norm gains go undecayed."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
-                {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon_lr=0.0,
-                             matmul_dtype=torch.bfloat16):
-        """AdamW (fused where the device supports it); with muon_lr > 0, Muon for the hidden matrices,
-        orthogonalising in matmul_dtype (the fastest the device has)."""
-        adam_kwargs = dict(lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))
-        if muon_lr <= 0:
-            return [torch.optim.AdamW(self.optimizer_groups(weight_decay), **adam_kwargs)]
-        # frozen parameters (fine-tuning) go to neither optimizer. LoRA's A and B go to AdamW, as in the LoRA paper:
-        # Muon sizes its steps for whole hidden matrices (every singular value set to 1), not for the two thin
-        # factors of a rank-r update, one of which (B) starts at zero
-        hidden = [p for n, p in self.transformer.h.named_parameters()
-                  if p.dim() == 2 and p.requires_grad and 'lora_' not in n]
-        ids = {id(p) for p in hidden}
-        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
-        adam = torch.optim.AdamW([{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay},
-                                  {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0}], **adam_kwargs)
-        # with LoRA no hidden matrix trains, and an optimizer may not be empty
-        return [adam] + ([Muon(hidden, lr=muon_lr, weight_decay=weight_decay, ns_dtype=matmul_dtype)] if hidden else [])
 
     def flops_per_token(self):
         """Training FLOPs per token: 6 per parameter plus attention (PaLM, appendix B)."""
@@ -336,53 +322,3 @@ class GPT(nn.Module):
     def estimate_mfu(self, tokens_per_second, peak_flops):
         """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
         return self.flops_per_token() * tokens_per_second / peak_flops
-
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        use_cache=True, generator=None, compile=False, pad=None):
-        """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
-
-        Prompts of different lengths go in one batch padded on the left, pad (B,) giving each row's
-        padding (see left_pad); each row then gets the tokens it would get alone. Such a batch must fit
-        in block_size with its new tokens.
-
-        Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so
-        every token sees at least half a context. The uncached path (use_cache=False) recomputes the
-        same window each step, so both give the same tokens. compile=True runs the one-token steps
-        through torch.compile: one call per token instead of ~150 small ops (about a minute to compile).
-        """
-        bs = self.config.block_size
-        B, T = idx.shape
-        if pad is not None and T + max_new_tokens > bs:
-            raise ValueError(f"a padded batch of {T} + {max_new_tokens} new tokens does not fit in block_size {bs}")
-        ids = idx.new_empty(B, T + max_new_tokens)  # prompt and output, written in place: no cat per token
-        ids[:, :T] = idx
-        step = torch.compile(self, dynamic=True) if compile else self
-        start = max(0, T - bs)  # a long prompt is cropped to its last block_size tokens
-        cache, window = None, None
-        for t in range(T, T + max_new_tokens):
-            if t - start > bs:
-                # the window is full. Sliding it by one token would shift every cached position (learned
-                # or rotary), so the cache would have to be recomputed at each step; jumping by half a
-                # window recomputes it once per block_size // 2 tokens, and each token still sees at least
-                # half a context
-                start = t - bs // 2
-            # inference mode, not just no_grad: each op skips autograd's bookkeeping, and a one-token step is
-            # ~150 small ops. Entered per step, not around the yield: the caller's code stays in its own mode,
-            # and ids, made outside, is a plain tensor that autograd may use
-            with torch.inference_mode():
-                if not use_cache:
-                    logits, _ = self(ids[:, start:t], pad=pad)
-                elif window != start:  # (re)fill the cache with the whole window
-                    cache, window = KVCache(self.config.n_layer, bs), start
-                    logits, _ = self(ids[:, start:t], cache=cache, pad=pad)
-                else:
-                    logits, _ = step(ids[:, t - 1:t], cache=cache, pad=pad)
-                ids[:, t:t + 1] = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
-            yield ids[:, t:t + 1]
-
-    def generate(self, idx, max_new_tokens, **kwargs):
-        """The prompt idx (B, T) followed by max_new_tokens generated tokens."""
-        new = list(self.generate_stream(idx, max_new_tokens, **kwargs))
-        return torch.cat([idx] + new, dim=1)
-
-

@@ -15,6 +15,7 @@ import torch
 
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
+from seedgpt.generate import generate_stream, text_pieces
 from seedgpt.runtime import setup_runtime
 
 
@@ -55,17 +56,12 @@ def main(cfg):
     g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     for _ in range(cfg.num_samples):
         sys.stdout.write(prompt)
-        pending = []  # BPE may split a character over tokens: print only what decodes whole
-        for next_id in model.generate_stream(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                             top_p=cfg.top_p, use_cache=cfg.use_cache, generator=g,
-                                             compile=cfg.compile):
-            pending.append(next_id.item())
-            text = tok.decode(pending)
-            if not text.endswith('\ufffd'):
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                pending = []
-        sys.stdout.write(tok.decode(pending) + '\n---------------\n')
+        stream = generate_stream(model, x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                 top_p=cfg.top_p, use_cache=cfg.use_cache, generator=g, compile=cfg.compile)
+        for text in text_pieces(tok, (next_id.item() for next_id in stream)):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        sys.stdout.write('\n---------------\n')
         sys.stdout.flush()
 
 

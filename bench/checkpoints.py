@@ -22,6 +22,7 @@ import torch
 from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
 from seedgpt.config import load_config
 from seedgpt.data import load_meta, load_tokens
+from seedgpt.generate import generate
 from seedgpt.log import OtherLoad, markdown_table
 from seedgpt.prune import sparsity
 from seedgpt.runtime import setup_runtime
@@ -72,13 +73,13 @@ def compare(cfg, rt):
         rows.append([out_dir, stored, weights, f"{os.path.getsize(checkpoint_path(out_dir)) / 2 ** 20:.2f}",
                      f"{sparsity(model.state_dict()) * 100:.1f}%", f"{total / cfg.batches:.4f}"])
         log(f"{out_dir} {weights}: val loss {total / cfg.batches:.4f}")
-        model.generate(prompt, 8, temperature=1.0, top_k=200)  # warm up
+        generate(model, prompt, 8, temperature=1.0, top_k=200)  # warm up
         models.append(model)
     times, others, busy = [[] for _ in runs], OtherLoad(), []
     for r in range(cfg.sample_rounds):
         for ts, model in zip(times, models):
             t = time.perf_counter()
-            model.generate(prompt, n, temperature=1.0, top_k=200)
+            generate(model, prompt, n, temperature=1.0, top_k=200)
             ts.append(time.perf_counter() - t)
         busy.append(others.cores())
         log(f"round {r + 1}/{cfg.sample_rounds}: " + ', '.join(f"{n / ts[-1]:.0f}" for ts in times) + " tok/s")

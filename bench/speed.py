@@ -41,8 +41,10 @@ from torch.nn import functional as F
 import model as seedgpt_model  # the module: bench compares implementations, each a module with GPT and GPTConfig
 from seedgpt.config import load_config
 from seedgpt.corpus import ROOT, stdlib_files
+from seedgpt.generate import generate
 from seedgpt.int8 import quantize_int8
 from seedgpt.log import OtherLoad, markdown_table
+from seedgpt.optim import configure_optimizers
 from seedgpt.runtime import cpu_has_bf16, measured_matmul_flops, setup_runtime
 
 
@@ -107,8 +109,18 @@ class Impl:
         with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints parameter counts
             model = self.module.GPT(self.module.GPTConfig(**shape, vocab_size=VOCAB, bias=False, dropout=0.0))
             model.to(device)
-            opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device.split(':')[0])
-        return model, opt[0] if isinstance(opt, list) else opt
+            args = (0.1, 1e-3, (0.9, 0.95), device.split(':')[0])
+            # seedgpt's model.py leaves optimizers to seedgpt/optim.py; nanoGPT's GPT makes its own
+            opt = configure_optimizers(model, *args)[0] if self.ours else model.configure_optimizers(*args)
+        return model, opt
+
+    @property
+    def ours(self):
+        return self.module is seedgpt_model
+
+    def generate(self, model, prompt, n, **kwargs):
+        """The prompt and n new tokens: seedgpt.generate for ours, the model's own generate for nanoGPT's."""
+        return generate(model, prompt, n, **kwargs) if self.ours else model.generate(prompt, n, **kwargs)
 
     def forward(self, model):
         """What a training step calls: the model itself, or its torch.compile'd version."""
@@ -235,7 +247,7 @@ def bench_sample(cfg, rt, impls):
             quantize_int8(model)
         log(f"sample: warm-up {impl.name} {label} {weights}" + (' (compiling)' if extra.get('compile') else ''))
         # a compiled step also meets its second cache (the window's jump) before the timed runs
-        model.generate(prompt, shape['block_size'] + 8 if extra.get('compile') else 8, **kw, **extra)
+        impl.generate(model, prompt, shape['block_size'] + 8 if extra.get('compile') else 8, **kw, **extra)
         models.append(model)
     keys = [(impl.name, label, weights) for impl, label, weights, _ in cases]
     times, busy = {key: [] for key in keys}, []
@@ -244,7 +256,7 @@ def bench_sample(cfg, rt, impls):
         for key, (impl, label, weights, extra), model in zip(keys, cases, models):
             sync()
             t = time.perf_counter()
-            out = model.generate(prompt, n, **kw, **extra)
+            out = impl.generate(model, prompt, n, **kw, **extra)
             sync()
             assert out.shape == (1, n + 1)
             times[key].append(time.perf_counter() - t)
@@ -275,10 +287,10 @@ def bench_sample(cfg, rt, impls):
     for weights in ('fp32', 'int8') if cfg.sample_others else ('fp32',):
         model = models[keys.index(('seedgpt', 'cache', weights))]
         log(f"sample: greedy checks, {weights}, {n} tokens")
-        a = model.generate(prompt, n, temperature=0.0, use_cache=True)
+        a = generate(model, prompt, n, temperature=0.0, use_cache=True)
         others_ = [('no cache', dict(use_cache=False))] + [('compiled', dict(compile=True))] * cfg.sample_compile
         for what, extra in others_:
-            b = model.generate(prompt, n, temperature=0.0, **extra)
+            b = generate(model, prompt, n, temperature=0.0, **extra)
             diff = '' if torch.equal(a, b) else f" at token {int((a != b).nonzero()[0, 1])}"
             checks.append(f"{weights} cache vs {what}: {'IDENTICAL' if not diff else 'DIFFERENT' + diff}")
     bs = shape['block_size']

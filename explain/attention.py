@@ -34,6 +34,7 @@ from model import apply_rope
 from seedgpt.chat import chat_ids, render_prompt
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
+from seedgpt.generate import generate_stream
 from seedgpt.plot import figure, save
 from seedgpt.runtime import setup_runtime
 
@@ -118,8 +119,8 @@ def generate(model, tok, cfg, device):
     x = torch.tensor([ids], dtype=torch.long, device=device)
     out = list(ids)
     stop = set(chat_ids(tok).values()) if cfg.chat else set()
-    for next_id in model.generate_stream(x, cfg.tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                                         generator=g):
+    for next_id in generate_stream(model, x, cfg.tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                                   generator=g):
         out.append(next_id.item())
         if out[-1] in stop:
             break

@@ -47,6 +47,8 @@ from collections import namedtuple
 import torch
 from torch.nn import functional as F
 
+from model import Cache
+
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily: logits / 1e-40 would overflow to inf
 
 Token = namedtuple('Token', 'id logprob top')  # top: [(id, logprob), ...] when top logprobs were asked for
@@ -63,14 +65,14 @@ def packed_length(n):
     return -(-n // step) * step
 
 
-class SlotCache:
+class SlotCache(Cache):
     """Keys and values of many sequences decoded side by side: a pool of `slots` rows of block_size
     positions per layer, allocated once.
 
     A step's rows go through the model in one forward, their new tokens packed in one sequence (1, N):
-    plan() says which slots they are and where each row's tokens go; GPT.hidden asks positions() for
-    each token's position, its attention calls attend() per layer, and GPT.forward returns the logits at
-    `last`, each row's last token. Reading the weights once per step, not once per row or prompt, is
+    plan() says which slots they are and where each row's tokens go; then the model meets it through
+    model.Cache's interface: positions() gives each token its position, attend() each layer's attention,
+    and `last` each row's last token, where the logits are taken. Reading the weights once per step, not once per row or prompt, is
     what a CPU's decoding time goes to. Each row sees only its own keys, up to itself: no row is padded
     to another's length, so a sequence that fits alone fits beside any other. The keys past a row's
     position are masked out (a batch reads up to its longest row, rounded up), so a slot needs no clearing
@@ -100,7 +102,7 @@ class SlotCache:
         self.padding = packed_length(n) - n if self.round_shapes else 0
         return self
 
-    def positions(self, device):
+    def positions(self, T, device):
         """The packed tokens' positions (1, N), and per segment its (B, T) positions and key masks for attend."""
         self.where = []
         for start, pos, T in self.segments:
@@ -182,24 +184,6 @@ class Slot:
 
     def length(self):  # positions worth keeping when the slot moves
         return self.req.fed if self.req is not None else len(self.tokens)
-
-
-def sample_rows(logits, temperature, top_p, uniform):
-    """The next token (B,) of each row of logits (B, V), each row with its own temperature, top_p and a
-    uniform number in [0, 1): greedy under GREEDY_BELOW, else the token where the uniform falls in the
-    cumulative distribution of softmax(logits / temperature), cut to its top_p nucleus. All rows in a few
-    ops, no loop over rows."""
-    greedy = logits.argmax(dim=-1)
-    if bool((temperature < GREEDY_BELOW).all()):
-        return greedy
-    probs = F.softmax(logits / temperature.clamp(min=GREEDY_BELOW)[:, None], dim=-1)
-    probs, order = probs.sort(dim=-1, descending=True)
-    # keep the smallest set of likeliest tokens that reaches top_p (the first token is always kept)
-    probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p[:, None], 0.0)
-    cdf = probs.cumsum(dim=-1)
-    # right=True: the first token whose cumulative mass passes the draw, never one of mass 0
-    k = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=logits.size(-1) - 1)
-    return torch.where(temperature < GREEDY_BELOW, greedy, order.gather(-1, k)[:, 0])
 
 
 class Engine:
@@ -359,26 +343,20 @@ class Engine:
         return [(rows[b][0], t) for b, t in zip(done, tokens)]
 
     def sample(self, rows, logits):
-        """A Token for each row from its logits (B, V): one batched sampling and one transfer for all rows."""
-        banned = [(b, i) for b, r in enumerate(rows) for i in r.ban_ids if i < logits.size(-1)]
-        if banned:  # one masked write for all rows' banned ids
-            b, i = torch.tensor(banned, device=logits.device).unbind(1)
-            logits[b, i] = float('-inf')
-        if max(r.temperature for r in rows) < GREEDY_BELOW:
-            ids = logits.argmax(dim=-1)  # all greedy (and no draws, as alone)
-        else:
-            t = torch.tensor([r.temperature for r in rows], device=logits.device)
-            p = torch.tensor([r.top_p for r in rows], device=logits.device)
-            u = torch.tensor([r.rng.random() for r in rows], device=logits.device)
-            ids = sample_rows(logits, t, p, u)
+        """A Token for each row from its logits (B, V): one batched sampling (seedgpt.sampling) and one transfer
+        for all rows. Each row draws one uniform number per token from its own generator, whatever its
+        neighbours do, so a seeded request gets the same draws in any batch."""
+        banned = [r.ban_ids for r in rows] if any(r.ban_ids for r in rows) else None
+        t = torch.tensor([r.temperature for r in rows], device=logits.device)
+        u = None
+        if max(r.temperature for r in rows) >= GREEDY_BELOW:  # all greedy: no draws, as alone
+            u = torch.tensor([r.rng.random() for r in rows], dtype=torch.float64, device=logits.device)
+        p = torch.tensor([r.top_p for r in rows], device=logits.device)
+        ids = sample(logits, t, top_p=p, uniform=u, banned=banned)
         if all(r.logprobs is None for r in rows):
             return [Token(i, None, None) for i in ids.tolist()]
-        # logprobs of the model's own distribution (before temperature and top_p), as OpenAI reports them
-        logp = F.log_softmax(logits, dim=-1)
-        chosen = logp.gather(-1, ids[:, None])[:, 0].tolist()
-        k = min(max(r.logprobs or 0 for r in rows), logits.size(-1))  # a char model may have fewer than 20 tokens
-        top_lp, top_ids = logp.topk(k, dim=-1)
-        top = [list(zip(i, lp)) for i, lp in zip(top_ids.tolist(), top_lp.tolist())]
+        # a char model may have fewer than 20 tokens: top_logprobs gives what there is, banned ids never
+        chosen, top = top_logprobs(logits, ids, max(r.logprobs or 0 for r in rows), banned)
         return [Token(i, lp, tp[:r.logprobs] if r.logprobs is not None else None)
                 for i, lp, tp, r in zip(ids.tolist(), chosen, top, rows)]
 

@@ -1,14 +1,23 @@
 """
-Generation: choosing the next token, batching prompts of different lengths, and chat replies.
+Generation: a model's tokens one at a time through the KV cache, batches of prompts of different lengths,
+and chat replies.
 
-GPT.generate_stream (model.py) runs the KV cache one token at a time; these are what every script puts
-around it: sample_next picks a token from the logits, left_pad lines prompts up on the right so that they
-decode together, and stream_reply / generate_replies turn a conversation into the assistant's reply.
+    for next_id in generate_stream(model, idx, 100, temperature=0.8, top_k=200):  # (B, 1) at a time
+        ...
+    out = generate(model, idx, 100, temperature=0)                               # the prompt and 100 tokens
+
+generate_stream feeds the model its prompt once, then one token per step, each step reading the keys and
+values of the tokens before it from a KVCache (model.py) instead of recomputing them; seedgpt/sampling.py
+picks each token. left_pad lines prompts up on the right so that they decode together, and stream_reply /
+generate_replies turn a conversation into the assistant's reply.
 """
-import torch
-from torch.nn import functional as F
+import itertools
 
+import torch
+
+from model import KVCache
 from seedgpt.chat import chat_ids, render_prompt, stop_ids
+from seedgpt.sampling import draws, sample
 
 
 def left_pad(rows, device='cpu'):
@@ -22,42 +31,60 @@ def left_pad(rows, device='cpu'):
     return idx.to(device), pad.to(device)
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next token (B, 1) from logits (B, V): greedy at temperature 0, else sampled."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    if temperature != 1:  # skipped when it changes nothing: a few ops less per token
-        logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and 0 < top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    # torch.multinomial's own draw for one sample, every row at once: argmax(p / q) with q ~ Exp(1), which is
-    # the Gumbel-max trick. Written out, it skips multinomial's checks of the probabilities: a few ops per
-    # token on a CPU, and on a GPU two waits for the device. The same generator gives the same tokens.
-    q = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / q).argmax(dim=-1, keepdim=True)
+def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
+                    generator=None, compile=False, pad=None):
+    """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
 
+    Prompts of different lengths go in one batch padded on the left, pad (B,) giving each row's padding
+    (see left_pad); each row then gets the tokens it would get alone. Such a batch must fit in block_size
+    with its new tokens.
 
-
-def stream_reply(model, tok, messages, max_new_tokens, **sampling):
-    """The assistant's reply to `messages` in text pieces, as it is generated, up to its <|end|>.
-
-    Stops early at any chat token (a model that skips <|end|> and starts a new turn) or an id past the
-    tokenizer (a padded vocabulary). `sampling` goes to model.generate_stream (temperature, top_k, ...).
+    Past block_size the window jumps: it keeps the last block_size // 2 tokens and goes on, so every token
+    sees at least half a context. The uncached path (use_cache=False) recomputes the same window each step,
+    so both give the same tokens. compile=True runs the one-token steps through torch.compile: one call per
+    token instead of many small ops, after a compile of about a minute.
     """
-    stop = stop_ids(tok)
-    device = next(model.parameters()).device
-    x = torch.tensor([render_prompt(tok, messages)], dtype=torch.long, device=device)
-    pending = []  # BPE may split a character over tokens: yield only what decodes whole
-    for next_id in model.generate_stream(x, max_new_tokens, **sampling):
-        i = next_id.item()
-        if i in stop or i >= tok.vocab_size:
-            break
+    bs = model.config.block_size
+    B, T = idx.shape
+    if pad is not None and T + max_new_tokens > bs:
+        raise ValueError(f"a padded batch of {T} + {max_new_tokens} new tokens does not fit in block_size {bs}")
+    ids = idx.new_empty(B, T + max_new_tokens)  # prompt and output, written in place: no cat per token
+    ids[:, :T] = idx
+    step = torch.compile(model, dynamic=True) if compile else model
+    start = max(0, T - bs)  # a long prompt is cropped to its last block_size tokens
+    cache, window = None, None
+    for t in range(T, T + max_new_tokens):
+        if t - start > bs:
+            # the window is full. Sliding it by one token would shift every cached position (learned or
+            # rotary), so the cache would have to be recomputed at each step; jumping by half a window
+            # recomputes it once per block_size // 2 tokens, and each token still sees at least half a context
+            start = t - bs // 2
+        # inference mode, not just no_grad: each op skips autograd's bookkeeping, and a one-token step is
+        # many small ops. Entered per step, not around the yield: the caller's code stays in its own mode
+        with torch.inference_mode():
+            if not use_cache:  # the reference: a fresh cache of the whole window at every step
+                logits, _ = model(ids[:, start:t], cache=KVCache(model.config, pad))
+            elif window != start:  # (re)fill the cache with the whole window
+                cache, window = KVCache(model.config, pad), start
+                logits, _ = model(ids[:, start:t], cache=cache)
+            else:
+                logits, _ = step(ids[:, t - 1:t], cache=cache)
+            u = draws(generator, B, ids.device) if temperature > 0 else None
+            ids[:, t] = sample(logits[:, -1, :], temperature, top_k, top_p, u)
+        yield ids[:, t:t + 1]
+
+
+def generate(model, idx, max_new_tokens, **kwargs):
+    """The prompt idx (B, T) followed by max_new_tokens generated tokens (generate_stream's settings)."""
+    new = list(generate_stream(model, idx, max_new_tokens, **kwargs))
+    return torch.cat([idx] + new, dim=1)
+
+
+def text_pieces(tok, ids):
+    """The text of a stream of ids, in pieces as they come: BPE may split a character over tokens, so a
+    piece is yielded only once it decodes whole."""
+    pending = []
+    for i in ids:
         pending.append(i)
         text = tok.decode(pending)
         if not text.endswith('\ufffd'):
@@ -65,6 +92,19 @@ def stream_reply(model, tok, messages, max_new_tokens, **sampling):
             pending = []
     if pending:
         yield tok.decode(pending)
+
+
+def stream_reply(model, tok, messages, max_new_tokens, **sampling):
+    """The assistant's reply to `messages` in text pieces, as it is generated, up to its <|end|>.
+
+    Stops early at any chat token (a model that skips <|end|> and starts a new turn) or an id past the
+    tokenizer (a padded vocabulary). `sampling` goes to generate_stream (temperature, top_k, ...).
+    """
+    stop = stop_ids(tok)
+    device = next(model.parameters()).device
+    x = torch.tensor([render_prompt(tok, messages)], dtype=torch.long, device=device)
+    ids = (next_id.item() for next_id in generate_stream(model, x, max_new_tokens, **sampling))
+    yield from text_pieces(tok, itertools.takewhile(lambda i: i not in stop and i < tok.vocab_size, ids))
 
 
 def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
@@ -80,7 +120,7 @@ def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
     if max_new_tokens <= 0:
         raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {model.config.block_size}")
     out, done = [[] for _ in prompts], [False] * len(prompts)
-    for next_ids in model.generate_stream(idx, max_new_tokens, pad=pad, **sampling):
+    for next_ids in generate_stream(model, idx, max_new_tokens, pad=pad, **sampling):
         for b, i in enumerate(next_ids[:, 0].tolist()):
             if not done[b]:
                 out[b].append(i)

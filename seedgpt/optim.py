@@ -1,6 +1,7 @@
 """
-Optimization: the learning-rate schedule, the Muon optimizer, and one update step that train.py and
-feedback/rl.py share, so neither can drift from the other (gradient scaling, clipping, pruning masks).
+Optimization: which optimizer trains which parameters, the learning-rate schedule, the Muon optimizer, and
+one update step that train.py and feedback/rl.py share, so neither can drift from the other (gradient
+scaling, clipping, pruning masks).
 """
 import math
 
@@ -8,6 +9,31 @@ import torch
 
 from seedgpt.prune import apply_masks
 from seedgpt.runtime import fast_matmul_dtype
+
+
+def decay_groups(params, weight_decay):
+    """Weight decay on matrices (2-D and up) only; biases and norm gains go undecayed."""
+    return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
+
+def configure_optimizers(model, weight_decay, learning_rate, betas, device_type, muon_lr=0.0,
+                         matmul_dtype=torch.bfloat16):
+    """A GPT's optimizers: AdamW (fused where the device supports it); with muon_lr > 0, Muon for the hidden
+    matrices, orthogonalising in matmul_dtype (the fastest the device has), and AdamW for the rest.
+    Frozen parameters (fine-tuning) go to neither."""
+    adam_kwargs = dict(lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if muon_lr <= 0:
+        return [torch.optim.AdamW(decay_groups(trainable, weight_decay), **adam_kwargs)]
+    # LoRA's A and B go to AdamW, as in the LoRA paper: Muon sizes its steps for whole hidden matrices (every
+    # singular value set to 1), not for the two thin factors of a rank-r update, one of which (B) starts at 0
+    hidden = [p for n, p in model.transformer.h.named_parameters()
+              if p.dim() == 2 and p.requires_grad and 'lora_' not in n]
+    ids = {id(p) for p in hidden}
+    adam = torch.optim.AdamW(decay_groups([p for p in trainable if id(p) not in ids], weight_decay), **adam_kwargs)
+    # with LoRA no hidden matrix trains, and an optimizer may not be empty
+    return [adam] + ([Muon(hidden, lr=muon_lr, weight_decay=weight_decay, ns_dtype=matmul_dtype)] if hidden else [])
 
 
 def lr_at(cfg, it, elapsed):
@@ -38,8 +64,8 @@ class Stepper:
     def __init__(self, model, cfg, rt, masks=None):
         self.model, self.masks, self.cfg = model, masks or {}, cfg
         # the hidden matrices' Newton-Schulz runs in bf16 only where the hardware has it
-        self.optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                                     rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
+        self.optimizers = configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                               rt.device_type, cfg.muon_lr, fast_matmul_dtype(rt.device_type))
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group['base_lr'] = group['lr']  # the schedule scales each optimizer's own peak

@@ -5,9 +5,9 @@ the serving engine alike.
     ids = sample(logits, temperature=0.8, top_k=200, top_p=0.95, uniform=draws(generator, B))
 
 Every setting may be one value for all rows or a (B,) tensor of one value per row (a server's requests
-each ask for their own). A row draws with its own uniform number: a request seeded alone gets the same
-draws in any batch. It is the inverse of the cumulative distribution: sort nothing unless top_p asks for
-it, add the probabilities up, and take the first token whose running sum passes u times the total.
+each ask for their own). A row draws with its own uniform number, and its token depends on its own logits, settings and draw
+alone, never on its batch neighbours'. It is the inverse of the cumulative distribution: add the
+probabilities up in vocabulary order, and take the first token whose running sum passes u times the total.
 """
 import torch
 from torch.nn import functional as F
@@ -53,14 +53,17 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, uniform=None, banned
     numbers in [0, 1), one per row (draws()); banned: ids never generated (one list, or one per row).
     """
     B, V = logits.shape
-    logits = ban(logits.float(), banned)
+    logits = ban(logits, banned)
     greedy = logits.argmax(dim=-1)
+    scalar = not isinstance(temperature, torch.Tensor)
+    if scalar and temperature < GREEDY_BELOW:  # the common greedy case in a few ops: decoding is op-bound
+        return greedy
     t = per_row(temperature, B, logits.device)
-    if bool((t < GREEDY_BELOW).all()):
+    if not scalar and bool((t < GREEDY_BELOW).all()):
         return greedy
     if uniform is None:
         raise ValueError("sampling at temperature > 0 needs uniform draws (seedgpt.sampling.draws)")
-    logits = logits / t.clamp(min=GREEDY_BELOW)[:, None]
+    logits = logits.float() / t.clamp(min=GREEDY_BELOW)[:, None]
     if top_k is not None:
         k = per_row(top_k, B, logits.device, torch.long)
         k = torch.where((k <= 0) | (k > V), V, k)
@@ -71,20 +74,22 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, uniform=None, banned
     # float64 sums: a float32 running sum that stops growing before its end (tiny probabilities added to
     # ~1) could leave u * total past it, and the search would land on a token of zero probability
     probs = F.softmax(logits, dim=-1).double()
-    order = None
     if top_p is not None:
         p = per_row(top_p, B, logits.device, torch.float64)
         if bool((p < 1).any()):
-            probs, order = probs.sort(dim=-1, descending=True)
-            probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > p[:, None], 0.0)
+            # the nucleus: the likeliest tokens until their mass reaches p. It is found on the sorted
+            # probabilities, but the tokens stay in vocabulary order, so that a row's token for a given draw
+            # does not depend on whether its batch neighbours asked for a nucleus too
+            ranked = probs.sort(dim=-1, descending=True).values
+            kept = (ranked.cumsum(dim=-1) - ranked <= p[:, None]).sum(dim=-1, keepdim=True)  # >= 1 per row
+            probs = probs.masked_fill(probs < ranked.gather(-1, kept - 1), 0.0)
     cdf = probs.cumsum(dim=-1)
     u = uniform.to(device=logits.device, dtype=torch.float64).reshape(B, 1)
     # right=True: the first token whose running sum passes the draw, so never one of probability 0; and
     # never past the token where the sum reaches its total, whatever the rounding of u * total
     k = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     k = torch.minimum(k, (cdf < cdf[:, -1:]).sum(dim=-1, keepdim=True))
-    picked = (order.gather(-1, k) if order is not None else k)[:, 0]
-    return torch.where(t < GREEDY_BELOW, greedy, picked)
+    return torch.where(t < GREEDY_BELOW, greedy, k[:, 0])
 
 
 def top_logprobs(logits, ids, k, banned=None):

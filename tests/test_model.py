@@ -6,7 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from model import GPT, GPTConfig, KVCache
-from seedgpt.generate import left_pad, sample_next
+from seedgpt.generate import generate, generate_stream, left_pad
+from seedgpt.optim import configure_optimizers
 from seedgpt.int8 import Int8Linear, quantize_int8
 
 VARIANTS = {
@@ -52,7 +53,7 @@ def test_kv_cache_chunks_match_full_forward(variant):
     """Prefill, then a multi-token chunk, then single tokens: the same last logits as one full pass."""
     model = tiny_model(**VARIANTS[variant])
     idx = torch.randint(32, (2, 14), generator=torch.Generator().manual_seed(2))
-    cache = KVCache(model.config.n_layer, model.config.block_size)
+    cache = KVCache(model.config)
     for lo, hi in [(0, 5), (5, 9), (9, 10), (10, 14)]:
         logits, _ = model(idx[:, lo:hi], cache=cache)
         ref, _ = model(idx[:, :hi])
@@ -67,7 +68,7 @@ def test_overfits_one_batch():
     model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
     x = torch.randint(32, (4, 16), generator=torch.Generator().manual_seed(3))
     y = torch.roll(x, -1, dims=1)
-    opt = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), 'cpu')[0]
+    opt = configure_optimizers(model, 0.0, 3e-3, (0.9, 0.95), 'cpu')[0]
     _, first = model(x, y)
     for _ in range(200):
         _, loss = model(x, y)
@@ -87,8 +88,8 @@ def test_generate_cached_equals_uncached(variant, prompt_len, int8):
         quantize_int8(model)
     idx = torch.randint(32, (2, prompt_len), generator=torch.Generator().manual_seed(4))
     n = 40  # well past block_size=16: the window jumps several times
-    cached = model.generate(idx, n, temperature=0, use_cache=True)
-    plain = model.generate(idx, n, temperature=0, use_cache=False)
+    cached = generate(model, idx, n, temperature=0, use_cache=True)
+    plain = generate(model, idx, n, temperature=0, use_cache=False)
     assert cached.shape == (2, prompt_len + n)
     assert torch.equal(cached[:, :prompt_len], idx)
     assert torch.equal(cached, plain)
@@ -109,30 +110,15 @@ def reference_greedy(model, idx, n):
 def test_generate_window_rule():
     model = tiny_model(**VARIANTS['rope'])
     idx = torch.randint(32, (1, 3), generator=torch.Generator().manual_seed(5))
-    assert torch.equal(model.generate(idx, 40, temperature=0), reference_greedy(model, idx, 40))
+    assert torch.equal(generate(model, idx, 40, temperature=0), reference_greedy(model, idx, 40))
 
 
 def test_sampled_generation_cached_equals_uncached():
     model = tiny_model(**VARIANTS['learned'])
     idx = torch.zeros((1, 1), dtype=torch.long)
-    a = model.generate(idx, 30, temperature=1.0, top_k=10, use_cache=True, generator=torch.Generator().manual_seed(6))
-    b = model.generate(idx, 30, temperature=1.0, top_k=10, use_cache=False, generator=torch.Generator().manual_seed(6))
+    a = generate(model, idx, 30, temperature=1.0, top_k=10, use_cache=True, generator=torch.Generator().manual_seed(6))
+    b = generate(model, idx, 30, temperature=1.0, top_k=10, use_cache=False, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b)
-
-
-def test_sample_next_draws_as_multinomial():
-    """sample_next writes out torch.multinomial's one-sample draw: the same generator gives the same tokens."""
-    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(15)) * 3
-    for top_k, top_p in [(None, None), (5, None), (None, 0.8)]:
-        for seed in range(20):
-            picked = sample_next(logits, 0.7, top_k, top_p, generator=torch.Generator().manual_seed(seed))
-            probs = F.softmax(logits / 0.7, dim=-1)
-            if top_k:
-                probs = F.softmax((logits / 0.7).masked_fill(logits < logits.topk(top_k).values[:, -1:], float('-inf')), -1)
-            if top_p:
-                p, order = probs.sort(dim=-1, descending=True)
-                probs = probs.scatter(-1, order, p.masked_fill(p.cumsum(-1) - p > top_p, 0.0))
-            assert torch.equal(picked, torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)))
 
 
 def test_generated_ids_are_plain_tensors():
@@ -140,47 +126,11 @@ def test_generated_ids_are_plain_tensors():
     can feed a forward that trains."""
     model = tiny_model()
     with torch.enable_grad():
-        for next_id in model.generate_stream(torch.zeros((1, 1), dtype=torch.long), 3):
+        for next_id in generate_stream(model, torch.zeros((1, 1), dtype=torch.long), 3):
             assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
             assert not next_id.is_inference()
     _, loss = model(next_id, next_id)
     loss.backward()
-
-
-def test_top_k_1_is_greedy():
-    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(7))
-    greedy = sample_next(logits, temperature=0)
-    assert torch.equal(greedy, logits.argmax(-1, keepdim=True))
-    for temperature in (0.5, 1.0, 2.0):
-        picked = sample_next(logits, temperature, top_k=1, generator=torch.Generator().manual_seed(8))
-        assert torch.equal(picked, greedy)
-
-
-def test_top_k_keeps_the_k_likeliest():
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.0]]).repeat(4000, 1)
-    picked = sample_next(logits, 1.0, top_k=3, generator=torch.Generator().manual_seed(9))
-    assert set(picked.flatten().tolist()) == {1, 3, 5}
-
-
-def test_top_p_keeps_only_the_nucleus():
-    # probabilities 0.05, 0.30, 0.15, 0.50 (shuffled so the nucleus is not simply the first ids)
-    probs = torch.tensor([0.05, 0.30, 0.15, 0.50])
-    logits = probs.log().repeat(20000, 1)
-    g = torch.Generator().manual_seed(10)
-    for top_p, nucleus in [(0.45, {3}), (0.7, {3, 1}), (0.9, {3, 1, 2}), (1.0, {0, 1, 2, 3})]:
-        picked = sample_next(logits, 1.0, top_p=top_p, generator=g).flatten()
-        assert set(picked.tolist()) == nucleus, top_p
-        # inside the nucleus the probabilities are renormalised, not flattened
-        kept = probs[sorted(nucleus)]
-        freq = torch.bincount(picked, minlength=4)[sorted(nucleus)].float() / len(picked)
-        torch.testing.assert_close(freq, kept / kept.sum(), rtol=0, atol=0.02)
-
-
-def test_temperature_scales_logits():
-    logits = torch.tensor([[0.0, 1.0]]).repeat(20000, 1)
-    picked = sample_next(logits, 0.5, generator=torch.Generator().manual_seed(11)).float()
-    p1 = torch.sigmoid(torch.tensor(2.0)).item()  # softmax of [0, 2] at temperature 0.5
-    assert abs(picked.mean().item() - p1) < 0.02
 
 
 def test_unknown_variant_rejected():
@@ -231,17 +181,17 @@ def test_left_padded_batch_equals_each_row_alone(variant):
     rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
     idx, pad = left_pad(rows)
     assert pad.tolist() == [4, 0, 6]
-    h = model.hidden(idx, pad=pad)
+    h = model.hidden(idx, cache=KVCache(model.config, pad))
     for b, row in enumerate(rows):
         alone = model.hidden(torch.tensor([row]))[0]
         torch.testing.assert_close(h[b, pad[b]:], alone, atol=1e-5, rtol=0)
     for use_cache in (True, False):
-        out = torch.cat(list(model.generate_stream(idx, 8, temperature=0, pad=pad, use_cache=use_cache)), dim=1)
+        out = torch.cat(list(generate_stream(model, idx, 8, temperature=0, pad=pad, use_cache=use_cache)), dim=1)
         for b, row in enumerate(rows):
-            alone = torch.cat(list(model.generate_stream(torch.tensor([row]), 8, temperature=0)), dim=1)
+            alone = torch.cat(list(generate_stream(model, torch.tensor([row]), 8, temperature=0)), dim=1)
             assert torch.equal(out[b], alone[0])
     with pytest.raises(ValueError, match='does not fit'):
-        list(model.generate_stream(idx, 16, pad=pad))
+        list(generate_stream(model, idx, 16, pad=pad))
 
 
 def test_swiglu_is_a_gated_silu_with_as_many_weights():
