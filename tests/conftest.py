@@ -125,3 +125,13 @@ def trained_out(tmp_path_factory, char_data):
     out = tmp_path_factory.mktemp('trained') / 'out'
     run_train(out, char_data, '--max_iters=30')
     return out
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """Lets stand-in models generate: seedgpt.generate's functions (stream_reply, generate_replies, and the
+    agent and preference pairs built on them) take each token from the stand-in's stream(idx,
+    max_new_tokens, pad) instead of a forward, so a test scripts the replies and checks what surrounds them."""
+    import seedgpt.generate
+    monkeypatch.setattr(seedgpt.generate, 'generate_stream',
+                        lambda model, idx, max_new_tokens, pad=None, **sampling: model.stream(idx, max_new_tokens, pad))

@@ -103,12 +103,12 @@ class Scripted(torch.nn.Module):
         super().__init__()
         self.ids, self.w = ids, torch.nn.Parameter(torch.zeros(1))
 
-    def generate_stream(self, idx, max_new_tokens, **kwargs):
+    def stream(self, idx, max_new_tokens, pad=None):
         for i in self.ids[:max_new_tokens]:
             yield torch.tensor([[i]])
 
 
-def test_reply_stops_at_end_of_turn():
+def test_reply_stops_at_end_of_turn(stand_ins):
     tok = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS)
     end, user = tok.special_ids['<|end|>'], tok.special_ids['<|user|>']
     q = [{'role': 'user', 'content': 'hi'}]

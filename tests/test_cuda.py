@@ -10,6 +10,7 @@ from conftest import run_train
 from model import GPT, GPTConfig
 from seedgpt import runtime
 from seedgpt.checkpoint import load_model
+from seedgpt.generate import generate
 from seedgpt.runtime import fast_bf16
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
@@ -65,8 +66,8 @@ def test_kv_cache_on_cuda_equals_uncached(pos):
             if p.dim() >= 2:
                 p.normal_(0, 0.3)
     idx = torch.randint(50, (2, 5), device='cuda', generator=torch.Generator('cuda').manual_seed(1))
-    cached = model.generate(idx, 80, temperature=0, use_cache=True)  # past block_size: the window jumps
-    plain = model.generate(idx, 80, temperature=0, use_cache=False)
+    cached = generate(model, idx, 80, temperature=0, use_cache=True)  # past block_size: the window jumps
+    plain = generate(model, idx, 80, temperature=0, use_cache=False)
     assert torch.equal(cached, plain)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
+from seedgpt.generate import generate
 from seedgpt.engine import Engine, Request, packed_length, sample_rows
 
 V = 23
@@ -28,7 +29,7 @@ def tiny(pos='learned', block_size=48, vocab_size=V):
 
 def alone(model, prompt, max_tokens, stop_ids=()):
     """The request's greedy tokens and finish reason, run alone through model.generate."""
-    out = model.generate(torch.tensor([prompt]), max_tokens, temperature=0)[0, len(prompt):].tolist()
+    out = generate(model, torch.tensor([prompt]), max_tokens, temperature=0)[0, len(prompt):].tolist()
     end = next((k for k, i in enumerate(out) if i in stop_ids), None)
     return (out, 'length') if end is None else (out[:end + 1], 'stop')
 

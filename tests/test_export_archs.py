@@ -21,6 +21,7 @@ from seedgpt import corpus  # noqa: E402
 from seedgpt.chat import CHAT_SPECIALS  # noqa: E402
 from seedgpt.config import load_config  # noqa: E402
 from seedgpt.data import load_meta  # noqa: E402
+from seedgpt.generate import generate  # noqa: E402
 from seedgpt.hf import GPT2_NAMES, hf_architecture, load_hf, save_hf_dir, to_hf, tokenizer_files  # noqa: E402
 from seedgpt.tokenizer import BPETokenizer, train_bpe  # noqa: E402
 
@@ -63,7 +64,7 @@ def greedy(ours, theirs, prompt, n=20):
     x = torch.tensor([prompt])
     theirs.generation_config.eos_token_id = None  # seedgpt's generate does not stop at <|endoftext|> either
     with torch.no_grad():
-        a = ours.generate(x, n, temperature=0.0)[0, len(prompt):].tolist()
+        a = generate(ours, x, n, temperature=0.0)[0, len(prompt):].tolist()
         b = theirs.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
                             pad_token_id=0)[0, len(prompt):].tolist()
     return a, b

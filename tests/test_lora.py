@@ -12,7 +12,7 @@ from conftest import read_log, run_train
 from model import GPT, GPTConfig
 from seedgpt import runtime
 from seedgpt.lora import LoRALinear, add_lora, freeze_and_adapt, merge_lora
-from seedgpt.optim import Muon
+from seedgpt.optim import Muon, configure_optimizers
 
 TINY_MODEL = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, bias=True)
 
@@ -104,7 +104,7 @@ def test_muon_leaves_the_adapters_to_adamw():
         model = tiny_gpt()
         cfg = train.Config(lora_rank=lora_rank, freeze_blocks=freeze_blocks)
         freeze_and_adapt(model, cfg)
-        optimizers = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', muon_lr=0.02, matmul_dtype=torch.float32)
+        optimizers = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu', muon_lr=0.02, matmul_dtype=torch.float32)
         names = {id(p): n for n, p in model.named_parameters()}
         muon = [names[i] for i in held(o for o in optimizers if isinstance(o, Muon))]
         assert not [n for n in muon if 'lora_' in n]

@@ -20,7 +20,7 @@ from chat import eval as evaluate
 from chat import talk as chat
 from conftest import ROOT, make_ckpt, one_line_error, read_log, run_script
 from feedback import dpo, reward, rl
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
 from prepare import preferences, tasks
 from seedgpt.chat import render_prompt
 from seedgpt.checkpoint import load_model, save_checkpoint
@@ -264,7 +264,7 @@ def expected_reward(out_dir, data_dir):
     prompts = [render_prompt(tok, r['messages'][:-1]) for r in records(data_dir, 'train')]
     idx, pad = left_pad(prompts)
     with torch.no_grad():
-        logits, _ = model(idx, pad=pad)
+        logits, _ = model(idx, cache=KVCache(model.config, pad))
     lower = [tok.encode(c)[0] for c in 'abcdefghijklmnopqrstuvwxyz']
     return logits[:, -1].float().softmax(-1)[:, lower].sum(-1).mean().item()
 
@@ -421,13 +421,13 @@ class Oracle(torch.nn.Module):
         self.answers = {tuple(render_prompt(tok, r['messages'][:-1])): tok.encode(r['meta']['answer']) + [end]
                         for r in recs}
 
-    def generate_stream(self, idx, max_new_tokens, pad=None, **sampling):
+    def stream(self, idx, max_new_tokens, pad=None):
         rows = [self.answers[tuple(row[p:].tolist())] for row, p in zip(idx, pad)]
         for t in range(max_new_tokens):
             yield torch.tensor([[r[min(t, len(r) - 1)]] for r in rows])
 
 
-def test_preferences_from_a_perfect_model_use_near_misses(suite):
+def test_preferences_from_a_perfect_model_use_near_misses(suite, stand_ins):
     _, data, _ = suite
     tok = load_tokenizer(json.loads((data / 'meta.json').read_text()))
     recs = records(data, 'train')

@@ -21,7 +21,7 @@ from model import GPT, GPTConfig
 from prepare.tasks import prepare as prepare_tasks
 from seedgpt.chat import render_prompt
 from seedgpt.checkpoint import load_model, save_checkpoint
-from seedgpt.generate import generate_replies, reply_text
+from seedgpt.generate import generate, generate_replies, generate_stream, reply_text
 from seedgpt.tokenizer import CharTokenizer
 from serve import server as serve
 
@@ -161,7 +161,7 @@ def test_completions_with_openai_client(chat_model):
     model, tok = chat_model
     prompt = 'What is 1'
     x = torch.tensor([tok.encode(prompt)])
-    ids = [i.item() for i in model.generate_stream(x, 20, temperature=0)]
+    ids = [i.item() for i in generate_stream(model, x, 20, temperature=0)]
     specials = set(tok.special_ids.values())
     end = next((k for k, i in enumerate(ids) if i in specials), len(ids))
     with running(model, tok) as url:
@@ -176,7 +176,7 @@ def test_completions_with_openai_client(chat_model):
 
 def completion_alone(model, tok, prompt, max_tokens):
     """The model's own greedy continuation of a base model's prompt, as text."""
-    ids = model.generate(torch.tensor([tok.encode(prompt)]), max_tokens, temperature=0)[0, len(prompt):]
+    ids = generate(model, torch.tensor([tok.encode(prompt)]), max_tokens, temperature=0)[0, len(prompt):]
     return tok.decode(ids.tolist())
 
 

@@ -103,7 +103,7 @@ class Scripted(torch.nn.Module):
         self.script, self.w = script, torch.nn.Parameter(torch.zeros(1))
         self.config = type('C', (), {'block_size': block_size})()
 
-    def generate_stream(self, idx, max_new_tokens, pad=None, **kwargs):
+    def stream(self, idx, max_new_tokens, pad=None):
         pad = pad.tolist() if pad is not None else [0] * idx.size(0)
         replies = [self.script(row[p:]) for row, p in zip(idx.tolist(), pad)]
         for t in range(max_new_tokens):
@@ -122,7 +122,7 @@ def caller(tok, call):
     return script
 
 
-def test_generation_runs_the_tool_and_goes_on(monkeypatch):
+def test_generation_runs_the_tool_and_goes_on(monkeypatch, stand_ins):
     tok = char_tok()
     special = chat_ids(tok)
     monkeypatch.setitem(tools.TOOLS, 'calc', (lambda e: f'<{e}>', ('expression',), 'a stub'))
@@ -137,7 +137,7 @@ def test_generation_runs_the_tool_and_goes_on(monkeypatch):
     assert render_chat(tok, [{'role': 'user', 'content': 'What is 2+3?'}] + trace.messages)[0] == prompt + trace.ids
 
 
-def test_a_malformed_call_gets_an_error_and_the_answer_goes_on():
+def test_a_malformed_call_gets_an_error_and_the_answer_goes_on(stand_ins):
     tok = char_tok()
     prompt = render_prompt(tok, [{'role': 'user', 'content': 'hi'}])
     for call, why in (('calc(2+', 'malformed call'), ('nope(1)', "no tool 'nope'"), ('calc(1/0)', 'division by zero')):
@@ -147,7 +147,7 @@ def test_a_malformed_call_gets_an_error_and_the_answer_goes_on():
         assert trace.malformed == (why != 'division by zero')  # a call that parses is not malformed, even if it fails
 
 
-def test_calls_are_capped():
+def test_calls_are_capped(stand_ins):
     tok = char_tok()
     special = chat_ids(tok)
     always = Scripted(lambda context: [special['call']] + tok.encode('calc(1+1)') + [special['end']])
@@ -236,7 +236,7 @@ def test_rl_rollouts_run_tools_and_keep_results_out_of_the_loss(tool_model, tmp_
     assert any(t.called for traces in seen for t in traces)  # the rollouts (and evals) ran the tools
 
 
-def test_a_model_from_before_tools_gets_one_round_with_its_answer_as_a_message():
+def test_a_model_from_before_tools_gets_one_round_with_its_answer_as_a_message(stand_ins):
     old = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS[:4])
     end = chat_ids(old)['end']
     (trace,) = generate_with_tools(Scripted(lambda context: old.encode('42') + [end]), old,
