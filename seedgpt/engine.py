@@ -48,8 +48,7 @@ import torch
 from torch.nn import functional as F
 
 from model import Cache
-
-GREEDY_BELOW = 1e-5  # temperatures under this decode greedily: logits / 1e-40 would overflow to inf
+from seedgpt.sampling import GREEDY_BELOW, sample, top_logprobs
 
 Token = namedtuple('Token', 'id logprob top')  # top: [(id, logprob), ...] when top logprobs were asked for
 
@@ -163,6 +162,7 @@ class Request:
         self.logprobs = logprobs  # None, or how many top alternatives to report with each token's logprob
         self.stop_ids = frozenset(stop_ids)
         self.ban_ids = sorted(set(ban_ids))
+        self.error = None  # the exception that ended it, when it ended with 'error'
         self.rng = random.Random(seed)  # one uniform number per token: the same draws however it is batched
         self.ids = list(prompt)  # the prompt, then the generated ids
         self.fed = 0  # how many of ids have their keys and values in the slot
@@ -216,6 +216,8 @@ class Engine:
         self.submit(req)
         while not req.ended:
             self.step()
+        if req.error is not None:  # a row's failure ends the row quietly; here it must stop whoever compiles
+            raise req.error
         return time.perf_counter() - t
 
     def submit(self, req):
@@ -241,14 +243,16 @@ class Engine:
                 continue
             try:
                 self.step()
-            except Exception:  # a bug must not take the server down: the running rows fail, the next ones run
+            except Exception as e:  # a bug must not take the server down: the running rows fail, the next ones run
                 traceback.print_exc()
-                self.deliver([(s.req, 'error') for s in self.slots if s.req is not None])
-                for s in self.slots:
-                    if s.req is not None:
-                        s.req.ended = True
+                failed = [s.req for s in self.slots if s.req is not None]
+                for req in failed:
+                    req.ended, req.error = True, e
+                for i, s in enumerate(self.slots):  # whatever the step left half written is cleared
                     s.req, s.tokens = None, []
+                    self.clear(i)
                 self.d = 0
+                self.deliver([(req, 'error') for req in failed])
 
     # -- the slots
 
@@ -268,13 +272,25 @@ class Engine:
             return n
         free = [s for s in self.slots[self.d:] if s.req is None]
         slot = max(free, key=lambda s: (shared(s), -s.used))
-        req.fed, slot.req, slot.tokens = shared(slot), req, []
+        req.fed = shared(slot)
+        self.clear(self.slots.index(slot), req.fed, len(slot.tokens))  # what it does not reuse
+        slot.req, slot.tokens = req, []
+
+    def clear(self, i, start=0, end=None):
+        """Zero positions start .. end - 1 of slot i in every layer. A row's keys past its position are masked out,
+        but a masked weight of 0 times a NaN or inf left there by an earlier request is still NaN. So a slot holds
+        zeros past its length(): cleared here when it is taken (the old tokens it does not reuse) or when a failure
+        may have left it half written; a swap moves the first max(length()) positions of both slots, so the
+        zeros move with them."""
+        self.cache.kv[:, :, i, :, start:end] = 0  # (layer, k or v, slot, head, position, hs)
 
     def free(self, req, reason, events):
         i = self.index(req)
         slot = self.slots[i]
         # the slot keeps what it holds for the prefix cache, unless a failure may have left it half written
         slot.req, slot.tokens, slot.used = None, (req.ids[:req.fed] if reason != 'error' else []), self.clock
+        if reason == 'error':
+            self.clear(i)
         req.ended = True
         events.append((req, reason))
         if i < self.d:  # keep the decoding rows together: the last of them takes the hole
@@ -332,9 +348,9 @@ class Engine:
             logits, _ = self.model(x, cache=plan)  # (1, rows, V): at each row's last token
             done = [b for b, (r, T) in enumerate(rows) if r.fed + T == len(r.ids)]
             tokens = self.sample([rows[b][0] for b in done], logits[0, done].float()) if done else []
-        except Exception:
-            if len(rows) == 1:
-                traceback.print_exc()
+        except Exception as e:
+            if len(rows) == 1:  # the row's exception goes with it: whoever waits on it logs it (or raises it)
+                rows[0][0].error = e
                 return [(rows[0][0], 'error')]
             alone = [(start + b, [r], T) for start, rs, T in segments for b, r in enumerate(rs)]
             return [out for segment in alone for out in self.advance([segment])]

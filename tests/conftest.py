@@ -135,3 +135,13 @@ def stand_ins(monkeypatch):
     import seedgpt.generate
     monkeypatch.setattr(seedgpt.generate, 'generate_stream',
                         lambda model, idx, max_new_tokens, pad=None, **sampling: model.stream(idx, max_new_tokens, pad))
+
+
+# -- serving: the engine, the server and their clients (tests/test_engine.py, test_serve*.py)
+
+class NoCompiler(torch.nn.Module):
+    """What torch.compile gives on a machine without a working C++ compiler: a module that fails at its first
+    call (monkeypatch torch.compile to return one)."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")

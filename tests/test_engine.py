@@ -1,17 +1,22 @@
-"""seedgpt/engine.py against the model run alone (model.generate): seeded random mixes of prompts and max_tokens
+"""seedgpt/engine.py against the model run alone (seedgpt.generate.generate): seeded random mixes of prompts and max_tokens
 arriving at random steps into a few KV slots, so rows join mid-decode, leave, read long prompts in chunks and
-reuse cached prefixes; cancelled and failing rows beside good ones; the batched sampler row by row.
+reuse cached prefixes; cancelled and failing rows beside good ones; the sampler (seedgpt.sampling) row by row, as
+the engine calls it; what a seeded request keeps in any batch; NaN left in a slot; a failing compile.
 
 The models run in float64: the batched and the lone paths add up the same numbers in different orders, and
 in float32 a rare near-tie between two tokens could flip; in float64 a difference means a bug."""
+import math
 import random
 
 import pytest
 import torch
 
+from conftest import NoCompiler
+
 from model import GPT, GPTConfig
+from seedgpt.engine import Engine, Request, packed_length
 from seedgpt.generate import generate
-from seedgpt.engine import Engine, Request, packed_length, sample_rows
+from seedgpt.sampling import sample
 
 V = 23
 
@@ -28,7 +33,7 @@ def tiny(pos='learned', block_size=48, vocab_size=V):
 
 
 def alone(model, prompt, max_tokens, stop_ids=()):
-    """The request's greedy tokens and finish reason, run alone through model.generate."""
+    """The request's greedy tokens and finish reason, run alone through seedgpt.generate.generate."""
     out = generate(model, torch.tensor([prompt]), max_tokens, temperature=0)[0, len(prompt):].tolist()
     end = next((k for k, i in enumerate(out) if i in stop_ids), None)
     return (out, 'length') if end is None else (out[:end + 1], 'stop')
@@ -210,29 +215,58 @@ def test_prefix_cache_reads_only_the_new_turn():
             assert prefills == [4 + 12 * t for t in range(5)]
 
 
-def test_sample_rows_row_by_row():
-    """Each row samples from its own softmax(logits / temperature) cut to its top_p, with its own uniform:
-    a row's token does not depend on its neighbours; tiny temperatures are greedy, never inf or nan."""
+def test_the_sampler_row_by_row():
+    """The engine's sampling (seedgpt.sampling.sample with a (B,) tensor per setting and a float64 draw per row):
+    each row samples from its own softmax(logits / temperature) cut to its top_p, with its own uniform, so a row's
+    token does not depend on its neighbours; tiny temperatures are greedy, never inf or nan."""
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
     t = torch.tensor([0.0, 1e-40, 1.0, 0.7, 1.0, 2.0])
     p = torch.tensor([1.0, 1.0, 1e-38, 0.9, 0.5, 1.0])
-    u = torch.tensor([0.3, 0.99, 0.5, 0.1, 0.999, 0.6])
-    together = sample_rows(logits, t, p, u)
+    u = torch.tensor([0.3, 0.99, 0.5, 0.1, 0.999, 0.6], dtype=torch.float64)
+    together = sample(logits, t, top_p=p, uniform=u)
     for b in range(6):
-        assert sample_rows(logits[b:b + 1], t[b:b + 1], p[b:b + 1], u[b:b + 1]).item() == together[b].item()
+        assert sample(logits[b:b + 1], t[b:b + 1], top_p=p[b:b + 1], uniform=u[b:b + 1]).item() == together[b].item()
     assert together[:3].tolist() == logits[:3].argmax(-1).tolist()
     # the uniform's quantiles give back the distribution: N evenly spaced draws land on each token N x p times
     N = 2000
     row = logits[3:4].expand(N, -1)
-    draws = sample_rows(row, torch.full((N,), 0.7), torch.ones(N), (torch.arange(N) + 0.5) / N)
+    evenly = (torch.arange(N, dtype=torch.float64) + 0.5) / N
+    draws = sample(row, torch.full((N,), 0.7), top_p=torch.ones(N), uniform=evenly)
     probs = torch.softmax(logits[3] / 0.7, -1)
     assert (torch.bincount(draws, minlength=50) - probs * N).abs().max() <= 1.01
     # top_p: only the smallest set of likeliest tokens reaching p is ever drawn
-    draws = sample_rows(row, torch.full((N,), 0.7), torch.full((N,), 0.5), (torch.arange(N) + 0.5) / N)
+    draws = sample(row, torch.full((N,), 0.7), top_p=torch.full((N,), 0.5), uniform=evenly)
     sorted_p, order = probs.sort(descending=True)
     nucleus = set(order[sorted_p.cumsum(0) - sorted_p <= 0.5].tolist())
     assert set(draws.tolist()) == nucleus
+
+
+def test_a_draw_just_below_one_never_picks_an_impossible_token():
+    """u = the largest float64 below 1, through the engine: the token is one of non-zero probability, inside the
+    top_p nucleus and never banned. (A float32 draw rounded that u up to exactly 1.0, and the search then landed
+    on the last token of the sorted vocabulary: outside the nucleus, or a banned one.)"""
+    model = tiny()
+    last = math.nextafter(1.0, 0.0)
+    cases = [(0.5, ()), (1.0, range(V // 2, V)), (0.9, range(0, V, 3))]  # (top_p, ban_ids)
+    engine = Engine(model, V, max_batch=len(cases))
+    reqs = [Request([1, 2, 3], 12, temperature=1.0, top_p=p, seed=0, ban_ids=ban) for p, ban in cases]
+    for r in reqs:
+        r.rng.random = lambda: last
+        engine.submit(r)
+    while not all(r.ended for r in reqs):
+        engine.step()
+    for (top_p, ban), r in zip(cases, reqs):
+        tokens, _ = drain(r)
+        assert len(tokens) == 12
+        for k, i in enumerate(tokens):
+            with torch.no_grad():
+                logits = model(torch.tensor([r.prompt + tokens[:k]]))[0][0, -1]
+            logits[list(ban)] = float('-inf')
+            probs = torch.softmax(logits, -1)
+            ranked, order = probs.sort(descending=True)
+            nucleus = set(order[ranked.cumsum(0) - ranked <= top_p].tolist())
+            assert i not in ban and probs[i] > 0 and i in nucleus, (k, i)
 
 
 def test_seeded_sampling_is_the_same_batched_and_alone():
@@ -280,3 +314,62 @@ def test_banned_ids_are_never_generated():
     assert tokens[0] != firsts[1] and not {firsts[1], 3} & set(tokens) and len(tokens) == 12
     tokens, _ = drain(hot)
     assert all(i % 2 for i in tokens) and len(tokens) == 12
+
+
+def test_seeded_draws_do_not_depend_on_the_batch():
+    """What batching keeps for a seeded request in any dtype: one uniform draw per token from its own generator, the
+    k-th token from the k-th draw, alone or batched. Its tokens are then the same wherever its logits are: in
+    float64 (test_seeded_sampling_is_the_same_batched_and_alone), not always in float32, where a row's logits
+    change in their last bits with the batch's shape and a draw near a boundary between two tokens can flip
+    (docs/serving.md, 'Seeds and batches')."""
+    model = tiny().float()
+    rnd = random.Random(7)
+    mix = [(seed, [rnd.randrange(V) for _ in range(rnd.randint(2, 15))], 12) for seed in range(5)]
+
+    def draws(requests):  # each request's (token index, uniform) as drawn
+        engine = Engine(model, V, max_batch=4, prefill_chunk=5)
+        reqs, seen = [], []
+        for seed, p, m in requests:
+            reqs.append(Request(p, m, temperature=1.0, seed=seed))
+            seen.append([])
+            reqs[-1].rng.random = lambda r=reqs[-1], log=seen[-1], draw=reqs[-1].rng.random: (
+                log.append((r.generated, draw())) or log[-1][1])
+            engine.submit(reqs[-1])
+        while not all(r.ended for r in reqs):
+            engine.step()
+        return seen
+    together = draws(mix)
+    assert together == [draws([m])[0] for m in mix]
+    assert all([k for k, _ in d] == list(range(12)) for d in together)  # one draw per token, none between
+
+
+def test_nan_left_in_a_free_slot_never_reaches_a_new_row():
+    """A slot keeps what its last request left there (the prefix cache). Were those keys and values NaN (an earlier
+    request's activations overflowed), a new row in that slot must still get its own tokens: its keys past its
+    position are masked out, but a masked weight of 0 times NaN is NaN, so the engine zeroes what the new row does
+    not reuse."""
+    model = tiny()
+    engine = Engine(model, V, max_batch=2, prefill_chunk=64)
+    old = Request([5] * 30, 10, temperature=0)
+    engine.submit(old)
+    while not old.ended:
+        engine.step()
+    (i,) = [k for k, s in enumerate(engine.slots) if s.tokens]
+    engine.cache.kv[:, :, i, :, :len(engine.slots[i].tokens)] = float('nan')  # as an overflowing request would
+    long, short = [1 + k % 7 for k in range(25)], [2, 3, 4]  # the short one goes to the NaN slot, the other is LRU
+    reqs = [Request(p, 12, temperature=0) for p in (long, short)]
+    for r in reqs:
+        engine.submit(r)
+    while not all(r.ended for r in reqs):
+        engine.step()
+    assert engine.slots[i].req is None and [drain(r) for r in reqs] == [alone(model, p, 12) for p in (long, short)]
+
+
+def test_compile_raises_when_its_warm_up_fails(monkeypatch):
+    """Engine.compile runs one request through the compiled step; when that fails (no C++ compiler: torch.compile
+    fails at its first call), compile raises the error instead of ending the row quietly, so that a server stops
+    at start and not at every client's request."""
+    model = tiny()
+    monkeypatch.setattr(torch, 'compile', lambda module, **kwargs: NoCompiler())
+    with pytest.raises(RuntimeError, match='InvalidCxxCompiler'):
+        Engine(model, V).compile()
