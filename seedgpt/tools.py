@@ -16,8 +16,10 @@ Two tools, each for what a model of this size cannot do in its head and what the
          sums wrong a quarter of the time and 6-digit ones nearly always, but copies digits well;
   count  how many times a letter occurs in a word: a character model sees the letters, but counting
          them is a loop that attention does not learn from a few thousand examples.
-Each is one function here, with its input bounded in size, a time limit, and its output cut to
-MAX_OUTPUT characters; a bad call returns 'error: ...' as its result, never raises into generation.
+Each is one function here, with its input bounded in size and a time limit. A value never has more than
+MAX_DIGITS digits (a decimal keeps fewer places when its whole part is long, rounded), so a result fits
+MAX_OUTPUT characters and is never cut; a bad call returns 'error: ...' as its result (that message alone
+may be cut), never raises into generation.
 """
 import json
 import re
@@ -27,7 +29,7 @@ from fractions import Fraction
 MAX_INPUT = 200  # characters of a call's arguments
 MAX_OUTPUT = 64  # characters of a result: what goes back into the context
 MAX_DEPTH = 16  # nesting of parentheses and signs in an expression
-MAX_DIGITS = 60  # digits of a number, in the input or the result
+MAX_DIGITS = 60  # digits of a number: in the input, in every value on the way, in the result
 TIMEOUT = 0.1  # seconds a tool may take
 
 
@@ -45,7 +47,9 @@ def calc(expression):
     """The exact value of an arithmetic expression, as text: '12345', '-0.5', '0.333333333333'.
 
     Integers and decimals are exact (Fractions: 0.1+0.2 is 0.3); a result with no finite decimal is
-    rounded to 12 places. No names, no powers, no calls: the grammar is all there is.
+    rounded to 12 places, or to fewer where the whole part is long: MAX_DIGITS digits in all. A value of
+    more (a sum's as a product's, on the way or at the end) is an error. No names, no powers, no calls:
+    the grammar is all there is.
         expr   := term (('+' | '-') term)*
         term   := factor (('*' | '/') factor)*
         factor := ('+' | '-') factor | number | '(' expr ')'
@@ -77,7 +81,7 @@ def calc(expression):
     def expr(depth):
         value = term(depth)
         while peek() in ('+', '-'):
-            value = value + term(depth) if take() == '+' else value - term(depth)
+            value = _bounded(value + term(depth) if take() == '+' else value - term(depth))
         return value
 
     def term(depth):
@@ -86,9 +90,7 @@ def calc(expression):
             op, right = take(), factor(depth)
             if op == '/' and right == 0:
                 raise ToolError("division by zero")
-            value = value * right if op == '*' else value / right
-            if max(abs(value.numerator), value.denominator) >= 10 ** MAX_DIGITS:
-                raise ToolError(f"a value of more than {MAX_DIGITS} digits")
+            value = _bounded(value * right if op == '*' else value / right)
         return value
 
     def factor(depth):
@@ -113,20 +115,28 @@ def calc(expression):
     value = expr(0)
     if pos != len(tokens):
         raise ToolError(f"unexpected {tokens[pos]!r}" if not isinstance(tokens[pos], Fraction) else "two numbers in a row")
-    return _decimal(value)
+    # the whole part's digits, then as many places as fit in MAX_DIGITS (12 at most): a bounded value has
+    # fewer than MAX_DIGITS whole digits, or is an integer, so a result never outgrows MAX_OUTPUT
+    whole_digits = len(str(abs(value.numerator) // value.denominator))
+    return _decimal(value, min(12, MAX_DIGITS - whole_digits))
+
+
+def _bounded(value):
+    """value, if its numerator and denominator have at most MAX_DIGITS digits each; else a ToolError."""
+    if max(abs(value.numerator), value.denominator) >= 10 ** MAX_DIGITS:
+        raise ToolError(f"a value of more than {MAX_DIGITS} digits")
+    return value
 
 
 def _decimal(value, places=12):
-    """A fraction as decimal text: exact when it has a finite decimal expansion of up to `places` places."""
-    sign, value = ('-' if value < 0 else ''), abs(value)
-    whole, rest = divmod(value.numerator, value.denominator)
-    if rest == 0:
-        return sign + str(whole) if whole else '0'
-    digits = str(round(Fraction(rest, value.denominator) * 10 ** places)).rjust(places, '0')
-    if len(digits) > places:  # rounding carried into the whole part
-        whole, digits = whole + 1, digits[1:]
-    digits = digits.rstrip('0')
-    return (sign if whole or digits else '') + str(whole) + ('.' + digits if digits else '')
+    """A fraction as decimal text rounded to `places` places (half to even), without trailing zeros:
+    exact when its decimal expansion is that short."""
+    scaled = round(abs(value) * 10 ** places)  # an int: a Fraction rounds exactly
+    whole, rest = divmod(scaled, 10 ** places)
+    digits = str(rest).rjust(places, '0').rstrip('0') if places else ''
+    if not (whole or digits):
+        return '0'
+    return ('-' if value < 0 else '') + str(whole) + ('.' + digits if digits else '')
 
 
 def count(letter, word):
@@ -155,8 +165,10 @@ def run_tool(name, arguments):
     try:
         out = fn(*(arguments[p] for p in params))
     except ToolError as e:
-        out = f"error: {e}"
-    return out[:MAX_OUTPUT]
+        return f"error: {e}"[:MAX_OUTPUT]  # a message may be cut; a value never is
+    if len(out) > MAX_OUTPUT:  # no tool here gets this far: its values are bounded
+        return f"error: a result of more than {MAX_OUTPUT} characters"
+    return out
 
 
 # -- a call as text, and as OpenAI's {"name", "arguments"}
@@ -178,7 +190,8 @@ def parse_call(text, params=None):
     """(name, {parameter: value}) of a call's text; ToolError when it is not a call of a known tool.
 
     params: {name: parameter names} of the tools allowed (default: TOOLS). The last parameter takes the
-    rest of the text, commas included, so a word or an expression is never split."""
+    rest of the text, commas included, so a word or an expression is never split. Values are taken as
+    written, spaces included, as call_text writes them: count( ,a b c) counts spaces."""
     params = params if params is not None else {n: p for n, (_, p, _) in TOOLS.items()}
     m = _CALL.fullmatch(text.strip())
     if m is None:
@@ -190,4 +203,4 @@ def parse_call(text, params=None):
     values = inner.split(',', max(0, len(names) - 1)) if names else []
     if len(values) != len(names) or (names and len(names) == 1 and not inner.strip()):
         raise ToolError(f"{name} takes {len(names)} argument{'s' * (len(names) > 1)} ({', '.join(names)})")
-    return name, {p: v.strip() for p, v in zip(names, values)}
+    return name, dict(zip(names, values))

@@ -2,6 +2,7 @@
 import builtins
 import json
 import random
+from fractions import Fraction
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from seedgpt.chat import CHAT_SPECIALS, chat_ids, parse_chat, render_chat, rende
 from seedgpt.checkpoint import load_model
 from seedgpt.tasks import TOOL_TASKS, generate, load_records, question, score
 from seedgpt.tokenizer import CharTokenizer
-from seedgpt.tools import MAX_OUTPUT, ToolError, calc, call_text, parse_call, run_tool
+from seedgpt.tools import MAX_DIGITS, MAX_OUTPUT, ToolError, calc, call_text, parse_call, run_tool
 
 
 def char_tok():
@@ -62,6 +63,42 @@ def test_count_and_the_call_text():
     for bad in ('calc', 'calc(1+2', 'nope(1)', 'count(a)', 'calc()', '(1)'):
         with pytest.raises(ToolError):
             parse_call(bad)
+
+
+def test_a_call_text_parses_back_to_its_arguments():
+    """call_text writes each value verbatim, so parse_call must read it verbatim: a space is a letter one may
+    count, and a word may start or end with one."""
+    for letter, word in ((' ', 'a b c'), ('a', ' a b '), ('b', 'b, a b,')):
+        arguments = {'letter': letter, 'word': word}
+        text = call_text('count', arguments)
+        assert parse_call(text) == ('count', arguments), text
+        assert run_tool(*parse_call(text)) == str(word.count(letter))
+    assert parse_call('calc( 1 + 2 )') == ('calc', {'expression': ' 1 + 2 '}) and calc(' 1 + 2 ') == '3'
+
+
+def test_a_long_result_is_rounded_to_fit_never_cut():
+    """A decimal whose whole part is long keeps fewer places, rounded: at most MAX_DIGITS digits in all, so
+    the result fits MAX_OUTPUT and is the exact value rounded at its last place (cut, 2/3 read 0.6666)."""
+    big = '1' * 59
+    cases = {f'{big}+2/3': int(big) + Fraction(2, 3), f'-{big}-2/3': -int(big) - Fraction(2, 3),
+             f'{"1" * 50}+2/3': int('1' * 50) + Fraction(2, 3), f'{"9" * 59}/7': Fraction(int('9' * 59), 7),
+             f'{"9" * 60}/10': Fraction(int('9' * 60), 10), '2/3': Fraction(2, 3)}
+    for expression, exact in cases.items():
+        out = run_tool('calc', {'expression': expression})
+        places = len(out.partition('.')[2])
+        assert len(out) <= MAX_OUTPUT and sum(c.isdigit() for c in out) <= MAX_DIGITS, (expression, out)
+        assert abs(Fraction(out) - exact) <= Fraction(1, 2 * 10 ** places), (expression, out)
+        assert places == min(12, MAX_DIGITS - len(str(abs(exact.numerator) // exact.denominator))), (expression, out)
+
+
+def test_every_value_keeps_the_digit_limit():
+    """The limit holds for sums and differences as for products: no result, and no value on the way to one,
+    has more than MAX_DIGITS digits."""
+    nines = '9' * MAX_DIGITS
+    for expression in (f'{nines}+1', f'-{nines}-1', f'({nines}+{nines})/10', f'{nines}+0.5', f'1-{nines}-{nines}+{nines}'):
+        with pytest.raises(ToolError, match=f'more than {MAX_DIGITS} digits'):
+            calc(expression)
+    assert calc(f'{nines}-1+1') == nines
 
 
 def tool_record(task='add'):
