@@ -10,13 +10,16 @@ Each round is one batched generate_replies over the rows still going, so rows of
 different numbers of rounds; at temperature 0 each row gets what it gets alone. A row stops at a
 reply with no call, after max_calls calls (a model that loops on calls), or when the context is full.
 A call that does not parse, or names no tool, gets 'error: ...' as its result and the row goes on: the
-model sees its mistake as a tool would report it. chat/eval, chat/talk and the RL rollouts use this;
+model sees its mistake as a tool would report it. A call cut by max_new_tokens before its <|end|> is
+never run (what came may not be what was meant: calc(4812+75 of calc(4812+7533)): the row ends there,
+'length' (or 'stop' where another turn's token broke it off). In the messages, a call that is not run
+is the text the model wrote, without the chat tokens. chat/eval, chat/talk and the RL rollouts use this;
 the server instead returns the call to the client, which runs its own tools (OpenAI's protocol).
 """
 import json
 from dataclasses import dataclass, field
 
-from seedgpt.chat import chat_ids, knows_tools, parse_reply
+from seedgpt.chat import chat_ids, knows_tools, parse_reply, stop_ids
 from seedgpt.generate import generate_replies, reply_text
 from seedgpt.tools import ToolError, call_text, run_tool
 
@@ -46,11 +49,12 @@ def tool_turns(tok, reply):
         calls = [(call_text(c['function']['name'], c['function']['arguments']), run_tool(c['function']['name'],
                   json.loads(c['function']['arguments']))) for c in message['tool_calls']]
         malformed = 0
-    except ToolError as e:  # the reply as text, then the error as the tool's result
-        message = {'role': 'assistant', 'content': tok.decode([i for i in reply if i < tok.vocab_size])}
+    except ToolError as e:  # the reply as text (<|call|> is a token, no character), the error as the result
+        message = {'role': 'assistant', 'content': reply_text(tok, reply)}
         calls, malformed = [(message['content'], f"error: {e}")], 1
     ids = [i for _, result in calls for i in [special['tool']] + tok.encode(result) + [special['end']]]
-    return ids + [special['assistant']], [message] + [{'role': 'tool', 'content': r} for _, r in calls], calls, malformed
+    messages = [message] + [{'role': 'tool', 'content': r} for _, r in calls]
+    return ids + [special['assistant']], messages, calls, malformed
 
 
 def generate_with_tools(model, tok, prompts, max_new_tokens, max_calls=3, **sampling):
@@ -59,8 +63,9 @@ def generate_with_tools(model, tok, prompts, max_new_tokens, max_calls=3, **samp
     max_new_tokens bounds each round's reply; the whole trace stays within the model's block_size."""
     if not knows_tools(tok):  # a model from before tools: one round, as generate_replies
         texts = [(r, reply_text(tok, r)) for r in generate_replies(model, tok, prompts, max_new_tokens, **sampling)]
-        return [Trace(ids=r, mask=[1] * len(r), answer=a, messages=[{'role': 'assistant', 'content': a}]) for r, a in texts]
-    call_id, block = chat_ids(tok)['call'], model.config.block_size
+        return [Trace(ids=r, mask=[1] * len(r), answer=a, messages=[{'role': 'assistant', 'content': a}])
+                for r, a in texts]
+    call_id, end_id, block = chat_ids(tok)['call'], chat_ids(tok)['end'], model.config.block_size
     traces = [Trace() for _ in prompts]
     active = list(range(len(prompts)))
     while active:
@@ -74,6 +79,11 @@ def generate_with_tools(model, tok, prompts, max_new_tokens, max_calls=3, **samp
             if call_id not in reply:
                 t.answer = parse_reply(tok, reply)['content']
                 t.messages.append({'role': 'assistant', 'content': t.answer})
+                continue
+            if reply[-1] != end_id:  # the call was cut, or broken off by another turn's token: never run it
+                t.answer = reply_text(tok, reply)
+                t.messages.append({'role': 'assistant', 'content': t.answer})
+                t.finish = 'stop' if reply[-1] in stop_ids(tok) else 'length'
                 continue
             if len(t.calls) >= max_calls:
                 t.finish = 'calls'

@@ -114,9 +114,9 @@ def calc(expression):
         raise ToolError("empty expression")
     value = expr(0)
     if pos != len(tokens):
-        raise ToolError(f"unexpected {tokens[pos]!r}" if not isinstance(tokens[pos], Fraction) else "two numbers in a row")
-    # the whole part's digits, then as many places as fit in MAX_DIGITS (12 at most): a bounded value has
-    # fewer than MAX_DIGITS whole digits, or is an integer, so a result never outgrows MAX_OUTPUT
+        raise ToolError("two numbers in a row" if isinstance(tokens[pos], Fraction) else f"unexpected {tokens[pos]!r}")
+    # the whole part's digits (a bounded value has at most MAX_DIGITS), then as many places as fit in
+    # MAX_DIGITS, 12 at most: at most MAX_DIGITS digits, a sign and a point, within MAX_OUTPUT
     whole_digits = len(str(abs(value.numerator) // value.denominator))
     return _decimal(value, min(12, MAX_DIGITS - whole_digits))
 

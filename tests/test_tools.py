@@ -95,7 +95,8 @@ def test_every_value_keeps_the_digit_limit():
     """The limit holds for sums and differences as for products: no result, and no value on the way to one,
     has more than MAX_DIGITS digits."""
     nines = '9' * MAX_DIGITS
-    for expression in (f'{nines}+1', f'-{nines}-1', f'({nines}+{nines})/10', f'{nines}+0.5', f'1-{nines}-{nines}+{nines}'):
+    for expression in (f'{nines}+1', f'-{nines}-1', f'({nines}+{nines})/10', f'{nines}+0.5',
+                       f'1-{nines}-{nines}+{nines}'):
         with pytest.raises(ToolError, match=f'more than {MAX_DIGITS} digits'):
             calc(expression)
     assert calc(f'{nines}-1+1') == nines
@@ -184,11 +185,36 @@ def test_a_malformed_call_gets_an_error_and_the_answer_goes_on(stand_ins):
         assert trace.malformed == (why != 'division by zero')  # a call that parses is not malformed, even if it fails
 
 
+def test_a_malformed_call_leaves_no_chat_token_text_in_its_message(stand_ins):
+    """The message of a call that does not parse is the text the model wrote: '<|call|>' and '<|end|>' are
+    tokens, and as text a later rendering would read them as characters the model never wrote."""
+    tok = char_tok()
+    prompt = render_prompt(tok, [{'role': 'user', 'content': 'hi'}])
+    (trace,) = generate_with_tools(Scripted(caller(tok, 'calc(2+')), tok, [prompt], 64)
+    assert trace.malformed == 1 and trace.messages[0] == {'role': 'assistant', 'content': 'calc(2+'}
+    assert not any(s in m['content'] for m in trace.messages for s in CHAT_SPECIALS), trace.messages
+
+
+def test_a_call_cut_before_its_end_does_not_run(monkeypatch, stand_ins):
+    """A reply that runs out of max_new_tokens inside a call ends the row ('length'): the call may be cut
+    anywhere (calc(4812+75 for calc(4812+7533)), so it is never run, even when what came reads as a call."""
+    tok = char_tok()
+    ran = []
+    monkeypatch.setitem(tools.TOOLS, 'calc', (lambda e: ran.append(e) or '5', ('expression',), 'a stub'))
+    prompt = render_prompt(tok, [{'role': 'user', 'content': 'What is 2+3?'}])
+    for n in (len('calc(2+3)') + 1, 5):  # the whole call but its <|end|>; a call cut in its name
+        (trace,) = generate_with_tools(Scripted(caller(tok, 'calc(2+3)')), tok, [prompt], n)
+        assert ran == [] and trace.calls == [] and trace.finish == 'length', trace
+        assert trace.ids == [chat_ids(tok)['call']] + tok.encode('calc(2+3)'[:n - 1]) and trace.mask == [1] * n
+        assert trace.messages == [{'role': 'assistant', 'content': 'calc(2+3)'[:n - 1]}]
+
+
 def test_calls_are_capped(stand_ins):
     tok = char_tok()
     special = chat_ids(tok)
     always = Scripted(lambda context: [special['call']] + tok.encode('calc(1+1)') + [special['end']])
-    (trace,) = generate_with_tools(always, tok, [render_prompt(tok, [{'role': 'user', 'content': 'hi'}])], 16, max_calls=2)
+    prompt = render_prompt(tok, [{'role': 'user', 'content': 'hi'}])
+    (trace,) = generate_with_tools(always, tok, [prompt], 16, max_calls=2)
     assert trace.finish == 'calls' and len(trace.calls) == 2 and trace.answer == ''
     (short,) = generate_with_tools(Scripted(always.script, block_size=40), tok,
                                    [render_prompt(tok, [{'role': 'user', 'content': 'hi'}])], 16, max_calls=9)
@@ -239,7 +265,8 @@ def test_eval_reports_tools_and_digits(tool_model):
     result = json.loads(p.stdout)
     assert result['data_dir'] == str(data)  # the suite the model was trained on, by default
     assert set(result['tasks']) == set(TOOL_TASKS) and 0 <= result['mean'] <= 1
-    assert set(result['tools']) == {'called_when_needed', 'needed', 'called_when_not', 'not_needed', 'calls', 'malformed'}
+    assert set(result['tools']) == {'called_when_needed', 'needed', 'called_when_not', 'not_needed', 'calls',
+                                    'malformed'}
     assert result['tools']['needed'] == 4 * 8 and result['tools']['not_needed'] == 2 * 8
     assert set(result['digits']) == {'add', 'sub', 'mul'}
     table = run_script('-m', 'chat.eval', f'--out_dir={out}', '--device=cpu', '--dtype=float32')
