@@ -1,10 +1,11 @@
 """
 The OpenAI API's side of serving: a request body checked into what the engine needs, and the engine's
-tokens back as text, stop strings and logprobs. serve/server.py puts HTTP around it.
+tokens back as text, stop strings, logprobs and OpenAI's response shapes. serve/server.py puts HTTP around it.
 
     proto = Protocol(tok, block_size=64, max_tokens=256)
     ask = proto.parse(raw_body, chat=True)    # an Ask, or an ApiError (400) naming the bad parameter
     text = TextStream(tok, ask.stop, hidden_ids)
+    reply = Reply(tok, ask, chat=True, model='name')   # OpenAI's chunks (reply.event) or whole body (reply.body)
 
 Every check follows OpenAI's documented ranges: temperature in [0, 2], top_p in (0, 1], n >= 1,
 top_logprobs in [0, 20] (completions' logprobs in [0, 5]), up to 4 stop strings. A prompt's length is
@@ -16,14 +17,17 @@ role 'tool' message. The model writes a call in its own short form after <|call|
 parsed here against the tools the request offers; without tools, or with tool_choice 'none', the
 <|call|> token is banned, so the model cannot call.
 """
+import codecs
 import json
 import math
 import random
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
 from seedgpt.chat import CHAT_TOKENS, ROLES, render_prompt, stop_ids
+from seedgpt.tokenizer import BPETokenizer, GPT2Tokenizer
 from seedgpt.tools import TOOLS, ToolError, parse_call, run_tool
 
 
@@ -61,6 +65,19 @@ def in_range(body, key, types, default, lo, hi, lo_open=False):
         raise ApiError(400, f"'{key}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}", param=key,
                        code='invalid_value')
     return value
+
+
+def unicode_text(text, param):
+    """text, or a 400 when it holds a lone surrogate ("x\\ud800y" is valid JSON, but U+D800 alone is no character):
+    tokenizers fail on it each their own way (Hugging Face's raises TypeError, tiktoken's reads U+FFFD, a char
+    model has no id for it), so it is refused before any of them sees it."""
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"'{param}' is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at "
+                       f"character {e.start} (a JSON \\u escape of half a UTF-16 pair)", param=param,
+                       code='invalid_value') from None
+    return text
 
 
 def parse_json(raw):
@@ -153,9 +170,11 @@ def check_messages(messages):
             waiting = [c['id'] for c in out[-1]['tool_calls']]
             if content is not None and not isinstance(content, str):
                 raise bad("'content' must be a string or null")
+            unicode_text(content or '', f'messages[{i}]')
             continue
         if not isinstance(content, str):
             raise bad(f"must be {{'role': one of {', '.join(ROLES)}, 'content': a string}}")
+        unicode_text(content, f'messages[{i}]')
         if role == 'tool':
             call_id = m.get('tool_call_id')
             if not isinstance(call_id, str):
@@ -265,6 +284,7 @@ class Protocol:
             text = get(body, 'prompt', STR)
             if not text:
                 raise ApiError(400, "'prompt' must be a non-empty string", param='prompt', code='invalid_value')
+            unicode_text(text, 'prompt')
             self.early_check(len(text), param)
             encode = lambda: self.tok.encode(text)  # noqa: E731
         ask = self.sampling(body, chat)  # cheap checks before the tokenizer runs
@@ -273,8 +293,9 @@ class Protocol:
             ask.ban = [self.call_id] if tools is None else []
         try:
             ask.prompt = encode()
-        except ValueError as e:
-            raise ApiError(400, str(e), param=param, code='invalid_value') from None
+        except (ValueError, TypeError) as e:  # whatever a tokenizer raises on text it cannot read is the text's fault
+            raise ApiError(400, f"the {param} cannot be tokenized: {str(e)[:200]}", param=param,
+                           code='invalid_value') from None
         if len(ask.prompt) > self.prompt_limit:
             raise self.too_long(len(ask.prompt), param)
         key = 'max_completion_tokens' if body.get('max_completion_tokens') is not None else 'max_tokens'
@@ -303,7 +324,7 @@ class Protocol:
                                      and all(isinstance(s, str) and 0 < len(s) <= STOP_CHARS for s in stop)):
             raise ApiError(400, f"'stop' must be a string or a list of up to 4, each of 1 to {STOP_CHARS} characters",
                            param='stop', code='invalid_value')
-        ask.stop = stop or []
+        ask.stop = [unicode_text(s, 'stop') for s in stop or []]
         if chat:  # chat: logprobs is a switch, top_logprobs how many alternatives
             top = in_range(body, 'top_logprobs', INT, None, 0, 20)
             if get(body, 'logprobs', BOOL, False):
@@ -396,23 +417,166 @@ class TextStream:
         return tokens
 
 
-def chat_logprobs(tok, tokens):
-    """OpenAI's chat `logprobs` for a list of Tokens."""
-    def entry(i, lp):
-        text = tok.decode([i])
-        return {'token': text, 'logprob': lp, 'bytes': list(text.encode('utf-8', 'surrogatepass'))}
-    return {'content': [{**entry(t.id, t.logprob), 'top_logprobs': [entry(i, lp) for i, lp in t.top or []]}
-                        for t in tokens], 'refusal': None}
+# -- the reply: OpenAI's response shapes, from the engine's tokens (serve/server.py sends them)
+
+def dumps(obj):
+    """JSON text for a client. allow_nan=False: a NaN or inf that reaches a reply is a bug to fail on, never
+    sent (Python would write -Infinity, which is not JSON: the openai client cannot parse the chunk)."""
+    return json.dumps(obj, allow_nan=False)
 
 
-def completion_logprobs(tok, tokens, offset=0):
-    """OpenAI's completions `logprobs` for a list of Tokens, their text starting at character `offset`."""
-    out = {'tokens': [], 'token_logprobs': [], 'top_logprobs': [], 'text_offset': []}
-    for t in tokens:
-        text = tok.decode([t.id])
-        out['tokens'].append(text)
-        out['token_logprobs'].append(t.logprob)
-        out['top_logprobs'].append({tok.decode([i]): lp for i, lp in t.top or []})
-        out['text_offset'].append(offset)
-        offset += len(text)
-    return out
+def sse(obj):
+    """One server-sent event holding obj."""
+    return f"data: {dumps(obj)}\n\n"
+
+
+def byte_level_alphabet():
+    """{character: byte} of GPT-2's byte-level BPE, which writes each byte as a printable character
+    (Hugging Face's ByteLevel uses the same table): printable Latin-1 bytes stand for themselves, the others
+    take the characters from U+0100 on, in order."""
+    kept = [*range(ord('!'), ord('~') + 1), *range(ord('\u00a1'), ord('\u00ac') + 1), *range(ord('\u00ae'), 256)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
+
+
+BYTE_OF = byte_level_alphabet()
+
+
+def token_bytes(tok, i):
+    """The bytes token i writes. A byte-level BPE token may hold part of a character (a 3-byte character
+    split over two tokens): decoded alone it would read U+FFFD, so its bytes come from the vocabulary."""
+    if isinstance(tok, GPT2Tokenizer):
+        return tok.enc.decode_single_token_bytes(i)
+    if isinstance(tok, BPETokenizer) and i not in tok.tok.get_added_tokens_decoder():
+        return bytes(BYTE_OF[c] for c in tok.tok.id_to_token(i))
+    return tok.decode([i]).encode('utf-8', 'surrogatepass')  # a char model's characters, and special tokens
+
+
+def token_text(data):
+    """A token's text in logprobs: its characters when its bytes are whole UTF-8, else 'bytes:' and the bytes
+    escaped (b'\\xe4\\xb8' -> 'bytes:\\xe4\\xb8', as OpenAI writes part of a character); `bytes` has them all."""
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError:
+        return 'bytes:' + data.decode('utf-8', 'backslashreplace')
+
+
+def finite(logprob):
+    """OpenAI's -9999.0 for a log-probability too small to write (JSON has no -inf)."""
+    return logprob if math.isfinite(logprob) else -9999.0
+
+
+class Logprobs:
+    """One choice's logprobs, in OpenAI's chat shape (a list of entries with bytes) or completions' (parallel
+    lists; top_logprobs as {text: logprob}). Completions' text_offset counts characters of the decoded text,
+    where a character split over tokens starts at its first token; it carries on from chunk to chunk."""
+
+    def __init__(self, tok, chat):
+        self.tok, self.chat, self.chars = tok, chat, 0
+        self.decoder = codecs.getincrementaldecoder('utf-8')('replace')  # as decoding the text replaces bad bytes
+
+    def entry(self, i, logprob):
+        data = token_bytes(self.tok, i)
+        return {'token': token_text(data), 'logprob': finite(logprob), 'bytes': list(data)}
+
+    def __call__(self, tokens):
+        """The logprobs of these Tokens, the next ones of the choice."""
+        if self.chat:
+            return {'content': [{**self.entry(t.id, t.logprob), 'top_logprobs': [self.entry(i, lp) for i, lp in t.top]}
+                                for t in tokens], 'refusal': None}
+        out = {'tokens': [], 'token_logprobs': [], 'top_logprobs': [], 'text_offset': []}
+        for t in tokens:
+            data = token_bytes(self.tok, t.id)
+            out['tokens'].append(token_text(data))
+            out['token_logprobs'].append(finite(t.logprob))
+            top = {}
+            for i, lp in t.top:  # likeliest first: of two alternatives with the same text, the likelier stays
+                top.setdefault(token_text(token_bytes(self.tok, i)), finite(lp))
+            out['top_logprobs'].append(top)
+            out['text_offset'].append(self.chars)
+            self.chars += len(self.decoder.decode(data))
+        return out
+
+
+class Reply:
+    """The OpenAI response to one request, built from the engine's events (server.replies: ('text', piece,
+    tokens), ('calls', tool_calls, []), ('end', finish_reason, completion tokens)): SSE chunks as they come
+    (opening, chunk, closing), or, not streamed, add() each event and body() at the end."""
+
+    def __init__(self, tok, ask, chat, model):
+        self.ask, self.chat, self.n = ask, chat, ask.n
+        self.top = {'id': f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", 'created': int(time.time()),
+                    'object': 'chat.completion.chunk' if chat else 'text_completion', 'model': model}
+        self.logprobs = [Logprobs(tok, chat) for _ in range(ask.n)]
+        self.completion_tokens = 0
+        self.pieces, self.tokens = [[] for _ in range(ask.n)], [[] for _ in range(ask.n)]
+        self.finish, self.calls = [None] * ask.n, [None] * ask.n
+
+    def usage(self):
+        n, p = self.completion_tokens, len(self.ask.prompt)
+        return {'prompt_tokens': p, 'completion_tokens': n, 'total_tokens': p + n}
+
+    def choice(self, i, text, tokens, finish):
+        """A streamed choice: chat's delta, or completions' text."""
+        lp = self.logprobs[i](tokens) if self.ask.logprobs is not None and tokens else None
+        if not self.chat:
+            return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': finish}
+        return {'index': i, 'delta': {'content': text} if text is not None else {}, 'logprobs': lp,
+                'finish_reason': finish}
+
+    def chunk(self, choice):
+        return sse({**self.top, 'choices': [choice]})
+
+    def opening(self):
+        """The chunks before any token: chat's first delta of each choice names the role."""
+        return [self.chunk({'index': i, 'delta': {'role': 'assistant', 'content': ''}, 'logprobs': None,
+                            'finish_reason': None}) for i in range(self.n if self.chat else 0)]
+
+    def event(self, i, event):
+        """The chunk of one event of choice i, or None when it has nothing to send."""
+        what, a, b = event
+        if what == 'end':
+            self.completion_tokens += b
+            return self.chunk(self.choice(i, None if self.chat else '', [], a))
+        if what == 'calls':  # each call whole, in the shape the openai client accumulates
+            delta = {'tool_calls': [{'index': k, **c} for k, c in enumerate(a)]}
+            return self.chunk({'index': i, 'delta': delta, 'logprobs': None, 'finish_reason': None})
+        if a or (b and self.ask.logprobs is not None):
+            return self.chunk(self.choice(i, a, b, None))
+        return None
+
+    def closing(self):
+        """The chunks after the last event: the usage, when the request asked for it."""
+        return [sse({**self.top, 'choices': [], 'usage': self.usage()})] if self.ask.include_usage else []
+
+    def add(self, i, event):
+        """Keep one event of choice i for the whole reply."""
+        what, a, b = event
+        if what == 'text':
+            self.pieces[i].append(a)
+            self.tokens[i] += b
+        elif what == 'calls':
+            self.calls[i] = a
+        else:
+            self.finish[i] = a
+            self.completion_tokens += b
+
+    @property
+    def complete(self):
+        return None not in self.finish
+
+    def body(self):
+        """The whole reply, once every choice has ended."""
+        kind = 'chat.completion' if self.chat else 'text_completion'
+        return {**self.top, 'object': kind, 'usage': self.usage(), 'choices': [self.whole(i) for i in range(self.n)]}
+
+    def whole(self, i):
+        text, finish = ''.join(self.pieces[i]), self.finish[i]
+        tokens = self.tokens[i]
+        lp = self.logprobs[i](tokens) if self.ask.logprobs is not None and tokens else None
+        if not self.chat:
+            return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': finish}
+        message = {'role': 'assistant', 'content': text}
+        if self.calls[i]:  # the text before the call, if any; OpenAI's null when there is none
+            message = {'role': 'assistant', 'content': text or None, 'tool_calls': self.calls[i]}
+        return {'index': i, 'message': message, 'logprobs': lp, 'finish_reason': finish}

@@ -2,7 +2,7 @@
 Serve a checkpoint over HTTP with the OpenAI API, and a chat page for people.
 
     python -m serve.server --out_dir=out-sft-tasks --port=8000         # http://127.0.0.1:8000/ is the chat page
-    python -m serve.server --out_dir=out-stdlib-char --max_batch=1     # a base model (completions only), one request at a time
+    python -m serve.server --out_dir=out-stdlib-char --max_batch=1     # a base model (completions only), one at a time
     python -m serve.server --out_dir=out-sft-tasks --batching=static   # the old static batches, to compare
     python -m bench.serve --out_dir=out-sft-tasks                      # load test: continuous against static batches
 
@@ -25,7 +25,8 @@ Concurrency: continuous batching (seedgpt/engine.py states the scheduling rule).
 up to max_batch rows in a pool of KV slots allocated at start; a request takes a free slot as soon as one
 is free, reads its prompt in chunks between decode steps, and leaves the moment it ends, is cancelled
 or times out. The HTTP side is asyncio: bodies are size-capped before they are read whole, then parsed
-and tokenized in a thread (seedgpt/api.py), never on the event loop.
+and tokenized in a thread (seedgpt/api.py), never on the event loop. seedgpt/api.py also shapes the replies
+(OpenAI's chunks and bodies, logprobs, usage): this file holds the routes and the HTTP plumbing.
 
 Limits: at most queue_size requests wait (then 503); max_tokens and n are capped; a prompt must leave
 room for its max_tokens in block_size (else 400, never cropped); a request gets `timeout` seconds in all.
@@ -35,18 +36,16 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
     raise SystemExit("error: run it from the repo root as a module: python -m serve.server ...")
 
 import asyncio
-import json
 import os
 import queue
 import time
-import uuid
+import traceback
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import torch
 
-from seedgpt.api import (ApiError, Protocol, TextStream, chat_logprobs, completion_logprobs, openai_tools,
-                         run_tool_request)
+from seedgpt.api import ApiError, Protocol, Reply, TextStream, dumps, openai_tools, run_tool_request, sse
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.engine import Engine, Request
@@ -72,12 +71,13 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
     quant: str = 'none'  # 'int8': int8 weights in the blocks
-    compile: bool = False  # torch.compile the blocks' norms and MLPs at start (its cost is printed); attention stays eager
+    compile: bool = False  # torch.compile the blocks' norms and MLPs at start (its cost printed); attention stays eager
 
 
-def error_response(e):
-    from fastapi.responses import JSONResponse
-    return JSONResponse(e.body, status_code=e.status)
+def json_response(body, status=200):
+    """body as JSON (seedgpt.api.dumps: never NaN or inf)."""
+    from fastapi.responses import Response
+    return Response(dumps(body), status_code=status, media_type='application/json')
 
 
 async def read_body(request, limit):
@@ -108,6 +108,8 @@ async def replies(req, text, deadline, timeout):
                 raise ApiError(504, f"the request took longer than {timeout:g} s", type='server_error',
                                code='timeout') from None
             if item == 'error':
+                if req.error is not None:  # the engine keeps a row's exception for whoever waits on it: the log
+                    traceback.print_exception(req.error)
                 raise ApiError(500, "generation failed; see the server's log", type='server_error')
             if item == 'cancelled':
                 return
@@ -130,18 +132,20 @@ async def replies(req, text, deadline, timeout):
         req.cancelled = True  # a no-op once the row has ended
 
 
+async def pump(i, stream, events):
+    """Put (i, event) for each event of one replies() on the events queue, then (i, None), or (i, its ApiError)."""
+    try:
+        async for event in stream:
+            await events.put((i, event))
+        await events.put((i, None))
+    except ApiError as e:
+        await events.put((i, e))
+
+
 async def merged(streams):
     """(choice index, event) from several replies() at once, as they come; an ApiError in any ends all."""
     events = asyncio.Queue()
-
-    async def pump(i, stream):
-        try:
-            async for event in stream:
-                await events.put((i, event))
-            await events.put((i, None))
-        except ApiError as e:
-            await events.put((i, e))
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    tasks = [asyncio.create_task(pump(i, s, events)) for i, s in enumerate(streams)]
     try:
         for _ in range(len(streams)):
             while True:
@@ -164,145 +168,138 @@ async def cancel_on_disconnect(request, reqs):
         r.cancelled = True
 
 
-def make_app(model, tok, cfg, name):
-    """The FastAPI app serving `model` under the name `name`; its engine's worker runs while the app does."""
-    from fastapi import FastAPI, Request as HttpRequest
-    from fastapi.responses import FileResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException
+async def stream(reply, events):
+    """The SSE body of a streamed reply: a chunk per event, then `data: [DONE]`. The 200 is sent with the first
+    chunk, so an error after it goes in the stream, as OpenAI does."""
+    for chunk in reply.opening():
+        yield chunk
+    try:
+        async for i, event in events:
+            chunk = reply.event(i, event)
+            if chunk:
+                yield chunk
+        for chunk in reply.closing():
+            yield chunk
+    except ApiError as e:
+        yield sse(e.body)
+    yield "data: [DONE]\n\n"
 
-    if cfg.batching not in ('continuous', 'static'):
-        raise SystemExit(f"error: --batching must be 'continuous' or 'static', got {cfg.batching!r}")
-    if min(cfg.max_batch, cfg.prefill_chunk, cfg.max_n) < 1:
-        raise SystemExit("error: --max_batch, --prefill_chunk and --max_n must be at least 1")
-    block_size = model.config.block_size
-    engine = Engine(model, tok.vocab_size, cfg.max_batch, cfg.queue_size, cfg.prefill_chunk, cfg.prefix_cache,
-                    static=cfg.batching == 'static')
-    proto = Protocol(tok, block_size, cfg.max_tokens, cfg.max_prompt_tokens, cfg.max_n)
-    if cfg.compile:
-        try:
-            print(f"compiled the step in {engine.compile():.1f} s", flush=True)
-        except Exception as e:  # e.g. no C++ compiler on a CPU: torch.compile fails at its first call
-            first = (str(e).strip().splitlines() or [''])[0][:200]
-            raise SystemExit(f"error: --compile failed ({type(e).__name__}: {first}); serve without --compile") from None
 
-    @asynccontextmanager
-    async def lifespan(app):
-        engine.start()
-        yield
-        engine.stop()
+async def whole(request, reply, events, reqs):
+    """The reply as one body, once every choice has ended. Nothing is sent until then, so the client's
+    connection is watched meanwhile: a client that hangs up frees its rows at the next step."""
+    watch = asyncio.create_task(cancel_on_disconnect(request, reqs))
+    try:
+        async for i, event in events:
+            reply.add(i, event)
+    finally:
+        watch.cancel()
+    if not reply.complete:  # the client went away: nobody reads this
+        from fastapi.responses import Response
+        return Response(status_code=499)
+    return json_response(reply.body())
 
-    app = FastAPI(title='seedgpt', lifespan=lifespan)
-    app.state.engine = engine
 
-    @app.exception_handler(ApiError)
-    async def api_error(request, e):
-        return error_response(e)
+def compile_engine(engine):
+    """--compile: compile the engine's step at start, or stop with one line (e.g. no C++ compiler on a CPU,
+    where torch.compile fails at its first call: the engine's warm-up request raises it)."""
+    try:
+        print(f"compiled the step in {engine.compile():.1f} s", flush=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [''])[0][:200]
+        raise SystemExit(f"error: --compile failed ({type(e).__name__}: {first}); serve without --compile") from None
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request, e):  # 404 and 405 in the same shape
-        code = 'not_found' if e.status_code == 404 else None
-        return error_response(ApiError(e.status_code, str(e.detail), code=code))
 
-    @app.exception_handler(Exception)
-    async def server_error(request, e):
-        return error_response(ApiError(500, "internal error; see the server's log", type='server_error'))
+class Service:
+    """What the routes share: the model's engine, the request checks (seedgpt.api.Protocol) and the settings."""
 
-    async def answer(request, chat):
-        """Read and check the request off the event loop, queue one row per sample, and send the replies:
-        streamed as SSE, or whole."""
-        raw = await read_body(request, cfg.max_body)
-        loop = asyncio.get_running_loop()
-        ask = await loop.run_in_executor(None, proto.parse, raw, chat)
-        deadline = time.monotonic() + cfg.timeout
-        stop_ids = proto.chat_stop if chat else proto.text_stop
+    def __init__(self, model, tok, cfg, name):
+        if cfg.batching not in ('continuous', 'static'):
+            raise SystemExit(f"error: --batching must be 'continuous' or 'static', got {cfg.batching!r}")
+        if min(cfg.max_batch, cfg.prefill_chunk, cfg.max_n) < 1:
+            raise SystemExit("error: --max_batch, --prefill_chunk and --max_n must be at least 1")
+        self.tok, self.cfg, self.name = tok, cfg, name
+        self.engine = Engine(model, tok.vocab_size, cfg.max_batch, cfg.queue_size, cfg.prefill_chunk,
+                             cfg.prefix_cache, static=cfg.batching == 'static')
+        self.proto = Protocol(tok, model.config.block_size, cfg.max_tokens, cfg.max_prompt_tokens, cfg.max_n)
+        if cfg.compile:
+            compile_engine(self.engine)
+
+    def submit(self, ask, chat, loop):
+        """One engine row per sample of the request, queued; a 503 (and none queued) when the queue is full."""
+        stop_ids = self.proto.chat_stop if chat else self.proto.text_stop
         reqs = [Request(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, seed, stop_ids, ask.logprobs, loop,
                         ban_ids=ask.ban) for seed in ask.seeds]
         try:
             for r in reqs:
-                engine.submit(r)
+                self.engine.submit(r)
         except queue.Full:
             for r in reqs:
                 r.cancelled = True
-            raise ApiError(503, f"the server is busy ({cfg.queue_size} requests waiting); retry later",
+            raise ApiError(503, f"the server is busy ({self.cfg.queue_size} requests waiting); retry later",
                            type='server_error', code='queue_full') from None
-        texts = [TextStream(tok, ask.stop, stop_ids, ask.tools) for _ in reqs]
-        events = merged([replies(r, t, deadline, cfg.timeout) for r, t in zip(reqs, texts)])
-        top = {'id': f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", 'created': int(time.time()),
-               'object': 'chat.completion.chunk' if chat else 'text_completion', 'model': name}
-        offsets = [0] * ask.n  # where each choice's next token starts in its text (completions' logprobs)
+        return reqs, stop_ids
 
-        def choice(i, text, tokens, finish, whole=False, calls=None):
-            lp = None
-            if ask.logprobs is not None and tokens:
-                lp = chat_logprobs(tok, tokens) if chat else completion_logprobs(tok, tokens, offsets[i])
-                offsets[i] += 0 if chat else sum(len(t) for t in lp['tokens'])
-            if not chat:
-                return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': finish}
-            if whole:
-                message = {'role': 'assistant', 'content': text}
-                if calls:  # the text before the call, if any; OpenAI's null when there is none
-                    message = {'role': 'assistant', 'content': text or None, 'tool_calls': calls}
-                return {'index': i, 'message': message, 'logprobs': lp, 'finish_reason': finish}
-            return {'index': i, 'delta': {'content': text} if text is not None else {}, 'logprobs': lp,
-                    'finish_reason': finish}
-
-        def usage(n):
-            return {'prompt_tokens': len(ask.prompt), 'completion_tokens': n, 'total_tokens': len(ask.prompt) + n}
-
-        def data(obj):
-            return f"data: {json.dumps(obj)}\n\n"
-
+    async def answer(self, request, chat):
+        """Read and check the request off the event loop, queue one row per sample, and send the replies:
+        streamed as SSE, or whole."""
+        from fastapi.responses import StreamingResponse
+        raw = await read_body(request, self.cfg.max_body)
+        loop = asyncio.get_running_loop()
+        ask = await loop.run_in_executor(None, self.proto.parse, raw, chat)
+        deadline = time.monotonic() + self.cfg.timeout
+        reqs, stop_ids = self.submit(ask, chat, loop)
+        texts = [TextStream(self.tok, ask.stop, stop_ids, ask.tools) for _ in reqs]
+        events = merged([replies(r, t, deadline, self.cfg.timeout) for r, t in zip(reqs, texts)])
+        reply = Reply(self.tok, ask, chat, self.name)
         if ask.stream:
-            async def sse():
-                n = 0
-                for i in range(ask.n if chat else 0):
-                    yield data({**top, 'choices': [{'index': i, 'delta': {'role': 'assistant', 'content': ''},
-                                                    'logprobs': None, 'finish_reason': None}]})
-                try:
-                    async for i, (what, a, b) in events:
-                        if what == 'end':
-                            n += b
-                            yield data({**top, 'choices': [choice(i, None if chat else '', [], a)]})
-                        elif what == 'calls':  # each call whole, in the shape the openai client accumulates
-                            delta = {'tool_calls': [{'index': k, **c} for k, c in enumerate(a)]}
-                            yield data({**top, 'choices': [{'index': i, 'delta': delta, 'logprobs': None,
-                                                            'finish_reason': None}]})
-                        elif a or (b and ask.logprobs is not None):
-                            yield data({**top, 'choices': [choice(i, a, b, None)]})
-                    if ask.include_usage:
-                        yield data({**top, 'choices': [], 'usage': usage(n)})
-                except ApiError as e:  # the 200 is sent: the error goes in the stream, as OpenAI does
-                    yield data(e.body)
-                yield "data: [DONE]\n\n"
-            return StreamingResponse(sse(), media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
+            return StreamingResponse(stream(reply, events), media_type='text/event-stream',
+                                     headers={'Cache-Control': 'no-cache'})
+        return await whole(request, reply, events, reqs)
 
-        # not streamed: nothing is sent until the end, so watch for the client hanging up meanwhile
-        watch = asyncio.create_task(cancel_on_disconnect(request, reqs))
-        pieces, tokens, finish, n = [[] for _ in reqs], [[] for _ in reqs], [None] * ask.n, 0
-        calls = [None] * ask.n
-        try:
-            async for i, (what, a, b) in events:
-                if what == 'text':
-                    pieces[i].append(a)
-                    tokens[i] += b
-                elif what == 'calls':
-                    calls[i] = a
-                else:
-                    finish[i], n = a, n + b
-        finally:
-            watch.cancel()
-        if None in finish:  # the client went away: nobody reads this
-            return Response(status_code=499)
-        return {**top, 'object': 'chat.completion' if chat else 'text_completion', 'usage': usage(n),
-                'choices': [choice(i, ''.join(pieces[i]), tokens[i], finish[i], True, calls[i]) for i in range(ask.n)]}
+    def health(self):
+        return {'status': 'ok', 'model': self.name, 'chat': self.proto.chat_stop is not None,
+                'tools': self.proto.call_id is not None, 'block_size': self.proto.block_size,
+                'batching': self.cfg.batching, 'running': self.engine.running, 'queued': self.engine.pending.qsize()}
+
+
+def make_app(model, tok, cfg, name):
+    """The FastAPI app serving `model` under the name `name`; its engine's worker runs while the app does."""
+    from fastapi import FastAPI, Request as HttpRequest
+    from fastapi.responses import FileResponse
+    from starlette.exceptions import HTTPException
+
+    service = Service(model, tok, cfg, name)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.engine.start()
+        yield
+        service.engine.stop()
+
+    app = FastAPI(title='seedgpt', lifespan=lifespan)
+    app.state.engine = service.engine
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, e):
+        return json_response(e.body, e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e):  # 404 and 405 in the same shape
+        e = ApiError(e.status_code, str(e.detail), code='not_found' if e.status_code == 404 else None)
+        return json_response(e.body, e.status)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, e):
+        return json_response(ApiError(500, "internal error; see the server's log", type='server_error').body, 500)
 
     @app.post('/v1/completions')
     async def completions(request: HttpRequest):
-        return await answer(request, chat=False)
+        return await service.answer(request, chat=False)
 
     @app.post('/v1/chat/completions')
     async def chat_completions(request: HttpRequest):
-        return await answer(request, chat=True)
+        return await service.answer(request, chat=True)
 
     @app.get('/v1/models')
     async def models():
@@ -319,9 +316,7 @@ def make_app(model, tok, cfg, name):
 
     @app.get('/health')
     async def health():
-        return {'status': 'ok', 'model': name, 'chat': proto.chat_stop is not None, 'tools': proto.call_id is not None,
-                'block_size': block_size, 'batching': cfg.batching, 'running': engine.running,
-                'queued': engine.pending.qsize()}
+        return service.health()
 
     page = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'page.html')
 
