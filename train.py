@@ -1,4 +1,4 @@
-"""
+r"""
 Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
 
     python train.py config/stdlib_char.py                      # the 3-minute CPU demo
@@ -9,86 +9,61 @@ Train a GPT: on a CPU, one GPU, or many GPUs and machines through torchrun.
     python train.py config/distill_stdlib.py                   # a smaller student from a teacher's logits
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
     # two machines: run on each, with --node_rank=0 on the first and --node_rank=1 on the second
-    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/gpt2_124m.py
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \
+        train.py config/gpt2_124m.py
 
 Settings come from the defaults below, then each config file, then --key=value, in that order.
 """
 import json
 import math
 import os
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
 from model import GPTConfig
-from seedgpt.checkpoint import (
-    build_model, full_state, load_checkpoint, restore_rng, rng_states, save_checkpoint, set_optimizer_state, start_from,
-    start_masks
-)
+from seedgpt.checkpoint import resume_run, save_run, start_run
 from seedgpt.config import check_type, load_config
 from seedgpt.corpus import bits_per_byte
 from seedgpt.data import data_batches, load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
-from seedgpt.lora import freeze_and_adapt, merge_lora
+from seedgpt.loop import Cadence, RunConfig
+from seedgpt.lora import freeze_and_adapt
 from seedgpt.objectives import Distill
 from seedgpt.optim import Stepper, lr_at
 from seedgpt.plot import loss_png
-from seedgpt.prune import apply_masks
 from seedgpt.runtime import exit_after_torchrun, peak_flops, print0, rank0_float, setup_runtime
 
 
 @dataclass
-class LoopConfig(GPTConfig):
-    """The model's settings (n_layer, n_head, n_embd, block_size, dropout, bias, pos, norm, qk_norm, mlp) come
-    from model.GPTConfig, with their defaults and comments there; vocab_size is always the dataset's."""
+class LoopConfig(GPTConfig, RunConfig):
+    """The loop's settings: where, how long, the optimizer and the system come from seedgpt.loop.RunConfig,
+    which feedback/rl.py shares; the model's (n_layer, n_head, n_embd, block_size, dropout, bias, pos, norm,
+    qk_norm, mlp) from model.GPTConfig, with their defaults and comments there. vocab_size is the dataset's."""
     # i/o
-    out_dir: str = 'out'  # checkpoints and log.jsonl go here
-    data_dir: str = 'data/stdlib_char'  # made by a prepare/ script: train.bin, val.bin, meta.json
-    init_from: str = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a seedgpt checkpoint to fine-tune, gpt2[-medium|-large|-xl], or a Hugging Face directory (GPT-2, Llama, Qwen3)
+    init_from: str = 'scratch'  # 'scratch', 'resume', an out_dir, gpt2[-medium|-large|-xl] or a Hugging Face dir
     hf_dir: str = ''  # with init_from=gpt2*: a local Hugging Face GPT-2 directory; '' looks in the HF cache
-    eval_interval: int = 250  # iterations between val loss estimates (and checkpoints)
     eval_iters: int = 50  # batches per loss estimate; the same fixed batches every time
-    log_interval: int = 10  # iterations between log lines
     always_save_checkpoint: bool = True  # else save only when val loss improves
     eval_only: bool = False  # estimate the losses once and exit
     patience: int = 0  # stop after this many evaluations without a new best val loss; 0 never
     # batch: tokens per iteration = batch_size * grad_accum * block_size, whatever the number of processes
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per iteration, over all processes together
-    # optimizer
-    learning_rate: float = 1e-3  # peak learning rate of AdamW
-    min_lr: float = 1e-4  # end of the cosine decay, ~learning_rate/10
-    warmup_iters: int = 100  # linear warmup from 0
-    max_iters: int = 5000  # stop after this many iterations
-    lr_decay_iters: int = 0  # length of the cosine decay; 0 means max_iters
-    max_time: float = 0.0  # wall-clock budget in seconds, 0 for none; the LR decays by time when it binds
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip gradients at this norm, 0 to disable
-    muon_lr: float = 0.0  # > 0: Muon for the hidden matrices at this learning rate, AdamW for the rest
     # fine-tuning: what stays fixed (frozen parameters get no gradients and no optimizer state)
     freeze_embeddings: bool = False  # fix wte and wpe; wte is tied to lm_head, so this fixes the output layer too
     freeze_blocks: int = 0  # fix the first this many blocks
     lora_rank: int = 0  # > 0: train low-rank adapters of this rank only, every other weight fixed (LoRA)
     lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the adapters' input
-    lora_targets: str = 'c_attn,c_proj'  # Linears in each block to adapt: c_attn, c_proj (attention's and the MLP's), c_fc, attn.c_proj, mlp.c_proj
-    # one config for fast and slow machines (CPUs without bf16 run matmuls ~4x slower than those with it)
+    lora_targets: str = 'c_attn,c_proj'  # Linears to adapt: c_attn, c_proj (both), c_fc, attn.c_proj, mlp.c_proj
+    # one config for fast and slow machines (CPUs without bf16 run bf16 matmuls slower than fp32, docs/benchmarks.md)
     slow_tflops: float = 0.0  # if the matmul peak measured in the training dtype is below this many TFLOP/s...
     slow: dict = field(default_factory=dict)  # ...these settings replace the ones above (e.g. a smaller model)
     # system
-    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = 'auto'  # 'auto' (bf16 where fast, else fp16 on GPUs, else fp32), 'float32', 'bfloat16', 'float16'
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile
     fsdp: bool = False  # under torchrun, shard parameters, gradients and optimizer state over the processes
-    seed: int = 1337  # fixes the initialisation, the batches and dropout
-    # logging
-    wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without a network)
-    wandb_project: str = 'seedgpt'
-    wandb_run_name: str = 'run'
 
 
 @dataclass
@@ -163,11 +138,8 @@ def main(cfg, objective=None):
             torch.distributed.destroy_process_group()
 
 
-def train(cfg, rt, objective=None):
-    """The training loop. `objective` (Distill above, feedback/reward.py, feedback/dpo.py) trains for another loss than the next
-    token's on the same loop: objective.batches(cfg, meta, device) gives the batches, and objective.wrap(model)
-    a module whose forward(x, y) returns (stats, loss), stats being a dict of scalar tensors to log. The model
-    saved is the GPT."""
+def check_settings(cfg, rt, objective):
+    """Refuse, before any work, the combinations that cannot run."""
     if cfg.grad_accum % rt.world_size:
         raise SystemExit(f"error: grad_accum={cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
     if cfg.value_head and not getattr(objective, 'uses_value_head', False):
@@ -179,35 +151,32 @@ def train(cfg, rt, objective=None):
     if cfg.fsdp and (not rt.ddp or cfg.muon_lr > 0):
         raise SystemExit("error: fsdp=True needs torchrun and AdamW (muon_lr=0)")
     if cfg.fsdp and cfg.lora_rank > 0:
-        raise SystemExit("error: lora_rank > 0 does not work with fsdp=True; the adapters are small, use plain torchrun")
-    micro_steps = cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes together
-    tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
+        raise SystemExit("error: lora_rank > 0 does not work with fsdp=True; the adapters are small: plain torchrun")
+
+
+def train(cfg, rt, objective=None):
+    """The training loop. `objective` (Distill above, feedback/reward.py, feedback/dpo.py) trains for another
+    loss than the next token's on the same loop: objective.batches(cfg, meta, device) gives the batches, and
+    objective.wrap(model) a module whose forward(x, y) returns (stats, loss), stats being a dict of scalar
+    tensors to log. The model saved is the GPT."""
+    check_settings(cfg, rt, objective)
     meta = load_meta(cfg.data_dir)
     batches = (objective.batches if objective else data_batches)(cfg, meta, rt.device)
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
 
-    # model, optimizer and state: from scratch or from the last checkpoint, read on the CPU: the RNG states
-    # must stay there, and only what the model and optimizer need moves to the device
-    ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
-    model_args, state = start_from(cfg, meta, ckpt)
-    model = build_model(model_args, state, rt, cfg.fsdp)
-    del state
-    masks = {k: m.to(rt.device) for k, m in start_masks(cfg, ckpt).items()}
+    # the model and its optimizers: from scratch, from a checkpoint to fine-tune, or where a run left off
+    ckpt, model_args, model, masks = start_run(cfg, meta, rt, fsdp=cfg.fsdp)
     if masks and (cfg.fsdp or cfg.lora_rank > 0):
         raise SystemExit("error: a pruned checkpoint (with masks) fine-tunes without fsdp and lora_rank")
-    apply_masks(model, masks)
     freeze_and_adapt(model, cfg, ckpt)  # fine-tuning: frozen blocks or embeddings, LoRA adapters
     stepper = Stepper(model, cfg, rt, masks)
-    iter_num, best_val_loss, elapsed, evals_since_best = 0, float('inf'), 0.0, 0
     torch.manual_seed(cfg.seed + rt.rank)  # the same weights everywhere, but each rank its own dropout masks
+    progress = {'iter_num': 0, 'elapsed': 0.0, 'best_val_loss': float('inf'), 'evals_since_best': 0}
     if ckpt:
-        set_optimizer_state(model, stepper.optimizers, ckpt['optimizers'], rt, cfg.fsdp)
-        stepper.scaler.load_state_dict(ckpt['scaler'])
-        iter_num, best_val_loss, elapsed = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['elapsed']
-        evals_since_best = ckpt.get('evals_since_best', 0)
-        restore_rng(ckpt, rt, cfg.seed)
+        progress.update(resume_run(ckpt, model, stepper, rt, cfg.seed, cfg.fsdp))
     del ckpt
+    run = {'cfg': cfg, 'meta': meta, 'model_args': model_args, 'masks': masks}
 
     orig_model = model  # unwrapped and uncompiled: what gets saved
     if objective:
@@ -219,84 +188,35 @@ def train(cfg, rt, objective=None):
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
     flops_peak = peak_flops(rt)
-
-    print0(f"seedgpt train | torch {torch.__version__} | device {rt.device} | dtype {rt.dtype} | "
-           f"processes {rt.world_size} | peak {'unknown' if flops_peak is None else f'{flops_peak / 1e12:.2f} TFLOP/s'}")
-    print0("config: " + json.dumps(asdict(cfg)))
-    print0(f"model: {orig_model.num_params() / 1e6:.2f}M parameters | {tokens_per_iter:,} tokens per iteration | "
-           f"data {cfg.data_dir} ({meta['tokenizer']}, vocab {meta['vocab_size']:,})"
-           + (f" | resumed at iter {iter_num}" if iter_num else ''))
-    trainable = sum(p.numel() for p in orig_model.parameters() if p.requires_grad)
-    print0(f"trainable: {trainable:,} of {orig_model.num_params(non_embedding=False):,} parameters")
+    print_start(cfg, rt, orig_model, meta, flops_peak, progress['iter_num'])
     logger = Logger(cfg, rt)
-    last_losses = {}
-
-    def save(val_loss):
-        model_state, optim_state = full_state(orig_model, stepper.optimizers, cfg.fsdp)  # every rank takes part
-        # a LoRA run saves merged weights under the plain names (a normal checkpoint, for sample.py and the rest)
-        # and, under 'lora', the base weights and adapters that resuming it needs
-        model_state, lora_state = merge_lora(model_state, cfg.lora_alpha)
-        rng = rng_states(rt)
-        if not rt.master:
-            return
-        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
-            'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
-            'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
-            'optimizers': optim_state, 'scaler': stepper.scaler.state_dict(), 'iter_num': iter_num,
-            'best_val_loss': best_val_loss, 'val_loss': val_loss, 'elapsed': elapsed, 'rng': rng,
-            'evals_since_best': evals_since_best, **({'lora': lora_state} if lora_state else {}),
-            **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
-
-    def evaluate():
-        nonlocal best_val_loss, evals_since_best
-        losses = estimate_loss(plain if rt.ddp and not cfg.fsdp else model, batches, rt, cfg.eval_iters)
-        extra = {k: v for k, v in losses.items() if k not in ('train', 'val')}
-        # bits per byte of text compare models of any tokenizer (an objective's loss is not a next-token loss)
-        extra = {**({} if objective else bits_per_byte(losses, meta)), **extra}
-        print0(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-               + ''.join(f", {k} {v:.4f}" for k, v in extra.items()))
-        logger.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **extra, time=round(elapsed, 3))
-        last_losses.update(losses)
-        if rt.master:
-            loss_png(cfg.out_dir, tokens_per_iter)  # out_dir/loss.png; never raises
-        improved = losses['val'] < best_val_loss
-        best_val_loss = min(best_val_loss, losses['val'])
-        evals_since_best = 0 if improved else evals_since_best + 1  # the same on every rank: val loss is all-reduced
-        if (improved or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
-            save(losses['val'])
-            print0(f"saved {cfg.out_dir}/ckpt.pt")
-        return losses
-
+    clock = Cadence(cfg, rt, progress['iter_num'], progress['elapsed'], resumed=cfg.init_from == 'resume')
+    note = clock.nothing_to_do(progress['iter_num'], progress['elapsed'])
+    if note:
+        print0(note)
+    losses, micro_steps = {}, cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes
     try:
-        if cfg.eval_only:
-            return evaluate()
-        t_start = time.time() - elapsed
-        # a checkpoint is saved just after an evaluation: a resumed run does not repeat it (nor count it twice for patience)
-        t_last, iters_timed, time_timed = time.time(), 0, 0.0
-        last_eval = iter_num if cfg.init_from == 'resume' else None
-        if last_eval is not None and (iter_num >= cfg.max_iters or 0 < cfg.max_time <= elapsed):
-            print0(f"nothing to do: the checkpoint is at iter {iter_num} after {elapsed:.0f} s, and max_iters="
-                   f"{cfg.max_iters}, max_time={cfg.max_time:g}; raise them (max_time=0 for no time limit) to go on")
         while True:
-            elapsed = time.time() - t_start
-            if cfg.max_time > 0:
-                elapsed = rank0_float(elapsed, rt)
-            done = iter_num >= cfg.max_iters or (cfg.max_time > 0 and elapsed >= cfg.max_time)
-            if (iter_num % cfg.eval_interval == 0 or done) and last_eval != iter_num:
-                evaluate()
-                last_eval = iter_num
-                t_last = time.time()  # leave the eval out of the step timing
-                if cfg.patience and evals_since_best >= cfg.patience:
-                    print0(f"early stop: no new best val loss in {cfg.patience} evaluations (best {best_val_loss:.4f})")
+            evaluate_now, done, progress['elapsed'] = clock.check(progress['iter_num'])
+            if evaluate_now or cfg.eval_only:
+                losses = evaluate(plain if rt.ddp and not cfg.fsdp else model, batches, rt, run, progress, logger,
+                                  objective)
+                if (losses['improved'] or cfg.always_save_checkpoint) and progress['iter_num'] and not cfg.eval_only:
+                    save_run(os.path.join(cfg.out_dir, 'ckpt.pt'), run, orig_model, stepper, rt,
+                             {**progress, 'val_loss': losses['val']}, cfg.fsdp, cfg.lora_alpha)
+                    print0(f"saved {cfg.out_dir}/ckpt.pt")
+                clock.restart()
+                if cfg.patience and progress['evals_since_best'] >= cfg.patience:
+                    print0(f"early stop: no new best val loss in {cfg.patience} evaluations "
+                           f"(best {progress['best_val_loss']:.4f})")
                     break
-            if done:
+            if done or cfg.eval_only:
                 break
-
-            lr = lr_at(cfg, iter_num, elapsed)
+            lr = lr_at(cfg, progress['iter_num'], progress['elapsed'])
             stepper.set_lr(lr)
             loss_sum, stat_sums = torch.zeros((), device=rt.device), {}
             for micro in range(micro_steps):
-                x, y = batches.get('train', iter_num, rt.rank * micro_steps + micro)
+                x, y = batches.get('train', progress['iter_num'], rt.rank * micro_steps + micro)
                 with grad_sync(model, orig_model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
                     with rt.autocast():
                         stats, loss = model(x, y)
@@ -307,32 +227,64 @@ def train(cfg, rt, objective=None):
                     stepper.backward(loss / micro_steps)
                 loss_sum += loss.detach()
             stepper.step()  # unscale, clip, step, zero the gradients, re-apply pruning masks
-            iter_num += 1
-
-            if iter_num % cfg.log_interval == 0:
-                if rt.ddp:
-                    torch.distributed.all_reduce(loss_sum)
-                loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the device, so time after it
-                now = time.time()
-                if iter_num > cfg.log_interval or iter_num == cfg.max_iters:  # the first steps include warm-up costs
-                    iters_timed, time_timed = iters_timed + cfg.log_interval, time_timed + now - t_last
-                dt = (now - t_last) / cfg.log_interval
-                tok_s = tokens_per_iter / dt
-                mfu = orig_model.estimate_mfu(tok_s, flops_peak) if flops_peak else None
-                per_iter = time_timed / iters_timed if iters_timed else dt
-                left = (cfg.max_iters - iter_num) * per_iter
-                if cfg.max_time > 0:
-                    left = min(left, cfg.max_time - (now - t_start))
-                extra = mean_stats(stat_sums, rt)  # an objective's stats, of this iteration's batch
-                print0(f"iter {iter_num}: loss {loss:.4f}, " + ''.join(f"{k} {v:.4f}, " for k, v in extra.items())
-                       + f"lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
-                       f"mfu {'n/a' if mfu is None else f'{mfu * 100:.1f}%'}, eta {fmt_time(max(left, 0))}")
-                logger.log(iter=iter_num, loss=loss, **extra, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s),
-                           mfu=None if mfu is None else round(mfu, 4), time=round(now - t_start, 3))
-                t_last = now
+            progress['iter_num'] += 1
+            if progress['iter_num'] % cfg.log_interval == 0:
+                log_step(cfg, rt, orig_model, clock, logger, progress['iter_num'], lr, loss_sum, stat_sums, flops_peak)
     finally:
         logger.close()
-    return last_losses
+    return {k: v for k, v in losses.items() if k != 'improved'}
+
+
+def print_start(cfg, rt, model, meta, flops_peak, iter_num):
+    """What a run starts with: the machine, every setting, the model's size and what trains."""
+    peak = 'unknown' if flops_peak is None else f'{flops_peak / 1e12:.2f} TFLOP/s'
+    print0(f"seedgpt train | torch {torch.__version__} | device {rt.device} | dtype {rt.dtype} | "
+           f"processes {rt.world_size} | peak {peak}")
+    print0("config: " + json.dumps(asdict(cfg)))
+    tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    print0(f"model: {model.num_params() / 1e6:.2f}M parameters | {tokens_per_iter:,} tokens per iteration | "
+           f"data {cfg.data_dir} ({meta['tokenizer']}, vocab {meta['vocab_size']:,})"
+           + (f" | resumed at iter {iter_num}" if iter_num else ''))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print0(f"trainable: {trainable:,} of {model.num_params(non_embedding=False):,} parameters")
+
+
+def evaluate(model, batches, rt, run, progress, logger, objective):
+    """Estimate the losses, log them and update progress's best val loss; returns the losses, with
+    'improved': whether val loss is a new best."""
+    cfg, meta = run['cfg'], run['meta']
+    losses = estimate_loss(model, batches, rt, cfg.eval_iters)
+    extra = {k: v for k, v in losses.items() if k not in ('train', 'val')}
+    # bits per byte of text compare models of any tokenizer (an objective's loss is not a next-token loss)
+    extra = {**({} if objective else bits_per_byte(losses, meta)), **extra}
+    it = progress['iter_num']
+    print0(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+           + ''.join(f", {k} {v:.4f}" for k, v in extra.items()))
+    logger.log(iter=it, train_loss=losses['train'], val_loss=losses['val'], **extra,
+               time=round(progress['elapsed'], 3))
+    if rt.master:
+        loss_png(cfg.out_dir, cfg.batch_size * cfg.grad_accum * cfg.block_size)  # out_dir/loss.png; never raises
+    improved = losses['val'] < progress['best_val_loss']
+    progress['best_val_loss'] = min(progress['best_val_loss'], losses['val'])
+    # the same on every rank: val loss is all-reduced
+    progress['evals_since_best'] = 0 if improved else progress['evals_since_best'] + 1
+    return {**losses, 'improved': improved}
+
+
+def log_step(cfg, rt, model, clock, logger, it, lr, loss_sum, stat_sums, flops_peak):
+    """The log line of the last log_interval iterations: loss, speed, MFU and time left."""
+    if rt.ddp:
+        torch.distributed.all_reduce(loss_sum)
+    loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the device, so time after it
+    dt, left = clock.lap(it, cfg.log_interval)
+    tok_s = cfg.batch_size * cfg.grad_accum * cfg.block_size / dt
+    mfu = model.estimate_mfu(tok_s, flops_peak) if flops_peak else None
+    extra = mean_stats(stat_sums, rt)  # an objective's stats, of this iteration's batch
+    print0(f"iter {it}: loss {loss:.4f}, " + ''.join(f"{k} {v:.4f}, " for k, v in extra.items())
+           + f"lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
+           f"mfu {'n/a' if mfu is None else f'{mfu * 100:.1f}%'}, eta {fmt_time(left)}")
+    logger.log(iter=it, loss=loss, **extra, lr=lr, ms=round(dt * 1000, 2), tok_s=round(tok_s),
+               mfu=None if mfu is None else round(mfu, 4), time=round(clock.since_start(), 3))
 
 
 if __name__ == '__main__':

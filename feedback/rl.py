@@ -40,43 +40,42 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import torch
 
 from seedgpt.agent import generate_with_tools
 from seedgpt.chat import render_chat, render_prompt
-from seedgpt.checkpoint import (
-    build_model, checkpoint_path, full_state, load_checkpoint, load_model, restore_rng, rng_states, save_checkpoint,
-    set_optimizer_state, start_from, start_masks
-)
+from seedgpt.checkpoint import checkpoint_path, load_model, resume_run, save_run, start_run
 from seedgpt.config import load_config
 from seedgpt.data import load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
+from seedgpt.loop import Cadence, RunConfig
 from seedgpt.objectives import score_conversations, token_logprobs
 from seedgpt.optim import Stepper, lr_at
 from seedgpt.policy import advantages, as_batch, clipped_loss, kl_per_token
-from seedgpt.prune import apply_masks
 from seedgpt.runtime import print0, setup_runtime
 from seedgpt.tasks import accuracy, check, load_records, question
 from seedgpt.tokenizer import load_tokenizer
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
+    """RL's settings: the loop's (where, how long, the optimizer, the system) are seedgpt.loop.RunConfig's,
+    with RL's own defaults below where they differ; then the algorithm's."""
     # i/o
     init_from: str = 'out-sft-tasks'  # the policy starts as this checkpoint; 'resume' goes on from out_dir's
     ref_dir: str = ''  # the frozen reference for the KL; '' is init_from (a resumed run must name it)
     data_dir: str = 'data/tasks'  # the questions: train to learn from, val to watch, test once at the end
-    out_dir: str = 'out-rl-tasks'  # ckpt.pt and log.jsonl go here
+    out_dir: str = 'out-rl-tasks'
     # the algorithm
     algo: str = 'ppo'  # 'ppo' (value head, GAE) or 'grpo' (group baseline, KL in the loss)
     reward: str = 'check'  # 'check': 1 if seedgpt/tasks.py judges the answer right, else 0; 'model': reward_dir's score
     reward_dir: str = 'out-reward-tasks'  # with reward='model': a feedback/reward.py checkpoint
     prompts_per_step: int = 16  # train questions per step
     group_size: int = 8  # answers sampled per question (grpo's baseline is their mean: at least 2)
-    max_new_tokens: int = 16  # an answer (and each tool call) is cut here
+    max_new_tokens: int = 32  # an answer (and each tool call) is cut here: room for the suite's longest call
     max_calls: int = 3  # a model that knows tools: at most this many tool calls per answer
     temperature: float = 1.0  # of the rollouts; every log-probability is taken at it too
     kl_coef: float = 0.05  # weight of the KL to the reference
@@ -88,28 +87,16 @@ class Config:
     value_clip: float = 0.2  # how far a value may move from its rollout estimate (ppo)
     gamma: float = 1.0  # discount (ppo)
     lam: float = 0.95  # GAE's lambda (ppo)
-    # watching
+    # watching: every eval_interval steps, greedy answers to val questions
     eval_interval: int = 50  # steps between val evaluations (and checkpoints)
     eval_examples: int = 500  # val questions answered greedily at each evaluation; 0 all (the test split: all, once)
-    log_interval: int = 5  # steps between log lines
-    # the schedule (seedgpt.optim.lr_at) and the optimizer (seedgpt.optim.Stepper)
-    learning_rate: float = 1e-4  # peak learning rate of AdamW
-    min_lr: float = 1e-5  # end of the cosine decay
-    warmup_iters: int = 10  # linear warmup from 0
+    log_interval: int = 5
+    # the schedule: RL moves a trained model a little, so a small learning rate and no pull towards zero
+    learning_rate: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_iters: int = 10
     max_iters: int = 200  # stop after this many steps
-    lr_decay_iters: int = 0  # length of the cosine decay; 0 means max_iters
-    max_time: float = 0.0  # wall-clock budget in seconds (val evaluations included), 0 for none
-    weight_decay: float = 0.0  # a small step away from the reference needs no pull towards zero
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip gradients at this norm, 0 to disable
-    muon_lr: float = 0.0  # > 0: Muon for the hidden matrices at this learning rate, AdamW for the rest
-    # system
-    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = 'auto'  # 'auto' (bf16 where fast, else fp16 with loss scaling on GPUs, else fp32), or one of them
-    seed: int = 1337  # fixes the questions, the rollouts and the minibatch order
-    wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without a network)
-    wandb_project: str = 'seedgpt'
+    weight_decay: float = 0.0
     wandb_run_name: str = 'rl'
 
 
@@ -173,162 +160,147 @@ def main(cfg):
     if cfg.prompts_per_step > len(train_records):
         raise SystemExit(f"error: prompts_per_step={cfg.prompts_per_step}, but {cfg.data_dir} has only "
                          f"{len(train_records)} train questions; ask for fewer")
-    ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
-    if ckpt and ckpt['config'].get('algo') != cfg.algo:
-        raise SystemExit(f"error: {cfg.out_dir} was trained with algo={ckpt['config'].get('algo')}; resume with it")
 
     # the policy, as train.py builds a model: start_from checks the tokenizer, refuses int8 weights and adds
-    # a value head (from zero) for ppo. Dropout stays off: with it the ratio pi_new / pi_old would differ
-    # from 1 before any update, and the clip would spend itself on noise.
+    # a value head (from zero) for ppo; a pruned start stays pruned. Dropout stays off: with it the ratio
+    # pi_new / pi_old would differ from 1 before any update, and the clip would spend itself on noise.
     start = SimpleNamespace(init_from=cfg.init_from, data_dir=cfg.data_dir, hf_dir='', dropout=0.0,
                             value_head=cfg.algo == 'ppo', block_size=sys.maxsize)  # the model's own context
-    model_args, state = start_from(start, meta, ckpt)
-    policy = build_model(model_args, state, rt, fsdp=False)
-    del state
-    # a pruned start (compress/shrink.py --prune) stays pruned: the Stepper zeroes its masks after every update
-    masks = {k: m.to(rt.device) for k, m in start_masks(cfg, ckpt).items()}
-    apply_masks(policy, masks)
+    ckpt, model_args, policy, masks = start_run(cfg, meta, rt, start)
+    if ckpt and ckpt['config'].get('algo') != cfg.algo:
+        raise SystemExit(f"error: {cfg.out_dir} was trained with algo={ckpt['config'].get('algo')}; resume with it")
     stepper = Stepper(policy, cfg, rt, masks)
+    progress = {'iter_num': 0, 'elapsed': 0.0, 'best_val_accuracy': -1.0}
+    if ckpt:  # the rollouts sample what an uninterrupted run would
+        progress.update(resume_run(ckpt, policy, stepper, rt, cfg.seed))
+    del ckpt
+    run = {'cfg': cfg, 'meta': meta, 'model_args': model_args, 'masks': masks}
     # the reference: the SFT model, frozen; the KL to it is the leash (InstructGPT, https://arxiv.org/abs/2203.02155)
-    ref_dir = cfg.ref_dir or cfg.init_from
-    ref, _ = load_model(ref_dir, rt.device, torch.float32)
+    ref, _ = load_model(cfg.ref_dir or cfg.init_from, rt.device, torch.float32)
     ref.requires_grad_(False)
     rewarder = Rewarder(cfg, tok, rt.device)
-    step, elapsed, best = 0, 0.0, -1.0
-    if ckpt:
-        set_optimizer_state(policy, stepper.optimizers, ckpt['optimizers'], rt, False)
-        stepper.scaler.load_state_dict(ckpt['scaler'])
-        step, elapsed, best = ckpt['iter_num'], ckpt['elapsed'], ckpt['best_val_accuracy']
-        restore_rng(ckpt, rt, cfg.seed)  # the rollouts sample what an uninterrupted run would
-    del ckpt
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     logger = Logger(cfg, rt)
+    step = progress['iter_num']
     print0(f"seedgpt rl | torch {torch.__version__} | device {rt.device} | dtype {rt.dtype} | {cfg.algo} | "
            f"reward {cfg.reward} | KL {cfg.kl_estimator} x {cfg.kl_coef} | {cfg.prompts_per_step} questions x "
            f"{cfg.group_size} answers per step at temperature {cfg.temperature}"
            + (f" | {len(masks)} pruned matrices" if masks else '') + (f" | resumed at step {step}" if step else ''))
 
-    def evaluate(split, records):
-        """Greedy accuracy on a split's questions, printed and logged under the split's name."""
-        policy.eval()
-        result = accuracy(policy, tok, records, 64, 32, temperature=0)
-        policy.train()
-        per_task = ', '.join(f"{t} {row['accuracy']:.3f}" for t, row in result['tasks'].items())
-        print0(f"step {step}: {split} accuracy {result['mean']:.4f} ({per_task}) on {result['n']} questions")
-        logger.log(iter=step, **{f'{split}_accuracy': result['mean']},
-                   **{f'{split}_{t}': r['accuracy'] for t, r in result['tasks'].items()}, time=round(elapsed, 3))
-        return result['mean']
-
-    def save(val_acc):
-        # train.py's checkpoint: plain weights under 'model' for sample.py, chat and eval; the optimizer, the
-        # scaler, the RNG and the step for an exact resume; the pruning masks, so a resumed run keeps them
-        model_state, optim_state = full_state(policy, stepper.optimizers, False)
-        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), {
-            'model': model_state, 'model_args': model_args, 'config': asdict(cfg), 'meta': meta,
-            'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': 1},
-            'optimizers': optim_state, 'scaler': stepper.scaler.state_dict(), 'iter_num': step,
-            'best_val_accuracy': best, 'val_accuracy': val_acc, 'elapsed': elapsed, 'rng': rng_states(rt),
-            **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
-        print0(f"saved {cfg.out_dir}/ckpt.pt")
-
     # the loop, top to bottom: watch val (and save), stop, or take one step of rollouts -> rewards ->
-    # advantages -> clipped updates. elapsed counts from the first run, so max_time spans resumes.
-    t_start = time.time() - elapsed
-    # a checkpoint is saved just after an evaluation: a resumed run does not evaluate and save that step again
-    last_eval = step if cfg.init_from == 'resume' else None
+    # advantages -> clipped updates (rl_step)
+    clock = Cadence(cfg, rt, step, progress['elapsed'], resumed=cfg.init_from == 'resume')
     val_acc = None
     try:
         while True:
-            elapsed = time.time() - t_start
-            done = step >= cfg.max_iters or (cfg.max_time > 0 and elapsed >= cfg.max_time)
-            if (step % cfg.eval_interval == 0 or done) and last_eval != step:
-                val_acc = evaluate('val', val_records)
-                best, last_eval = max(best, val_acc), step
-                if step > 0:
-                    save(val_acc)
+            evaluate_now, done, progress['elapsed'] = clock.check(progress['iter_num'])
+            if evaluate_now:
+                val_acc = evaluate(policy, tok, 'val', val_records, progress, logger)
+                progress['best_val_accuracy'] = max(progress['best_val_accuracy'], val_acc)
+                if progress['iter_num'] > 0:
+                    save_run(os.path.join(cfg.out_dir, 'ckpt.pt'), run, policy, stepper, rt,
+                             {**progress, 'val_accuracy': val_acc})
+                    print0(f"saved {cfg.out_dir}/ckpt.pt")
+                clock.restart()
             if done:
                 break
-            t0 = time.time()
-
-            # 1. rollouts: group_size answers to each question, sampled from the policy as it is now.
-            # RL learns only from what the policy itself says: the answers are on-policy, and the updates
-            # below reuse them for a few steps only, while the policy is still close to what sampled them.
-            # The questions come from a seeded RNG per step, so a resumed run asks what the uninterrupted one would.
-            rng = random.Random(f'{cfg.seed}/rl/{step}')
-            records = [r for r in rng.sample(train_records, cfg.prompts_per_step) for _ in range(cfg.group_size)]
-            prompts = [render_prompt(tok, question(r)) for r in records]
-            policy.eval()
-            # a model that knows tools runs them in its rollouts (seedgpt/agent.py): a trace is the model's
-            # calls and answer, with the tools' results between them. The results are given, not sampled:
-            # they are out of the loss (y = -1), and the reward scores the final answer alone.
-            traces = generate_with_tools(policy, tok, prompts, cfg.max_new_tokens, cfg.max_calls,
-                                         temperature=cfg.temperature)
-            policy.train()
-            x, y = as_batch(prompts, [t.ids for t in traces], rt.device, [t.mask for t in traces])
-            mask = (y != -1).float()
-
-            # 2. rewards, and what the policy and the reference thought of the answers, at the temperature
-            # that sampled them: the ratio and the KL must compare the distributions the tokens came from.
-            # old_logp is the policy before any update (pi_old of the ratio); ref_logp the leash's anchor.
-            scores, right = rewarder(records, traces)
-            scores = scores.to(rt.device)
-            with torch.no_grad(), rt.autocast():
-                old_logp, old_values = token_logprobs(policy, x, y, cfg.temperature)
-                ref_logp, _ = token_logprobs(ref, x, y, cfg.temperature)
-            if cfg.algo == 'grpo':  # no values, and no value loss
-                old_values = torch.zeros_like(mask)
-            # the KL of the rollout, per answer token: ppo pays it as a cost in the reward, grpo only logs it
-            # here (its loss recomputes it from the new log-probabilities, so that it has a gradient)
-            kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
-
-            # 3. advantages: how much better each token did than expected (GAE for ppo, the group for grpo).
-            # A raw reward would push up every answer of an easy question; an advantage only the better ones.
-            adv, returns, zero_var = advantages(cfg, scores, kl, mask, old_values)
-
-            # 4. clipped updates: ppo_epochs passes in minibatches, each one step of train.py's Stepper.
-            # After the first minibatch the policy is no longer pi_old: the clipped ratio in clipped_loss
-            # stops any token from pulling once it has moved clip_eps its way (https://arxiv.org/abs/1707.06347).
-            lr = lr_at(cfg, step, elapsed)
-            stepper.set_lr(lr)
-            sums = {}
-            for _ in range(cfg.ppo_epochs):
-                order = torch.randperm(len(records), generator=torch.Generator().manual_seed(rng.getrandbits(32)))
-                for mb in order.split(cfg.minibatch_size):
-                    mb = mb.to(rt.device)
-                    with rt.autocast():
-                        logp, values = token_logprobs(policy, x[mb], y[mb], cfg.temperature)
-                    loss, stats = clipped_loss(cfg, logp, values, old_logp[mb], old_values[mb], adv[mb], returns[mb],
-                                               ref_logp[mb], mask[mb])
-                    # train.py's update: under fp16 the loss is scaled so small gradients do not underflow;
-                    # then unscale, clip, step (skipped on overflow), zero, and re-apply the pruning masks
-                    stepper.backward(loss)
-                    stepper.step()
-                    add_stats(sums, {'loss': loss, **stats})
-            step += 1
-
-            if step % cfg.log_interval == 0:
-                row = {k: round(v, 5) for k, v in mean_stats(sums, rt).items()}
-                row.update(reward=round(scores.mean().item(), 4), right=round(right.mean().item(), 4),
-                           kl=round((kl.sum(1)).mean().item(), 5), kl_estimator=cfg.kl_estimator,
-                           answer_len=round(mask.sum(1).mean().item(), 2), lr=lr,
-                           sec=round(time.time() - t0, 2))
-                if zero_var is not None:
-                    row['zero_var_groups'] = round(zero_var, 3)
-                left = (cfg.max_iters - step) * (time.time() - t0)
-                if cfg.max_time > 0:
-                    left = min(left, cfg.max_time - (time.time() - t_start))
-                print0(f"step {step}: " + ', '.join(f"{k} {v}" for k, v in row.items() if k != 'lr')
-                       + f", lr {lr:.2e}, eta {fmt_time(max(left, 0))}")
-                logger.log(iter=step, **row, time=round(time.time() - t_start, 3))
+            row = rl_step(cfg, rt, tok, policy, ref, stepper, rewarder, train_records, progress)
+            progress['iter_num'] += 1
+            if progress['iter_num'] % cfg.log_interval == 0:
+                _, left = clock.lap(progress['iter_num'], cfg.log_interval)
+                print0(f"step {progress['iter_num']}: " + ', '.join(f"{k} {v}" for k, v in row.items() if k != 'lr')
+                       + f", lr {row['lr']:.2e}, eta {fmt_time(left)}")
+                logger.log(iter=progress['iter_num'], **row, time=round(clock.since_start(), 3))
 
         # the test split, once, at the end: val is what the run watched (and could be tuned by), so only a
         # split that chose nothing measures the result fairly; chat.eval on the checkpoint gives the same figure
-        test_acc = evaluate('test', load_records(cfg.data_dir, 'test'))
-        print0(f"final test accuracy {test_acc:.4f} after {step} steps (best val accuracy {best:.4f})")
+        test_acc = evaluate(policy, tok, 'test', load_records(cfg.data_dir, 'test'), progress, logger)
+        print0(f"final test accuracy {test_acc:.4f} after {progress['iter_num']} steps "
+               f"(best val accuracy {progress['best_val_accuracy']:.4f})")
     finally:
         logger.close()
-    return {'val_accuracy': val_acc, 'best_val_accuracy': best, 'test_accuracy': test_acc}
+    return {'val_accuracy': val_acc, 'best_val_accuracy': progress['best_val_accuracy'], 'test_accuracy': test_acc}
+
+
+def evaluate(policy, tok, split, records, progress, logger):
+    """Greedy accuracy on a split's questions, printed and logged under the split's name."""
+    policy.eval()
+    result = accuracy(policy, tok, records, 64, 32, temperature=0)
+    policy.train()
+    per_task = ', '.join(f"{t} {row['accuracy']:.3f}" for t, row in result['tasks'].items())
+    print0(f"step {progress['iter_num']}: {split} accuracy {result['mean']:.4f} ({per_task}) "
+           f"on {result['n']} questions")
+    logger.log(iter=progress['iter_num'], **{f'{split}_accuracy': result['mean']},
+               **{f'{split}_{t}': r['accuracy'] for t, r in result['tasks'].items()},
+               time=round(progress['elapsed'], 3))
+    return result['mean']
+
+
+def rl_step(cfg, rt, tok, policy, ref, stepper, rewarder, train_records, progress):
+    """One step: rollouts, rewards, advantages, clipped updates. Returns the step's log row."""
+    t0 = time.time()
+    # 1. rollouts: group_size answers to each question, sampled from the policy as it is now.
+    # RL learns only from what the policy itself says: the answers are on-policy, and the updates
+    # below reuse them for a few steps only, while the policy is still close to what sampled them.
+    # The questions come from a seeded RNG per step, so a resumed run asks what the uninterrupted one would.
+    rng = random.Random(f"{cfg.seed}/rl/{progress['iter_num']}")
+    records = [r for r in rng.sample(train_records, cfg.prompts_per_step) for _ in range(cfg.group_size)]
+    prompts = [render_prompt(tok, question(r)) for r in records]
+    policy.eval()
+    # a model that knows tools runs them in its rollouts (seedgpt/agent.py): a trace is the model's
+    # calls and answer, with the tools' results between them. The results are given, not sampled:
+    # they are out of the loss (y = -1), and the reward scores the final answer alone.
+    traces = generate_with_tools(policy, tok, prompts, cfg.max_new_tokens, cfg.max_calls, temperature=cfg.temperature)
+    policy.train()
+    x, y = as_batch(prompts, [t.ids for t in traces], rt.device, [t.mask for t in traces])
+    mask = (y != -1).float()
+
+    # 2. rewards, and what the policy and the reference thought of the answers, at the temperature
+    # that sampled them: the ratio and the KL must compare the distributions the tokens came from.
+    # old_logp is the policy before any update (pi_old of the ratio); ref_logp the leash's anchor.
+    scores, right = rewarder(records, traces)
+    scores = scores.to(rt.device)
+    with torch.no_grad(), rt.autocast():
+        old_logp, old_values = token_logprobs(policy, x, y, cfg.temperature)
+        ref_logp, _ = token_logprobs(ref, x, y, cfg.temperature)
+    if cfg.algo == 'grpo':  # no values, and no value loss
+        old_values = torch.zeros_like(mask)
+    # the KL of the rollout, per answer token: ppo pays it as a cost in the reward, grpo only logs it
+    # here (its loss recomputes it from the new log-probabilities, so that it has a gradient)
+    kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+
+    # 3. advantages: how much better each token did than expected (GAE for ppo, the group for grpo).
+    # A raw reward would push up every answer of an easy question; an advantage only the better ones.
+    adv, returns, zero_var = advantages(cfg, scores, kl, mask, old_values)
+
+    # 4. clipped updates: ppo_epochs passes in minibatches, each one step of train.py's Stepper.
+    # After the first minibatch the policy is no longer pi_old: the clipped ratio in clipped_loss
+    # stops any token from pulling once it has moved clip_eps its way (https://arxiv.org/abs/1707.06347).
+    lr = lr_at(cfg, progress['iter_num'], progress['elapsed'])
+    stepper.set_lr(lr)
+    sums = {}
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(rng.getrandbits(32)))
+        for mb in order.split(cfg.minibatch_size):
+            mb = mb.to(rt.device)
+            with rt.autocast():
+                logp, values = token_logprobs(policy, x[mb], y[mb], cfg.temperature)
+            loss, stats = clipped_loss(cfg, logp, values, old_logp[mb], old_values[mb], adv[mb], returns[mb],
+                                       ref_logp[mb], mask[mb])
+            # train.py's update: under fp16 the loss is scaled so small gradients do not underflow;
+            # then unscale, clip, step (skipped on overflow), zero, and re-apply the pruning masks
+            stepper.backward(loss)
+            stepper.step()
+            add_stats(sums, {'loss': loss, **stats})
+
+    row = {k: round(v, 5) for k, v in mean_stats(sums, rt).items()}
+    row.update(reward=round(scores.mean().item(), 4), right=round(right.mean().item(), 4),
+               kl=round((kl.sum(1)).mean().item(), 5), kl_estimator=cfg.kl_estimator,
+               answer_len=round(mask.sum(1).mean().item(), 2), lr=lr, sec=round(time.time() - t0, 2))
+    if zero_var is not None:
+        row['zero_var_groups'] = round(zero_var, 3)
+    return row
 
 
 if __name__ == '__main__':

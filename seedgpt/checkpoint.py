@@ -7,13 +7,15 @@ state. It is written to a temporary file, flushed to disk and renamed, then the 
 flushed: a crash at any moment leaves the previous checkpoint whole and findable.
 """
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import torch
 
 from model import GPT, GPTConfig, padded_vocab
 from seedgpt.hf import GPT2_NAMES, is_hf_dir, load_gpt2, load_hf, tokenizer_matches
 from seedgpt.int8 import quantize_int8
+from seedgpt.lora import merge_lora
+from seedgpt.prune import apply_masks
 from seedgpt.runtime import print0
 from seedgpt.tokenizer import load_tokenizer, same_ids
 
@@ -67,6 +69,56 @@ def load_checkpoint(where):
         raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) or pass --out_dir")
     return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
 
+
+
+def start_run(cfg, meta, rt, start=None, fsdp=False):
+    """What a training loop starts from: (the checkpoint it resumes or None, the model args, the model on
+    rt.device, its pruning masks). `start` overrides what start_from reads of cfg (init_from, dropout, ...).
+    The checkpoint is read on the CPU: the RNG states must stay there, and only what the model and
+    optimizer need moves to the device. A pruned start stays pruned: the masks are applied here, and
+    seedgpt.optim.Stepper re-applies them after every update."""
+    ckpt = load_checkpoint(cfg.out_dir) if cfg.init_from == 'resume' else None
+    model_args, state = start_from(start or cfg, meta, ckpt)
+    model = build_model(model_args, state, rt, fsdp)
+    masks = {k: m.to(rt.device) for k, m in start_masks(cfg, ckpt).items()}
+    apply_masks(model, masks)
+    return ckpt, model_args, model, masks
+
+
+def save_run(path, run, model, stepper, rt, progress, fsdp=False, lora_alpha=None):
+    """A training loop's checkpoint. Every process calls it (FSDP gathers the shards); rank 0 writes.
+
+    run: {'cfg', 'meta', 'model_args', 'masks'}, what the run started with; progress: where it stands,
+    {'iter_num', 'elapsed', ...} and the loop's own scores (best val loss, or accuracy). Plain weights go
+    under 'model' for sample.py and every other reader; the optimizers, the loss scaler, the RNG states
+    and the progress make a resume exact. A LoRA run (lora_alpha given) saves merged weights under the
+    plain names and, under 'lora', the base weights and adapters that resuming it needs.
+    """
+    model_state, optim_state = full_state(model, stepper.optimizers, fsdp)
+    lora_state = None
+    if lora_alpha is not None:
+        model_state, lora_state = merge_lora(model_state, lora_alpha)
+    rng = rng_states(rt)
+    if not rt.master:
+        return
+    masks = run['masks']
+    save_checkpoint(path, {
+        'model': model_state, 'model_args': run['model_args'], 'config': asdict(run['cfg']), 'meta': run['meta'],
+        'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
+        'optimizers': optim_state, 'scaler': stepper.scaler.state_dict(), 'rng': rng, **progress,
+        **({'lora': lora_state} if lora_state else {}),
+        **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
+
+
+def resume_run(ckpt, model, stepper, rt, seed, fsdp=False):
+    """Put a run back where its checkpoint left it: the optimizers' moments, the loss scaler, this process's
+    RNG states (dropout and sampling draw what an uninterrupted run would). Returns the checkpoint's
+    progress: {'iter_num', 'elapsed', ...}."""
+    set_optimizer_state(model, stepper.optimizers, ckpt['optimizers'], rt, fsdp)
+    stepper.scaler.load_state_dict(ckpt['scaler'])
+    restore_rng(ckpt, rt, seed)
+    keep = ('model', 'model_args', 'config', 'meta', 'env', 'optimizers', 'scaler', 'rng', 'lora', 'masks')
+    return {k: v for k, v in ckpt.items() if k not in keep}
 
 
 def start_from(cfg, meta, ckpt):

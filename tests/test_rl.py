@@ -487,13 +487,13 @@ def test_rl_resume_is_exact(suite, tmp_path, monkeypatch, algo):
     keeps the best val accuracy under its own name. The toy reward: the random model never earns the checker's."""
     _, data, sft = suite
     monkeypatch.setattr(rl, 'check', starts_lowercase)
-    saves, real_save = [], rl.save_checkpoint
+    saves, real_save = [], rl.save_run
 
-    def save(path, ckpt):
-        saves.append((Path(path).parent.name, ckpt['iter_num']))
-        real_save(path, ckpt)
+    def save(path, run, model, stepper, rt, progress, *args):
+        saves.append((Path(path).parent.name, progress['iter_num']))
+        real_save(path, run, model, stepper, rt, progress, *args)
 
-    monkeypatch.setattr(rl, 'save_checkpoint', save)
+    monkeypatch.setattr(rl, 'save_run', save)
     common_args = [f'--ref_dir={sft}', f'--data_dir={data}', f'--algo={algo}', '--lr_decay_iters=4',
                    '--min_lr=1e-3', '--warmup_iters=1', '--kl_coef=0.5', '--eval_interval=2']
     full = run_rl(tmp_path / 'full', f'--init_from={sft}', '--max_iters=4', *common_args)
@@ -621,15 +621,16 @@ def cfg_reads(path):
 
 def test_rl_config_lists_only_what_it_honours(capsys):
     """Every setting --help lists is read: by rl.py and policy.py, or by the library pieces rl.py hands its cfg
-    to (seedgpt.optim's lr_at and Stepper, seedgpt.log's Logger). train.py's own settings are unknown here."""
+    to (seedgpt.optim's lr_at and Stepper, seedgpt.log's Logger, seedgpt.loop's Cadence). train.py's own
+    settings are unknown here."""
     assert not issubclass(rl.Config, train.Config)
     read = set().union(*(cfg_reads(p) for p in ('feedback/rl.py', 'seedgpt/policy.py', 'seedgpt/optim.py',
-                                                'seedgpt/log.py')))
+                                                'seedgpt/log.py', 'seedgpt/loop.py')))
     names = {f.name for f in fields(rl.Config)}
     assert names - read == set()
     src = (ROOT / 'feedback' / 'rl.py').read_text(encoding='utf-8')
     for call in ('Stepper(policy, cfg, rt, masks)', 'lr_at(cfg, ', 'Logger(cfg, rt)', 'advantages(cfg, ',
-                 'clipped_loss(cfg, '):
+                 'clipped_loss(cfg, ', 'Cadence(cfg, '):
         assert call in src, call
     listed = {line.split('=')[0].strip()[2:] for line in config_help(rl.Config).splitlines() if line.startswith('  --')}
     assert listed == names
