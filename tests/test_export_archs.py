@@ -3,6 +3,7 @@
 with the tokenizer written beside them, AutoTokenizer + AutoModelForCausalLM give sample.py's greedy text; a
 model with no standard counterpart is refused in one line, and so is every shipped config's model that has none;
 Llama and Qwen3 directories built by transformers load into seedgpt and fine-tune."""
+import json
 import os
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def test_auto_classes_give_the_same_greedy_text(tmp_path, arch, which, capsys):
         which, lambda *_: {'tokenizer': 'gpt2', 'vocab_size': 50257})(CORPUS, specials)
     model, args = seed_model(vocab_size=meta['vocab_size'], seed=2, **ARCHS[arch][0])
     (tmp_path / 'out').mkdir()
-    torch.save({'model': model.state_dict(), 'model_args': args, 'meta': meta, 'config': {}}, tmp_path / 'out' / 'ckpt.pt')
+    torch.save({'model': model.state_dict(), 'model_args': args, 'meta': meta, 'config': {}},
+               tmp_path / 'out' / 'ckpt.pt')
     export_hf.main(load_config(export_hf.Config, [f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}']))
     assert f"wrote {tmp_path / 'hf'}: {ARCHS[arch][1]}" in capsys.readouterr().out
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf', local_files_only=True)
@@ -131,6 +133,97 @@ def test_auto_classes_give_the_same_greedy_text(tmp_path, arch, which, capsys):
         messages = [{'role': 'user', 'content': 'why is the cat quiet'}]
         assert hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False) \
             == render_prompt(tok, messages)
+
+
+# ---- the tokenizer and the chat format, as transformers reads them
+
+ASCII = ''.join(map(chr, range(32, 127)))
+
+
+def hf_tokenizer(d, meta):
+    """AutoTokenizer from tokenizer_files(meta) alone, written into d."""
+    for name, text in tokenizer_files(meta, 128).items():
+        write(d / name, text)
+    return transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
+
+
+@pytest.mark.parametrize('specials', [(), tuple(CHAT_SPECIALS)])
+def test_char_tokenizer_never_drops_an_unknown_character(tmp_path, specials):
+    """seedgpt's char tokenizer refuses a character outside its vocabulary (ValueError); the exported one
+    refuses it too, where it used to drop it ('a€b' became 'ab'), and round-trips every known one."""
+    from seedgpt.tokenizer import load_tokenizer
+    meta = char_meta(ASCII + '\n中文', specials)
+    ours, theirs = load_tokenizer(meta), hf_tokenizer(tmp_path, meta)
+    with pytest.raises(ValueError, match='not in this model'):
+        ours.encode('a€b')
+    with pytest.raises(Exception, match='not found in the vocabulary'):
+        theirs('a€b')
+    text = 'the cat, 中文\n' + ASCII
+    assert theirs(text)['input_ids'] == ours.encode(text) and theirs.decode(ours.encode(text)) == text
+
+
+def tool_conversation(arguments):
+    """A conversation through both tools, each call's arguments given by arguments(dict), content None where a
+    message only calls: as OpenAI sends it (arguments as JSON text) or as transformers' templates take it (dicts)."""
+    def call(name, args):
+        return {'role': 'assistant', 'content': None,
+                'tool_calls': [{'type': 'function', 'function': {'name': name, 'arguments': arguments(args)}}]}
+    return [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'What is 4812+7533?'},
+            call('calc', {'expression': '4812+7533'}), {'role': 'tool', 'content': '12345'},
+            {'role': 'assistant', 'content': '12345'}, {'role': 'user', 'content': 'How many a in a b a?'},
+            call('count', {'word': 'a b a', 'letter': ' '}),  # not in the parameters' order; a space counted
+            {'role': 'tool', 'content': '2'}]
+
+
+@pytest.mark.parametrize('which', ['char', 'bpe', 'gpt2'])
+def test_chat_template_renders_tool_calls_as_render_chat(tmp_path, which):
+    """apply_chat_template gives render_chat's ids for a conversation with tool calls, tool results and content
+    None; arguments as JSON text, which a template cannot parse, are refused rather than rendered wrong."""
+    from seedgpt.chat import render_chat, render_prompt
+    from seedgpt.tokenizer import load_tokenizer
+    meta = {'char': lambda: char_meta(ASCII, CHAT_SPECIALS), 'bpe': lambda: bpe_meta(CORPUS + ASCII, CHAT_SPECIALS),
+            'gpt2': lambda: {'tokenizer': 'gpt2', 'vocab_size': 50257 + len(CHAT_SPECIALS),
+                             'special_tokens': {s: 50257 + i for i, s in enumerate(CHAT_SPECIALS)}}}[which]()
+    ours, theirs = load_tokenizer(meta), hf_tokenizer(tmp_path, meta)
+    openai, hf_style = tool_conversation(json.dumps), tool_conversation(dict)
+    for prompt in (False, True):
+        want = (render_prompt if prompt else lambda *a: render_chat(*a)[0])(ours, openai)
+        got = theirs.apply_chat_template(hf_style, add_generation_prompt=prompt, tokenize=True, return_dict=False)
+        assert got == want, (theirs.decode(got), ours.decode(want))
+    with pytest.raises(Exception, match='arguments as a dict'):
+        theirs.apply_chat_template(openai, tokenize=False)
+    with pytest.raises(Exception, match='string content'):
+        theirs.apply_chat_template([{'role': 'user', 'content': None}], tokenize=False)
+    if which == 'char':  # a chat model from before tools refuses them, as render_chat does
+        old = hf_tokenizer(tmp_path / 'old', char_meta(ASCII, CHAT_SPECIALS[:4]))
+        with pytest.raises(Exception, match='without tool tokens'):
+            old.apply_chat_template(hf_style, tokenize=False)
+
+
+@pytest.mark.parametrize('which', ['char_chat', 'bpe_chat'])
+def test_generation_stops_at_the_end_of_a_turn(tmp_path, which, capsys):
+    """A chat model's <|end|> is its eos (config.json, generation_config.json, the tokenizer): transformers'
+    generate, with the directory's own settings, stops where seedgpt's reply does. The model here is made to
+    end every turn at once: its final norm always gives <|end|>'s embedding."""
+    from export import hf as export_hf
+    meta = (char_meta if which == 'char_chat' else bpe_meta)(CORPUS, CHAT_SPECIALS)
+    end = meta['special_tokens']['<|end|>']
+    model, args = seed_model(vocab_size=meta['vocab_size'], seed=4, **ARCHS['gpt2'][0])
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[end] * 10)
+    (tmp_path / 'out').mkdir()
+    torch.save({'model': model.state_dict(), 'model_args': args, 'meta': meta, 'config': {}},
+               tmp_path / 'out' / 'ckpt.pt')
+    export_hf.main(load_config(export_hf.Config, [f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}']))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf', local_files_only=True)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf', local_files_only=True).eval()
+    assert hf_tok.eos_token == '<|end|>' and hf_tok.eos_token_id == end and theirs.config.eos_token_id == end
+    assert theirs.generation_config.eos_token_id[0] == end
+    x = torch.tensor([hf_tok.apply_chat_template([{'role': 'user', 'content': 'the cat'}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)])
+    out = theirs.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=10)
+    assert out[0, x.size(1):].tolist() == [end]  # stopped at its first <|end|>, not after 10 tokens
 
 
 @pytest.mark.parametrize('settings,words', [
@@ -286,7 +379,8 @@ def test_fine_tune_from_a_llama_directory(tmp_path):
         ref = [torch.nn.functional.cross_entropy(theirs(x).logits.flatten(0, 1), y.flatten()).item()
                for x, y in (batches.get('val', j, 0, tag='eval') for j in range(cfg.eval_iters))]
     assert val == pytest.approx(sum(ref) / len(ref), abs=1e-4)
-    losses = run_train(tmp_path / 'out', data, f'--init_from={tmp_path / "hf"}', '--max_iters=4', '--learning_rate=1e-3')
+    losses = run_train(tmp_path / 'out', data, f'--init_from={tmp_path / "hf"}', '--max_iters=4',
+                       '--learning_rate=1e-3')
     ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
     assert ckpt['model_args']['pos'] == 'rope' and ckpt['model_args']['block_size'] == 16 and len(losses) == 4
     other = tmp_path / 'other'
@@ -308,4 +402,8 @@ def test_tokenizer_files_are_matched_to_the_dataset(tmp_path):
         assert tokenizer_matches(d, meta) is True
         assert tokenizer_matches(d, {**meta, 'special_tokens': {s: 60000 + i for i, s in enumerate(CHAT_SPECIALS)}})
     assert tokenizer_matches(tmp_path / 'char', char_meta(CORPUS + 'Z')) is False
+    old = json.loads(tokenizer_files(char_meta(CORPUS), 64)['tokenizer.json'])  # exported before the unk token
+    old['model']['unk_token'] = None
+    write(tmp_path / 'char' / 'tokenizer.json', json.dumps(old))
+    assert tokenizer_matches(tmp_path / 'char', char_meta(CORPUS)) is True
     assert tokenizer_matches(tmp_path / 'bpe', bpe_meta(make_text(500, seed=7))) is False
