@@ -32,7 +32,8 @@ class Config:
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast, as in training), 'float32', 'bfloat16', 'float16'
     use_cache: bool = True  # the KV cache: each new token costs one position, not the whole context
-    quant: str = 'none'  # 'int8': int8 weights in the blocks (a quarter of fp32's bytes); faster only compiled, on some CPUs
+    # 'int8': int8 weights in the blocks (a quarter of fp32's bytes); faster only compiled, on some CPUs
+    quant: str = 'none'
     compile: bool = False  # torch.compile the one-token step: a C++ compiler and a minute or more up front
 
 

@@ -16,7 +16,7 @@ class Int8Linear(nn.Module):
     A quarter of fp32's bytes to read per token, which is what bounds batch-1 decoding; but only a
     compiled step reads them as int8 (below). Eager, the weights are converted at each call, and
     torch._weight_int8pack_mm is no faster: on x86 it has vector code for bf16 activations only, and
-    with fp32 ones runs ~9x slower than the fp32 matmul for one row (~50x for 128 rows).
+    with fp32 ones runs far slower than the fp32 matmul (docs/benchmarks.md).
     """
 
     def __init__(self, linear):

@@ -99,7 +99,8 @@ def newton_schulz(G, steps=5, dtype=torch.bfloat16):
 
     The iteration pushes every singular value towards 1 without computing an SVD: only matmuls, which
     run fast in low precision. `dtype` is the fastest one the device really has: bf16 on GPUs and on CPUs
-    with AVX512-BF16 or AMX, fp32 elsewhere (emulated bf16 runs ~4x slower than fp32 on such CPUs).
+    with AVX512-BF16 or AMX, fp32 elsewhere, where PyTorch emulates bf16 more slowly than it computes fp32
+    (docs/benchmarks.md).
     """
     a, b, c = 3.4445, -4.7750, 2.0315  # tuned to push small singular values up fast, not to converge exactly
     X = G.to(dtype)

@@ -6,7 +6,7 @@ the matmul peak that MFU and the machine-sized configs compare against.
     with rt.autocast(): ...                      # bf16/fp16 autocast, or nothing for fp32
 
 bf16 is chosen only where the hardware computes it natively: GPUs of compute capability 8.0 and up, and
-CPUs with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16 about 4x slower than fp32.
+CPUs with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16, slower than fp32 (docs/benchmarks.md).
 """
 import dataclasses
 import os
@@ -44,7 +44,7 @@ class Runtime:
 
 def cpu_has_bf16():
     """True where the CPU computes in bf16 natively (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16,
-    about 4x slower than fp32. SEEDGPT_CPU_BF16=0 makes every automatic choice as on a CPU without it."""
+    slower than fp32. SEEDGPT_CPU_BF16=0 makes every automatic choice as on a CPU without it."""
     if os.environ.get('SEEDGPT_CPU_BF16') == '0':
         return False
     try:

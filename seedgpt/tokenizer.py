@@ -33,7 +33,7 @@ class CharTokenizer:
         return ''.join(self.itos[i] for i in ids)
 
 
-_gpt2_ranks = {}  # read once per process: loading and hashing the BPE files takes about 2 s
+_gpt2_ranks = {}  # read once per process: loading and hashing the BPE files takes seconds
 
 
 def gpt2_ranks():
