@@ -5,9 +5,10 @@ the serving engine alike.
     ids = sample(logits, temperature=0.8, top_k=200, top_p=0.95, uniform=draws(generator, B))
 
 Every setting may be one value for all rows or a (B,) tensor of one value per row (a server's requests
-each ask for their own). A row draws with its own uniform number, and its token depends on its own logits, settings and draw
-alone, never on its batch neighbours'. It is the inverse of the cumulative distribution: add the
-probabilities up in vocabulary order, and take the first token whose running sum passes u times the total.
+each ask for their own). A row draws with its own uniform number, and its token depends on its own
+logits, settings and draw alone, never on its batch neighbours'. It is the inverse of the cumulative
+distribution: add the probabilities up in vocabulary order, and take the first token whose running sum
+passes u times the total.
 """
 import torch
 from torch.nn import functional as F

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import io
 import re
+import sys
 import tokenize
 
 import pytest
@@ -56,6 +57,20 @@ def test_the_core_imports_no_stage_script():
         assert not bad, f"{path} imports {bad}"
 
 
+def test_model_stands_alone():
+    """model.py imports torch and the standard library only: its reader needs no other file. What plugs into
+    it (a KV cache) meets it through model.Cache, never by duck typing."""
+    for node in ast.walk(ast.parse((ROOT / 'model.py').read_text(encoding='utf-8'))):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for name in names:
+                top = name.split('.')[0]
+                assert top == 'torch' or top in sys.stdlib_module_names, f"model.py imports {name}"
+    for p in CODE:
+        src = (ROOT / p).read_text(encoding='utf-8')
+        assert not re.search(r"hasattr\(\w*cache|getattr\(\w*cache", src), f"{p} duck-types a cache"
+
+
 def test_no_file_edits_sys_path():
     for p in sorted(ROOT.rglob('*.py')):
         if any(part.startswith('.') or part in ('build', 'data') for part in p.relative_to(ROOT).parts):
@@ -73,6 +88,23 @@ def test_installing_adds_no_module():
 def test_scripts_stay_short(path):
     n = len((ROOT / path).read_text(encoding='utf-8').splitlines())
     assert n <= 420, f"{path} has {n} lines; move what it shares into seedgpt/"
+
+
+CODE = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob('*.py')
+              if not any(part.startswith('.') or part in ('build', 'data', 'tests') for part in p.relative_to(ROOT).parts))
+
+
+@pytest.mark.parametrize('path', CODE)
+def test_lines_and_functions_fit_a_screen(path):
+    """No line over 120 characters (a comment goes above its code, not after it), and no function over 80
+    lines: a loop that grows closures lifts them into functions that take the state they need."""
+    src = (ROOT / path).read_text(encoding='utf-8')
+    long_lines = [i for i, line in enumerate(src.splitlines(), 1) if len(line) > 120]
+    assert not long_lines, f"{path}: lines over 120 characters: {long_lines}"
+    long_functions = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(src))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.end_lineno - node.lineno + 1 > 80]
+    assert not long_functions, f"{path}: functions over 80 lines: {long_functions}"
 
 
 def comment_share(path):
