@@ -137,7 +137,13 @@ def stand_ins(monkeypatch):
                         lambda model, idx, max_new_tokens, pad=None, **sampling: model.stream(idx, max_new_tokens, pad))
 
 
-# -- serving: the engine, the server and their clients (tests/test_engine.py, test_serve*.py)
+# -- serving: the engine, the server and their clients (tests/test_engine.py, test_serve*.py); the clients' and
+# the server's packages are imported where they are used, so that other tests run without them
+
+import threading  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
 
 class NoCompiler(torch.nn.Module):
     """What torch.compile gives on a machine without a working C++ compiler: a module that fails at its first
@@ -145,3 +151,164 @@ class NoCompiler(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+
+QUESTIONS = ['What is 48+75?', 'Sort the letters of plumb.', 'Reverse cat.']
+
+
+@pytest.fixture(scope='module')
+def chat_model(tmp_path_factory):
+    """(model, tok): a random tiny chat model (block_size 64) loaded the way serve.py loads one."""
+    from prepare.tasks import prepare as prepare_tasks
+    from seedgpt.checkpoint import load_model
+    root = tmp_path_factory.mktemp('serve')
+    meta = prepare_tasks(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
+    (root / 'out').mkdir()
+    return load_model(make_ckpt(root / 'out', meta), 'cpu', torch.float32)
+
+
+@contextmanager
+def running(model, tok, name='tiny', **settings):
+    """serve.py's app on a free 127.0.0.1 port in a thread; yields its base URL. The prefix cache is off unless
+    asked for: the tests that hold the model with gated() check that whole prompts are read (it has its own tests)."""
+    import uvicorn
+    from serve import server as serve
+    app = serve.make_app(model, tok, serve.Config(**{'prefix_cache': False, **settings}), name)
+    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() - t0 < 10, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f'http://127.0.0.1:{port}'
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def gated(model, delay=0.0):
+    """Wrap model.forward: each call's input shape is recorded (without the engine's padding: the tokens the rows
+    read), and the (rows, tokens each) of each segment of the engine's packed rows (seedgpt.engine.SlotCache.plan);
+    it waits while the gate is shut, then sleeps delay."""
+    forward = model.forward
+
+    class Gate:
+        shapes, segments, entered, open = [], [], threading.Event(), threading.Event()
+
+        def __call__(self, idx, *args, **kwargs):
+            self.shapes.append((idx.size(0), idx.size(1) - getattr(kwargs.get('cache'), 'padding', 0)))
+            self.segments.append([(len(pos), T) for _, pos, T in getattr(kwargs.get('cache'), 'segments', [])])
+            self.entered.set()
+            assert self.open.wait(timeout=30)
+            time.sleep(delay)
+            return forward(idx, *args, **kwargs)
+
+    gate = Gate()
+    gate.open.set()
+    model.forward = gate
+    try:
+        yield gate
+    finally:
+        gate.open.set()
+        del model.forward  # back to the class's forward
+
+
+def client(url):
+    """The official openai client of the server at url."""
+    import httpx
+    import openai
+    return openai.OpenAI(base_url=url + '/v1', api_key='none', max_retries=0, http_client=httpx.Client(trust_env=False))
+
+
+def http(url):
+    import httpx
+    return httpx.Client(base_url=url, trust_env=False, timeout=30)
+
+
+def greedy_reply(model, tok, question, max_tokens):
+    """The model's own greedy reply, through seedgpt.generate.generate_replies: what the server must return."""
+    from seedgpt.chat import render_prompt
+    from seedgpt.generate import generate_replies, reply_text
+    ids = generate_replies(model, tok, [render_prompt(tok, [{'role': 'user', 'content': question}])], max_tokens,
+                           temperature=0)[0]
+    return reply_text(tok, ids), ids
+
+
+def error_of(r, status, param=None, code=None):
+    """The OpenAI error body of response r, checked: its status, and the param and code it names."""
+    assert r.status_code == status, r.text
+    error = r.json()['error']
+    assert set(error) == {'message', 'type', 'param', 'code'} and error['message']
+    assert error['param'] == param and (code is None or error['code'] == code), error
+    return error
+
+
+# the tool-calling model (tests/test_serve_tools.py, test_serve_browser.py)
+
+ADD = [{'role': 'user', 'content': 'What is 48+75?'}]
+COUNT = [{'role': 'user', 'content': 'How many r in strawberry?'}]
+
+
+def calls(name, arguments, content=None):
+    return {'role': 'assistant', 'content': content,
+            'tool_calls': [{'id': 'call_0', 'type': 'function', 'function': {'name': name, 'arguments': arguments}}]}
+
+
+CONVERSATIONS = [  # what the model learns by heart: a call, the result, the answer; text before a call; no call
+    ADD + [calls('calc', '{"expression": "48+75"}'), {'role': 'tool', 'content': '123', 'tool_call_id': 'call_0'},
+           {'role': 'assistant', 'content': 'It is 123.'}],
+    COUNT + [calls('count', '{"letter": "r", "word": "strawberry"}', 'Counting.'),
+             {'role': 'tool', 'content': '3', 'tool_call_id': 'call_0'}, {'role': 'assistant', 'content': 'Three.'}],
+    [{'role': 'user', 'content': 'Reverse cat.'}, {'role': 'assistant', 'content': 'tac'}],
+]
+
+
+@pytest.fixture(scope='module')
+def caller():
+    """(model, tok): a tiny GPT trained in a few seconds until it writes the conversations above word for word. The
+    calls come from the weights, through the server's own engine: nothing in the server is stubbed."""
+    from seedgpt.chat import CHAT_SPECIALS, render_chat, render_prompt
+    from seedgpt.tokenizer import CharTokenizer
+    tok = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=tok.vocab_size))
+    rows = [render_chat(tok, c) for c in CONVERSATIONS]
+    T = max(len(ids) for ids, _ in rows)
+    x = torch.tensor([ids[:-1] + [0] * (T - len(ids)) for ids, _ in rows])
+    y = torch.tensor([[i if m else -1 for i, m in zip(ids[1:], mask[1:])] + [-1] * (T - len(ids))
+                      for ids, mask in rows])  # the loss on what the assistant writes, as train.py's
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(400):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    model.eval()
+    for c in CONVERSATIONS:  # it has learnt them: each assistant turn, greedily, from what comes before
+        for k in [k for k, m in enumerate(c) if m['role'] == 'assistant']:
+            reply = own_reply(model, tok, c[:k])
+            assert render_prompt(tok, c[:k]) + reply == render_chat(tok, c[:k + 1])[0], (loss.item(), c[k])
+    return model, tok
+
+
+def own_reply(model, tok, messages, max_tokens=40, ban=()):
+    """The model's own greedy reply (ids, its end token included): generate_replies, or with `ban` a plain loop
+    with those ids' logits at -inf."""
+    from seedgpt.chat import render_prompt, stop_ids
+    from seedgpt.generate import generate_replies
+    prompt = render_prompt(tok, messages)
+    if not ban:
+        return generate_replies(model, tok, [prompt], max_tokens, temperature=0)[0]
+    ids = []
+    with torch.no_grad():
+        while len(ids) < max_tokens and not (ids and ids[-1] in stop_ids(tok)):
+            logits = model(torch.tensor([prompt + ids]))[0][0, -1]
+            logits[list(ban)] = float('-inf')
+            ids.append(int(logits[:tok.vocab_size].argmax()))
+    return ids

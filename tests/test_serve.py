@@ -1,11 +1,11 @@
 """serve.py on 127.0.0.1 with tiny random models: the official openai client against the model's own generation
 (stop strings, n, logprobs, usage), concurrent requests against each alone (the batching fault of static batches
 included), hostile values beside good requests, error bodies, the queue limit, disconnects, timeouts, load."""
+import codecs
 import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -14,27 +14,16 @@ httpx = pytest.importorskip('httpx', reason='the serve tests need httpx (pip ins
 openai = pytest.importorskip('openai', reason='the serve tests need the openai client (pip install -e .[test])')
 uvicorn = pytest.importorskip('uvicorn', reason='the serve tests need fastapi and uvicorn (pip install -e .[serve])')
 
-from conftest import make_ckpt  # noqa: E402
+from conftest import (NoCompiler, QUESTIONS, client, error_of, gated, greedy_reply, http, make_ckpt, make_text,  # noqa: E402
+                      running)
 
 from bench.serve import load_test
 from model import GPT, GPTConfig
-from prepare.tasks import prepare as prepare_tasks
-from seedgpt.chat import render_prompt
+from seedgpt.chat import CHAT_SPECIALS, render_chat, render_prompt
 from seedgpt.checkpoint import load_model, save_checkpoint
-from seedgpt.generate import generate, generate_replies, generate_stream, reply_text
-from seedgpt.tokenizer import CharTokenizer
+from seedgpt.generate import generate, generate_replies, generate_stream
+from seedgpt.tokenizer import BPETokenizer, CharTokenizer, train_bpe
 from serve import server as serve
-
-QUESTIONS = ['What is 48+75?', 'Sort the letters of plumb.', 'Reverse cat.']
-
-
-@pytest.fixture(scope='module')
-def chat_model(tmp_path_factory):
-    """(model, tok): a random tiny chat model (block_size 64) loaded the way serve.py loads one."""
-    root = tmp_path_factory.mktemp('serve')
-    meta = prepare_tasks(out_dir=str(root / 'tasks'), n_train=20, n_val=4, n_test=6, quiet=True)
-    (root / 'out').mkdir()
-    return load_model(make_ckpt(root / 'out', meta), 'cpu', torch.float32)
 
 
 @pytest.fixture(scope='module')
@@ -49,69 +38,6 @@ def base_model(tmp_path_factory):
     save_checkpoint(str(root / 'ckpt.pt'), {'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args,
                                             'meta': meta})
     return load_model(root, 'cpu', torch.float32)
-
-
-@contextmanager
-def running(model, tok, name='tiny', **settings):
-    """serve.py's app on a free 127.0.0.1 port in a thread; yields its base URL. The prefix cache is off unless
-    asked for: the tests that hold the model with gated() check that whole prompts are read (it has its own tests)."""
-    app = serve.make_app(model, tok, serve.Config(**{'prefix_cache': False, **settings}), name)
-    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning'))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    t0 = time.monotonic()
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() - t0 < 10, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f'http://127.0.0.1:{port}'
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@contextmanager
-def gated(model, delay=0.0):
-    """Wrap model.forward: each call's input shape is recorded (without the engine's padding: the tokens the rows
-    read), and the (rows, tokens each) of each segment of the engine's packed rows (seedgpt.engine.SlotCache.plan);
-    it waits while the gate is shut, then sleeps delay."""
-    forward = model.forward
-
-    class Gate:
-        shapes, segments, entered, open = [], [], threading.Event(), threading.Event()
-
-        def __call__(self, idx, *args, **kwargs):
-            self.shapes.append((idx.size(0), idx.size(1) - getattr(kwargs.get('cache'), 'padding', 0)))
-            self.segments.append([(len(pos), T) for _, pos, T in getattr(kwargs.get('cache'), 'segments', [])])
-            self.entered.set()
-            assert self.open.wait(timeout=30)
-            time.sleep(delay)
-            return forward(idx, *args, **kwargs)
-
-    gate = Gate()
-    gate.open.set()
-    model.forward = gate
-    try:
-        yield gate
-    finally:
-        gate.open.set()
-        del model.forward  # back to the class's forward
-
-
-def client(url):
-    return openai.OpenAI(base_url=url + '/v1', api_key='none', max_retries=0, http_client=httpx.Client(trust_env=False))
-
-
-def http(url):
-    return httpx.Client(base_url=url, trust_env=False, timeout=30)
-
-
-def greedy_reply(model, tok, question, max_tokens):
-    """The model's own greedy reply, through common.generate_replies: what the server must return."""
-    ids = generate_replies(model, tok, [render_prompt(tok, [{'role': 'user', 'content': question}])], max_tokens,
-                           temperature=0)[0]
-    return reply_text(tok, ids), ids
 
 
 def wait_until(check, seconds=10):
@@ -196,15 +122,19 @@ def test_compiled_step_serves_the_same_tokens(base_model, tmp_path):
     assert all(hasattr(block.mlp, '_orig_mod') for block in compiled.transformer.h)
 
 
-def test_compile_failure_is_one_line(base_model, monkeypatch):
-    """No C++ compiler (or any failure compiling) stops the server at start with one line, not a traceback."""
-    def fail(engine):
-        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
-    monkeypatch.setattr(serve.Engine, 'compile', fail)
+def test_compile_failure_is_one_line(base_model, monkeypatch, capfd):
+    """No C++ compiler: torch.compile fails at its first call, in the engine's warm-up request. The server stops at
+    start with one line, not a traceback (the warm-up's failure once ended its row quietly, the server started,
+    and every request got a 500)."""
+    model, tok = base_model
+    copy = GPT(model.config)
+    copy.load_state_dict(model.state_dict())
+    monkeypatch.setattr(torch, 'compile', lambda module, **kwargs: NoCompiler())
     with pytest.raises(SystemExit) as e:
-        serve.make_app(*base_model, serve.Config(compile=True), 'base')
+        serve.make_app(copy.eval(), tok, serve.Config(compile=True), 'base')
     assert str(e.value) == ("error: --compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler "
                             "found); serve without --compile")
+    assert capfd.readouterr().err == ''
 
 
 def test_base_model_serves_completions_only(base_model):
@@ -220,7 +150,10 @@ def test_base_model_serves_completions_only(base_model):
 
 def test_concurrent_requests_batched_as_alone(chat_model):
     """Three prompts of different lengths queued together decode as one batch, each row as alone, also after
-    the shorter requests have left the batch."""
+    the shorter requests have left the batch. A seeded sampled request rides along: what holds for it is that
+    it gets the same text each time alone; batched, its draws are the same (tests/test_engine.py), but in
+    float32 its logits may differ in their last bits with the batch's shape, and a draw near a boundary between
+    two tokens can flip (docs/serving.md, 'Seeds and batches')."""
     model, tok = chat_model
     lengths = [4, 12, 7]  # max_tokens: rows leave the batch at different steps
     expected = [greedy_reply(model, tok, q, n)[0] for q, n in zip(QUESTIONS, lengths)]
@@ -238,10 +171,10 @@ def test_concurrent_requests_batched_as_alone(chat_model):
             gate.open.set()
             first.result()
             assert [f.result() for f in futures] == expected
-            batched_seeded = seeded[0].result()
+            assert seeded[0].result()
         decoded = [segments[0][0] for segments in gate.segments if segments and segments[0][1] == 1]  # rows per step
         assert 4 in decoded and min(decoded[decoded.index(4):]) < 4  # four at a time, then fewer as rows left
-        assert ask('What is 1+2?', temperature=1.0, seed=7) == batched_seeded  # seeded sampling: as alone
+        assert ask('What is 1+2?', temperature=1.0, seed=7) == ask('What is 1+2?', temperature=1.0, seed=7)
 
 
 def test_short_prompt_with_long_reply_batched_beside_long_prompt(base_model):
@@ -292,14 +225,6 @@ def test_hostile_values_beside_good_rows(chat_model):
                 r = f.result()
                 assert all(c.finish_reason in ('stop', 'length') for c in r.choices)
         assert max(rows for segments in gate.segments for rows, T in segments if T == 1) == 8  # side by side
-
-
-def error_of(r, status, param=None, code=None):
-    assert r.status_code == status, r.text
-    error = r.json()['error']
-    assert set(error) == {'message', 'type', 'param', 'code'} and error['message']
-    assert error['param'] == param and (code is None or error['code'] == code), error
-    return error
 
 
 CHAT = '/v1/chat/completions'
@@ -543,3 +468,133 @@ def test_load(chat_model):
         r = load_test(url, clients=8, asks=asks, time_limit=30)
         assert r['errors'] == [] and r['requests'] == 40 and r['tokens'] > 40
         assert all(0 < t <= total for t, total in zip(r['ttft'], r['latency']))
+
+
+WORDS = 'caf\u00e9 \u4e2d\u6587 \U0001f642 ok'  # characters of 2, 3 and 4 bytes in UTF-8
+
+
+@pytest.fixture(scope='module')
+def bpe_model():
+    """(model, tok): a learned byte-level BPE with the chat tokens, learnt from ASCII only, so each byte of a
+    character beyond ASCII is a token of its own; and a tiny GPT trained in a few seconds until it writes WORDS
+    as its chat reply and after 'say:' (each of its multi-byte characters over several tokens)."""
+    tok = BPETokenizer(train_bpe([make_text(300)], 300, CHAT_SPECIALS))
+    assert len(tok.encode(WORDS)) > len(WORDS) + 5  # whole characters over several tokens
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=tok.vocab_size))
+    chat, mask = render_chat(tok, [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': WORDS}])
+    plain = tok.encode('say: ' + WORDS)
+    rows = [(chat, mask), (plain, [1] * len(plain))]
+    T = max(len(ids) for ids, _ in rows)
+    x = torch.tensor([ids[:-1] + [0] * (T - len(ids)) for ids, _ in rows])
+    y = torch.tensor([[i if m else -1 for i, m in zip(ids[1:], m[1:])] + [-1] * (T - len(ids)) for ids, m in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(300):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    return model.eval(), tok
+
+
+def test_logprobs_of_tokens_that_split_a_character(bpe_model):
+    """A byte-level token may hold part of a character. Its logprobs entry carries its own bytes (which join into
+    the reply's bytes), and its token text is 'bytes:' and the bytes escaped; completions' text_offset counts
+    characters of the text, and top_logprobs keeps every alternative apart. (Each token was decoded alone: the
+    bytes of U+FFFD, offsets counted in U+FFFDs, and alternatives that each held part of a character collided
+    in one key.)"""
+    model, tok = bpe_model
+    n = len(tok.encode(WORDS))
+    with running(model, tok) as url:
+        r = client(url).chat.completions.create(model='bpe', messages=[{'role': 'user', 'content': 'hi'}],
+                                                temperature=0, max_tokens=n + 1, logprobs=True, top_logprobs=5)
+        content = r.choices[0].logprobs.content
+        assert r.choices[0].message.content == WORDS and len(content) == n
+        assert b''.join(bytes(e.bytes) for e in content) == WORDS.encode()
+        for e in content + [t for e in content for t in e.top_logprobs]:
+            data = bytes(e.bytes)
+            whole = data.decode('utf-8', 'ignore').encode() == data
+            assert e.token == (data.decode() if whole else 'bytes:' + data.decode('utf-8', 'backslashreplace')), e
+        halves = [e.token for e in content if e.bytes in ([0xc3], [0xa9])]  # the two bytes of \u00e9
+        assert halves == ['bytes:\\xc3', 'bytes:\\xa9']
+        assert all(len({bytes(t.bytes) for t in e.top_logprobs}) == 5 for e in content)
+        streamed = [e for c in client(url).chat.completions.create(
+            model='bpe', messages=[{'role': 'user', 'content': 'hi'}], temperature=0, max_tokens=n + 1, logprobs=True,
+            top_logprobs=5, stream=True) if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in content]
+
+        n = len(tok.encode(' ' + WORDS))
+        for stream in (False, True):
+            r = client(url).completions.create(model='bpe', prompt='say:', temperature=0, max_tokens=n, logprobs=5,
+                                               stream=stream)
+            chunks = list(r) if stream else [r]
+            text = ''.join(c.choices[0].text for c in chunks)
+            lp = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+            tokens, offsets = sum((x.tokens for x in lp), []), sum((x.text_offset for x in lp), [])
+            assert text == ' ' + WORDS and len(tokens) == n
+            raw = [codecs.escape_decode(t[6:].encode())[0] if t.startswith('bytes:') else t.encode() for t in tokens]
+            assert b''.join(raw) == text.encode() and '\ufffd' not in ''.join(tokens)
+            ids = tok.encode(text)  # the text's characters before each token (a token inside one: where it starts)
+            assert offsets == [len(tok.decode(ids[:k]).rstrip('\ufffd')) for k in range(n)]
+            assert all(len(top) == 5 for x in lp for top in x.top_logprobs)
+
+
+def test_lone_surrogates_get_400(chat_model, bpe_model):
+    """"x\ud800y" is valid JSON but not Unicode text. In a prompt, a message or a stop string it is a 400 naming
+    the parameter, for a char model and a learned BPE alike (Hugging Face's tokenizer raised TypeError: a 500;
+    a stop string was taken and never matched)."""
+    lone = 'x\ud800y'
+    for model, tok in (chat_model, bpe_model):
+        with running(model, tok) as url:
+            h = http(url)
+            for path, body, param in [
+                    ('/v1/completions', {'prompt': lone}, 'prompt'),
+                    (CHAT, {'messages': [{'role': 'user', 'content': lone}]}, 'messages[0]'),
+                    (CHAT, {'messages': USER + [{'role': 'assistant', 'content': None, 'tool_calls': [
+                        {'id': 'c', 'type': 'function', 'function': {'name': 'calc', 'arguments': '{}'}}]},
+                        {'role': 'tool', 'content': lone, 'tool_call_id': 'c'}]}, 'messages[2]'),
+                    (CHAT, {'messages': USER, 'stop': ['ok', lone]}, 'stop'),
+                    ('/v1/completions', {'prompt': 'a', 'stop': lone}, 'stop')]:
+                raw = json.dumps({**body, 'max_tokens': 2})  # ASCII: the surrogate as its \\ud800 escape
+                error = error_of(h.post(path, content=raw), 400, param, 'invalid_value')
+                assert 'surrogate' in error['message']
+            assert h.post(CHAT, json={'messages': USER, 'max_tokens': 2}).status_code == 200
+
+
+@pytest.fixture(scope='module')
+def small_chat_model(tmp_path_factory):
+    """(model, tok): a random chat model of 9 tokens (3 characters and the 6 chat tokens), fewer than the 20
+    top_logprobs a request may ask for."""
+    chars = list('ab ')
+    meta = {'tokenizer': 'char', 'chars': chars, 'vocab_size': len(chars) + len(CHAT_SPECIALS),
+            'special_tokens': {s: len(chars) + i for i, s in enumerate(CHAT_SPECIALS)}}
+    root = tmp_path_factory.mktemp('small')
+    return load_model(make_ckpt(root, meta), 'cpu', torch.float32)
+
+
+def no_constants(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_banned_ids_never_reported_and_json_never_infinite(small_chat_model):
+    """top_logprobs=20 of a 9-token vocabulary, no tools: <|call|> is banned, so its logprob is -inf. It is never
+    reported, and no reply holds NaN or Infinity (it was in top_logprobs at -inf: a 500 whole, and
+    '-Infinity', which is not JSON, streamed)."""
+    model, tok = small_chat_model
+    body = {'messages': [{'role': 'user', 'content': 'ab'}], 'max_tokens': 6, 'temperature': 0, 'logprobs': True,
+            'top_logprobs': 20}
+    with running(model, tok) as url:
+        r = http(url).post(CHAT, json=body)
+        assert r.status_code == 200, r.text
+        content = json.loads(r.text, parse_constant=no_constants)['choices'][0]['logprobs']['content']
+        assert content and all(len(e['top_logprobs']) == tok.vocab_size - 1 for e in content)
+        assert '<|call|>' not in {t['token'] for e in content for t in e['top_logprobs']}
+        with http(url).stream('POST', CHAT, json={**body, 'stream': True}) as s:
+            chunks = [json.loads(line[6:], parse_constant=no_constants) for line in s.iter_lines()
+                      if line.startswith('data: {')]
+        streamed = [e for c in chunks if c['choices'] and c['choices'][0]['logprobs']
+                    for e in c['choices'][0]['logprobs']['content']]
+        assert [e['token'] for e in streamed] == [e['token'] for e in content]
+        assert all(len(e['top_logprobs']) == tok.vocab_size - 1 for e in streamed)

@@ -5,8 +5,7 @@ import shutil
 import time
 
 import pytest
-from test_serve import QUESTIONS, chat_model, gated, greedy_reply, http, running  # noqa: F401  (chat_model: a fixture)
-from test_serve_tools import ADD, CONVERSATIONS, caller  # noqa: F401  (caller: a fixture)
+from conftest import ADD, CONVERSATIONS, QUESTIONS, gated, greedy_reply, http, running
 
 from seedgpt.chat import render_prompt
 from seedgpt.generate import stream_reply
@@ -39,7 +38,7 @@ def wait_until(check, seconds=20):
     return value
 
 
-def test_chat_page_streams_stops_and_continues(chat_model, browser, tmp_path):  # noqa: F811
+def test_chat_page_streams_stops_and_continues(chat_model, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     model, tok = chat_model
@@ -84,7 +83,7 @@ def test_chat_page_streams_stops_and_continues(chat_model, browser, tmp_path):  
         browser.save_screenshot(str(tmp_path / 'serve-chat-2.png'))
 
 
-def test_chat_page_shows_tool_calls_and_results(caller, browser, tmp_path):  # noqa: F811
+def test_chat_page_shows_tool_calls_and_results(caller, browser, tmp_path):
     """The page offers the server's tools; the model calls calc, the page runs it through /tools/run, shows the call
     and the result in their own styles, sends them back, and the model's answer from the result ends the turn."""
     from selenium.webdriver.common.by import By

@@ -5,77 +5,13 @@ without tools keep it from calling; bad tools, tool_choice and tool messages get
 import json
 
 import pytest
-import torch
-from test_serve import client, error_of, http, running
+from conftest import ADD, CONVERSATIONS, COUNT, calls, client, error_of, http, own_reply, running
 
-from model import GPT, GPTConfig
 from seedgpt.api import openai_tools
-from seedgpt.chat import CHAT_SPECIALS, parse_reply, render_chat, render_prompt, stop_ids
-from seedgpt.generate import generate_replies
-from seedgpt.tokenizer import CharTokenizer
+from seedgpt.chat import parse_reply, render_prompt
 from seedgpt.tools import run_tool
 
 openai = pytest.importorskip('openai')
-
-ADD = [{'role': 'user', 'content': 'What is 48+75?'}]
-COUNT = [{'role': 'user', 'content': 'How many r in strawberry?'}]
-
-
-def calls(name, arguments, content=None):
-    return {'role': 'assistant', 'content': content,
-            'tool_calls': [{'id': 'call_0', 'type': 'function', 'function': {'name': name, 'arguments': arguments}}]}
-
-
-CONVERSATIONS = [  # what the model learns by heart: a call, the result, the answer; text before a call; no call
-    ADD + [calls('calc', '{"expression": "48+75"}'), {'role': 'tool', 'content': '123', 'tool_call_id': 'call_0'},
-           {'role': 'assistant', 'content': 'It is 123.'}],
-    COUNT + [calls('count', '{"letter": "r", "word": "strawberry"}', 'Counting.'),
-             {'role': 'tool', 'content': '3', 'tool_call_id': 'call_0'}, {'role': 'assistant', 'content': 'Three.'}],
-    [{'role': 'user', 'content': 'Reverse cat.'}, {'role': 'assistant', 'content': 'tac'}],
-]
-
-
-@pytest.fixture(scope='module')
-def caller():
-    """(model, tok): a tiny GPT trained in a few seconds until it writes the conversations above word for word. The
-    calls come from the weights, through the server's own engine: nothing in the server is stubbed."""
-    tok = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=tok.vocab_size))
-    rows = [render_chat(tok, c) for c in CONVERSATIONS]
-    T = max(len(ids) for ids, _ in rows)
-    x = torch.tensor([ids[:-1] + [0] * (T - len(ids)) for ids, _ in rows])
-    y = torch.tensor([[i if m else -1 for i, m in zip(ids[1:], mask[1:])] + [-1] * (T - len(ids))
-                      for ids, mask in rows])  # the loss on what the assistant writes, as train.py's
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(400):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 1e-3:
-            break
-    model.eval()
-    for c in CONVERSATIONS:  # it has learnt them: each assistant turn, greedily, from what comes before
-        for k in [k for k, m in enumerate(c) if m['role'] == 'assistant']:
-            reply = own_reply(model, tok, c[:k])
-            assert render_prompt(tok, c[:k]) + reply == render_chat(tok, c[:k + 1])[0], (loss.item(), c[k])
-    return model, tok
-
-
-def own_reply(model, tok, messages, max_tokens=40, ban=()):
-    """The model's own greedy reply (ids, its end token included): generate_replies, or with `ban` a plain loop
-    with those ids' logits at -inf."""
-    prompt = render_prompt(tok, messages)
-    if not ban:
-        return generate_replies(model, tok, [prompt], max_tokens, temperature=0)[0]
-    ids = []
-    with torch.no_grad():
-        while len(ids) < max_tokens and not (ids and ids[-1] in stop_ids(tok)):
-            logits = model(torch.tensor([prompt + ids]))[0][0, -1]
-            logits[list(ban)] = float('-inf')
-            ids.append(int(logits[:tok.vocab_size].argmax()))
-    return ids
 
 
 def ask(url, messages, **kw):
