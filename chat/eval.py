@@ -4,6 +4,7 @@ Exact-match accuracy of a chat model on the task suite of prepare/tasks.py, per 
     python -m chat.eval --out_dir=out-sft-tasks                      # a table
     python -m chat.eval --out_dir=out-sft-tasks --json               # one JSON object on stdout
     python -m chat.eval --out_dir=out-sft-tasks --max_examples=200 --temperature=0.8 --split=val
+    python -m chat.eval --out_dir=out-dpo-tasks                      # DPO: the suite its pairs were made from
 
 Each question of the split is rendered as a prompt (the user turn, then <|assistant|>), answered
 greedily by default up to <|end|>, and judged by prepare/tasks.py's check. A model that knows tools
@@ -31,7 +32,7 @@ from seedgpt.tasks import accuracy, answer_loss, load_records, table
 @dataclass
 class Config:
     out_dir: str = 'out'  # the training run's directory, holding ckpt.pt
-    data_dir: str = ''  # made by prepare/tasks.py; '' is the one the model was trained on
+    data_dir: str = ''  # made by prepare/tasks.py; '' is the one the model was trained on (for DPO: its pairs' suite)
     split: str = 'test'  # which {split}.jsonl to answer
     max_examples: int = 0  # answer only the first this many questions; 0 answers all
     max_new_tokens: int = 32  # an answer longer than this is cut (and wrong)
@@ -45,16 +46,29 @@ class Config:
     batch_size: int = 64  # questions answered together (left-padded, one KV cache); greedy answers do not depend on it
 
 
+def suite_dir(out_dir):
+    """The task suite a model answers by default: the one it was trained on, or for a model trained on
+    preference pairs (DPO), the suite the pairs were made from, which prepare/preferences.py records."""
+    ckpt = load_checkpoint(out_dir)
+    data_dir, meta = ckpt['config'].get('data_dir') or 'data/tasks', ckpt.get('meta') or {}
+    if meta.get('format') != 'pairs':
+        return data_dir
+    if not meta.get('data_dir'):
+        raise SystemExit(f"error: {out_dir} was trained on preference pairs ({data_dir}) that do not say which task "
+                         "suite they came from; pass it, e.g. --data_dir=data/tasks")
+    return meta['data_dir']
+
+
 def main(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
     chat_ids(tok)  # a base model stops here, with a one-line error
-    data_dir = cfg.data_dir or load_checkpoint(cfg.out_dir)['config'].get('data_dir') or 'data/tasks'
+    data_dir = cfg.data_dir or suite_dir(cfg.out_dir)
     records = load_records(data_dir, cfg.split, cfg.max_examples)
     g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     try:
-        result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True, max_calls=cfg.max_calls,
-                          temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
+        result = accuracy(model, tok, records, cfg.batch_size, cfg.max_new_tokens, progress=True,
+                          max_calls=cfg.max_calls, temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
         # the loss of the suite's own answers needs the model to read them: one from before tools cannot read
         # a tool suite's calls and results (its accuracy, answering without tools, is still measured)
         can_read = knows_tools(tok) or not any(r['meta'].get('tool') for r in records)

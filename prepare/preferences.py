@@ -12,7 +12,8 @@ answers --samples times at --temperature, and prepare/tasks.py's check judges ea
 Output, written to a temp dir and renamed when whole:
   {train,val}.jsonl  {"prompt": [messages], "chosen": str, "rejected": str, "meta": {task, answer, ...,
                      "rejected_from": "model" or "rule"}}
-  meta.json          the suite's tokenizer (the model's), format 'pairs', counts and settings
+  meta.json          the suite's tokenizer (the model's), format 'pairs', counts and settings, and data_dir:
+                     the suite the pairs come from, which chat.eval answers for a model trained on them (DPO)
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m prepare.preferences ...")
@@ -84,7 +85,8 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
             batch_size=64, seed=1337, device='auto', quiet=False):
     """Write the pairs to out_dir (default data/preferences); returns the meta dict."""
     if not os.path.exists(os.path.join(from_dir, 'ckpt.pt')) and not from_dir.endswith('.pt'):
-        raise SystemExit(f"error: --from_dir={from_dir}: no checkpoint there; train one first: python train.py config/sft_tasks.py")
+        raise SystemExit(f"error: --from_dir={from_dir}: no checkpoint there; train one first: "
+                         "python train.py config/sft_tasks.py")
     data_dir = data_dir or load_checkpoint(from_dir)['config'].get('data_dir', 'data/tasks')
     out_dir = out_dir or os.path.join(ROOT, 'data', 'preferences')
     rt = setup_runtime(device, 'float32', seed)
@@ -92,7 +94,8 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
     meta = json.load(open(os.path.join(data_dir, 'meta.json'), encoding='utf-8'))
     if meta.get('settings', {}).get('tools'):  # a pair is two plain answers; a tool suite answers through calls
         raise SystemExit(f"error: {data_dir} is the suite with tools, whose answers go through tool calls; preference "
-                         f"pairs are made from plain answers: use the suite without --tools, or RL (feedback.rl) for tool use")
+                         "pairs are made from plain answers: use the suite without --tools, or RL (feedback.rl) "
+                         "for tool use")
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
@@ -105,8 +108,9 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
             with open(os.path.join(tmp_dir, f'{split}.jsonl'), 'w', encoding='utf-8') as f:
                 for p in pairs:
                     f.write(json.dumps(p, ensure_ascii=False) + '\n')
+            right = sum(p['meta']['model_right'] for p in pairs)
             counts[split] = dict(pairs=len(pairs), **Counter(p['meta']['rejected_from'] for p in pairs),
-                                 model_accuracy=sum(p['meta']['model_right'] for p in pairs) / max(1, samples * len(pairs)))
+                                 model_accuracy=right / max(1, samples * len(pairs)))
         keep = ('tokenizer', 'vocab_size', 'special_tokens', 'chars', 'eot_token', 'tasks', 'tokenizer_json')
         out_meta = {**{k: meta[k] for k in keep if k in meta}, 'format': 'pairs', 'counts': counts,
                     'source': 'prepare/preferences.py', 'from': from_dir, 'data_dir': data_dir,
