@@ -8,7 +8,7 @@ Tokenize any text corpus into data/<name>/{train,val}.bin and meta.json.
 
 Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; every file must be
 UTF-8. A .txt or .md file is one document, a .jsonl line is one document (its text field). JSON may
-escape a lone surrogate (\ud800), which is no character: it becomes U+FFFD, and the run says how
+escape a lone surrogate (\\ud800), which is no character: it becomes U+FFFD, and the run says how
 many lines had one and where the first is (meta.json counts them too). In BPE
 modes each document ends with <|endoftext|>; in char mode documents are joined by a blank line.
 --tokenizer=bpe learns a byte-level BPE of vocab_size tokens from the train split alone (never val) and

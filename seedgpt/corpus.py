@@ -5,7 +5,7 @@ A text corpus to token files: the streaming pipeline behind every prepare/ scrip
 
 Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; every file must be UTF-8. A
 .txt or .md file is one document, a .jsonl line is one document (its text field); a lone surrogate escaped
-in a .jsonl line (\ud800, no character) becomes U+FFFD, reported (iter_documents). In BPE mode (GPT-2's,
+in a .jsonl line (\\ud800, no character) becomes U+FFFD, reported (iter_documents). In BPE mode (GPT-2's,
 or 'bpe': one learned from the train split alone) each document ends with <|endoftext|>; in char mode
 documents are joined by a blank line. meta.json counts each split's tokens and the bytes of text they stand
 for (<|endoftext|> stands for none): bits per byte is loss * tokens / bytes / ln 2 (bits_per_byte).
