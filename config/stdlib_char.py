@@ -24,7 +24,7 @@ slow = {'n_embd': 128, 'block_size': 128, 'batch_size': 12}
 # the switches that won on tiny Shakespeare (docs/benchmarks.md)
 pos = 'rope'
 norm = 'rms'
-mlp = 'swiglu'  # beat relu2 at equal time (bench.tokenizers --only=mlp: 1.740 vs 1.812 val bits per byte), and exports to Llama/Qwen3
+mlp = 'swiglu'  # beat relu2 at equal time (docs/tokenizers.md, bench.tokenizers --only=mlp); exports to Llama/Qwen3
 qk_norm = True
 muon_lr = 0.02
 

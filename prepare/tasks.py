@@ -64,7 +64,8 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
     if tokenizer not in ('char', 'gpt2', 'bpe'):
         raise TaskError(f"tokenizer must be 'char', 'gpt2' or 'bpe', got {tokenizer!r}")
     if tools and digits < 2:
-        raise TaskError(f"with tools the arithmetic is of 2 to --digits digits: --digits must be at least 2, got {digits}")
+        raise TaskError("with tools the arithmetic is of 2 to --digits digits: --digits must be at least 2, "
+                        f"got {digits}")
     if digits < 1 or word_len < 1 or min(n_train, n_val, n_test) < 1:
         raise TaskError("digits, word_len and the split sizes must be at least 1")
     if tokenizer == 'bpe' and vocab_size < 258:
@@ -179,7 +180,8 @@ def main(cfg):
     except TaskError as e:
         raise SystemExit(f"error: {e}")
     if n_show:
-        show(cfg.out_dir or os.path.join(ROOT, 'data', 'tasks-tools' if cfg.tools else 'tasks'), load_tokenizer(meta), n_show)
+        out_dir = cfg.out_dir or os.path.join(ROOT, 'data', 'tasks-tools' if cfg.tools else 'tasks')
+        show(out_dir, load_tokenizer(meta), n_show)
 
 
 if __name__ == '__main__':

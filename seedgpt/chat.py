@@ -8,7 +8,8 @@ chat, RL and the server.
 With a tool (seedgpt/tools.py), the assistant's turn is a call, a tool turn holds its result, and the
 assistant answers from it:
 
-    <|user|>What is 4812+7533?<|end|><|assistant|><|call|>calc(4812+7533)<|end|><|tool|>12345<|end|><|assistant|>12345<|end|>
+    <|user|>What is 4812+7533?<|end|><|assistant|><|call|>calc(4812+7533)<|end|>
+        <|tool|>12345<|end|><|assistant|>12345<|end|>                 (one line, broken here to fit)
     mask: 1 on '<|call|>calc(4812+7533)<|end|>' and on '12345<|end|>' of the last turn; never on the tool's
     result, which the model reads but does not write
 
@@ -111,7 +112,8 @@ def parse_reply(tok, ids):
         message['tool_calls'] = []
         for part in parts[1:]:
             name, arguments = parse_call(tok.decode(part))
-            message['tool_calls'].append({'type': 'function', 'function': {'name': name, 'arguments': json.dumps(arguments)}})
+            function = {'name': name, 'arguments': json.dumps(arguments)}
+            message['tool_calls'].append({'type': 'function', 'function': function})
     return message
 
 

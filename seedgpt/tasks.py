@@ -202,7 +202,8 @@ def score(records, answers, traces=None):
     mean = sum(row['accuracy'] for row in tasks.values()) / max(1, len(tasks))
     result = {'tasks': dict(sorted(tasks.items())), 'mean': mean, 'n': len(records)}
     if any(len(by) > 1 for by in digits.values()):
-        result['digits'] = {task: {d: sum(v) / len(v) for d, v in sorted(by.items())} for task, by in sorted(digits.items())}
+        result['digits'] = {task: {d: sum(v) / len(v) for d, v in sorted(by.items())}
+                            for task, by in sorted(digits.items())}
     if traces is not None and any(r['meta'].get('tool') for r in records):  # the suite with tools
         needed = [t.called for r, t in zip(records, traces) if r['meta'].get('tool')]
         needless = [t.called for r, t in zip(records, traces) if not r['meta'].get('tool')]
@@ -220,7 +221,8 @@ def accuracy(model, tok, records, batch_size=64, max_new_tokens=32, progress=Fal
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         prompts = [render_prompt(tok, question(r)) for r in chunk]
-        for record, trace in zip(chunk, generate_with_tools(model, tok, prompts, max_new_tokens, max_calls, **sampling)):
+        answered = generate_with_tools(model, tok, prompts, max_new_tokens, max_calls, **sampling)
+        for record, trace in zip(chunk, answered):
             traces.append(trace)
             answers.append(trace.answer)
             correct += check(record['meta']['task'], record['meta'], answers[-1])
@@ -253,13 +255,15 @@ def answer_loss(model, tok, records, batch_size=64):
             s = sums.setdefault(r['meta']['task'], [0.0, 0, 0])
             # the bytes of what the loss covers: the answers' text (and calls'), not their chat tokens
             s[0], s[1], s[2] = s[0] + nll, s[1] + n, s[2] + len(loss_text(tok, ids, mask).encode('utf-8'))
-    return {task: {'loss': nll / n, 'bpb': nll / math.log(2) / max(1, n_bytes)} for task, (nll, n, n_bytes) in sums.items()}
+    return {task: {'loss': nll / n, 'bpb': nll / math.log(2) / max(1, n_bytes)}
+            for task, (nll, n, n_bytes) in sums.items()}
 
 
 def table(result):
     """The result as a text table; with answer_loss's figures merged in, their columns too."""
     losses = 'loss' in next(iter(result['tasks'].values()), {})
-    lines = [f"{'task':<10}{'n':>6}{'correct':>9}{'accuracy':>10}" + (f"{'loss':>9}{'bits/byte':>11}" if losses else '')]
+    head = f"{'task':<10}{'n':>6}{'correct':>9}{'accuracy':>10}"
+    lines = [head + (f"{'loss':>9}{'bits/byte':>11}" if losses else '')]
     for task, row in result['tasks'].items():
         lines.append(f"{task:<10}{row['n']:>6}{row['correct']:>9}{row['accuracy']:>10.3f}"
                      + (f"{row['loss']:>9.3f}{row['bpb']:>11.3f}" if losses else ''))
