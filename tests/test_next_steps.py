@@ -28,7 +28,7 @@ REPORTED = {('bench/speed.py', '--only=quant'), ('serve/server.py', '--out_dir=o
 
 # one argument: --key, --key=value (quoted or bare), or a config file
 ARG = r'''--?[\w-]+(?:=(?:"[^"]*"|'[^']*'|[^\s,;)`'"\\]*))?|config/[\w.]+\.py'''
-COMMAND = re.compile(r'python3? (-m [\w.]+|[\w./-]+\.py)((?:[ \t]+(?:' + ARG + '))*)')
+COMMAND = re.compile(r'python3? (-m \w+(?:\.\w+)*|[\w./-]+\.py)((?:[ \t]+(?:' + ARG + '))*)')  # not a full stop
 
 
 def texts():
