@@ -4,7 +4,7 @@ Export a checkpoint as a Hugging Face model directory, with its tokenizer.
     python -m export.hf --out_dir=out-stdlib-bpe --hf_dir=hf-out
     python -m export.hf --out_dir=out-stdlib-bpe --hf_dir=hf-out --force   # replace an existing hf-out
 
-The model goes to the standard architecture that holds it exactly (seedgpt/hf.py): GPT2LMHeadModel for
+The model goes to the standard architecture that holds it exactly (seedgpt/hf_convert.py): GPT2LMHeadModel for
 GPT-2's settings, LlamaForCausalLM for pos='rope', norm='rms', mlp='swiglu' and bias=False, Qwen3ForCausalLM
 for those with qk_norm=True. A model that maps to none (mlp='relu2', learned positions with RMSNorm...) is
 refused with the settings that stand in the way. Writes config.json and model.safetensors, and the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from seedgpt.checkpoint import load_checkpoint
 from seedgpt.config import load_config
-from seedgpt.hf import generation_files, hf_architecture, save_hf_dir, to_hf, tokenizer_files
+from seedgpt.hf_convert import generation_files, hf_architecture, save_hf_dir, to_hf, tokenizer_files
 from seedgpt.int8 import dequantize_int8
 
 

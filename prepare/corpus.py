@@ -20,7 +20,7 @@ cut instead: its first 90% of characters are train, the rest val, as nanoGPT doe
 
 Tokens are flat uint16 (uint32 past 65535 ids). The corpus is streamed in pieces of about 1 MB, so
 memory stays flat however large it is; BPE uses every core. Output appears only when complete.
-The pipeline is seedgpt/corpus.py; this is its command line.
+The pipeline is seedgpt/dataset.py; this is its command line.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m prepare.corpus ...")
@@ -28,7 +28,7 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.corpus import prepare, run
+from seedgpt.dataset import prepare, run
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 from seedgpt.chat import render_prompt
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, publish, write_tokenizer
+from seedgpt.dataset import ROOT, publish, write_tokenizer
 from seedgpt.generate import generate_replies, reply_text
 from seedgpt.runtime import setup_runtime
 from seedgpt.tasks import check

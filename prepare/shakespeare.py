@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, CorpusError, prepare, run
+from seedgpt.dataset import ROOT, CorpusError, prepare, run
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.corpus import prepare, run, stdlib_files
+from seedgpt.dataset import prepare, run, stdlib_files
 
 
 @dataclass

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from seedgpt import corpus  # noqa: E402
+from seedgpt import dataset  # noqa: E402
 from seedgpt.checkpoint import save_checkpoint  # noqa: E402
 from seedgpt.config import load_config  # noqa: E402
 from seedgpt.tokenizer import gpt2_encoding
@@ -115,7 +115,7 @@ def char_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('chardata')
     src = write(root / 'corpus.txt', make_text(12000))
     out = root / 'data'
-    corpus.prepare([str(src)], tokenizer='char', out_dir=str(out), block_size=16, quiet=True)
+    dataset.prepare([str(src)], tokenizer='char', out_dir=str(out), block_size=16, quiet=True)
     return out
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import make_text, run_script, run_train, write
-from seedgpt import corpus
+from seedgpt import dataset
 from seedgpt.chat import CHAT_SPECIALS
-from seedgpt.corpus import bits_per_byte
+from seedgpt.dataset import bits_per_byte
 from seedgpt.data import load_meta, load_tokens
 from seedgpt.tokenizer import EOT, BPETokenizer, load_tokenizer, same_ids, train_bpe
 
@@ -72,7 +72,7 @@ def test_vocab_size_too_small():
 def make_docs(root, n=40):
     """n documents of prose; returns their paths and which go to val."""
     paths = [write(root / 'docs' / f'd{i:02d}.txt', rich_text(800, seed=i)) for i in range(n)]
-    val = [corpus.in_val(os.path.relpath(p, root / 'docs'), 0.1) for p in paths]
+    val = [dataset.in_val(os.path.relpath(p, root / 'docs'), 0.1) for p in paths]
     assert any(val) and not all(val)
     return paths, val
 
@@ -83,7 +83,7 @@ def test_learned_from_train_only(tmp_path):
     for p, v in zip(paths, val):
         if v:
             write(p, p.read_text() + ' QZXJQZXJ' * 2000)  # upper case: never in rich_text
-    meta = corpus.prepare([str(tmp_path / 'docs')], tokenizer='bpe', vocab_size=600, out_dir=str(tmp_path / 'out'),
+    meta = dataset.prepare([str(tmp_path / 'docs')], tokenizer='bpe', vocab_size=600, out_dir=str(tmp_path / 'out'),
                           block_size=16, quiet=True)
     vocab = json.loads(meta['tokenizer_json'])['model']['vocab']
     assert len(vocab) == 599 and not [t for t in vocab if len(t) > 1 and set(t) & set('QZXJ')]  # ASCII reads as is
@@ -100,7 +100,7 @@ def test_dataset_files_and_byte_counts(tmp_path):
     paths, _ = make_docs(tmp_path)
     write(paths[0], CHINESE * 30 + paths[0].read_text())
     out = tmp_path / 'out'
-    assert corpus.prepare([str(tmp_path / 'docs')], tokenizer='bpe', vocab_size=500, out_dir=str(out),
+    assert dataset.prepare([str(tmp_path / 'docs')], tokenizer='bpe', vocab_size=500, out_dir=str(out),
                           block_size=16, quiet=True) == load_meta(out)
     meta = load_meta(out)
     assert sorted(os.listdir(out)) == ['meta.json', 'tokenizer.json', 'train.bin', 'val.bin']
@@ -118,10 +118,10 @@ def test_pieces_tokenize_like_the_whole_file(tmp_path, monkeypatch):
     """Streamed in small pieces, a document gets the tokens it gets whole (GPT-2's pre-tokenizer, cut as for GPT-2)."""
     text = (rich_text(3000, seed=4) + CHINESE * 10).replace('\n', ' \n  ', 50)
     src = write(tmp_path / 'one.txt', text)
-    whole = corpus.prepare([str(src)], tokenizer='bpe', vocab_size=400, out_dir=str(tmp_path / 'a'), block_size=8,
+    whole = dataset.prepare([str(src)], tokenizer='bpe', vocab_size=400, out_dir=str(tmp_path / 'a'), block_size=8,
                            quiet=True)
-    monkeypatch.setattr(corpus, 'PIECE', 257)
-    cut = corpus.prepare([str(src)], tokenizer='bpe', vocab_size=400, out_dir=str(tmp_path / 'b'), block_size=8,
+    monkeypatch.setattr(dataset, 'PIECE', 257)
+    cut = dataset.prepare([str(src)], tokenizer='bpe', vocab_size=400, out_dir=str(tmp_path / 'b'), block_size=8,
                          quiet=True)
     assert cut == {**whole, 'source': cut['source']}
     for split in ('train', 'val'):
@@ -133,12 +133,12 @@ def test_pieces_tokenize_like_the_whole_file(tmp_path, monkeypatch):
 
 PEAK_CHILD = """
 import sys
-from seedgpt import corpus
-corpus.PIECE = 1 << 13
+from seedgpt import dataset
+dataset.PIECE = 1 << 13
 peak = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
 out, small, large = sys.argv[1:]
 for path in (small, large):
-    corpus.prepare([path], tokenizer='bpe', vocab_size=1000, out_dir=out, block_size=8, quiet=True)
+    dataset.prepare([path], tokenizer='bpe', vocab_size=1000, out_dir=out, block_size=8, quiet=True)
     print(peak())
 """
 
@@ -180,7 +180,7 @@ def test_prepare_script_shows_progress_and_bytes_per_token(tmp_path):
 def bpe_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('bpedata')
     write(root / 'zh.txt', ''.join(CHINESE + rich_text(40, seed=i) for i in range(200)))
-    corpus.prepare([str(root / 'zh.txt')], tokenizer='bpe', vocab_size=600, out_dir=str(root / 'data'),
+    dataset.prepare([str(root / 'zh.txt')], tokenizer='bpe', vocab_size=600, out_dir=str(root / 'data'),
                    block_size=16, quiet=True)
     return root / 'data'
 
@@ -207,7 +207,7 @@ def test_bpe_dataset_trains_and_samples(tmp_path, bpe_data):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith('你好') and len(p.stdout) > 10
     other = tmp_path / 'other'
-    corpus.prepare([str(bpe_data.parent / 'zh.txt')], tokenizer='bpe', vocab_size=300, out_dir=str(other),
+    dataset.prepare([str(bpe_data.parent / 'zh.txt')], tokenizer='bpe', vocab_size=300, out_dir=str(other),
                    block_size=16, quiet=True)
     assert same_ids(meta, meta) and not same_ids(load_meta(other), meta)
     with pytest.raises(SystemExit, match='another tokenizer'):
@@ -215,7 +215,7 @@ def test_bpe_dataset_trains_and_samples(tmp_path, bpe_data):
     # a teacher whose learned BPE has as many tokens but other merges: the same size, kind and special tokens
     # (all that distillation compared before it asked same_ids), yet its logits are over other tokens
     same_size = tmp_path / 'same_size'
-    corpus.prepare([str(write(tmp_path / 'en.txt', rich_text(9000, seed=5)))], tokenizer='bpe', vocab_size=600,
+    dataset.prepare([str(write(tmp_path / 'en.txt', rich_text(9000, seed=5)))], tokenizer='bpe', vocab_size=600,
                    out_dir=str(same_size), block_size=16, quiet=True)
     theirs = load_meta(same_size)
     assert all(theirs.get(k) == meta.get(k) for k in ('tokenizer', 'vocab_size', 'special_tokens'))

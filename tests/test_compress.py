@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from compress import shrink as compress
 from conftest import make_text, run_script, run_train, write
 from model import GPT, GPTConfig
-from seedgpt import corpus
+from seedgpt import dataset
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.int8 import Int8Linear
@@ -168,7 +168,7 @@ def test_distillation_loss_falls(tmp_path, char_data, trained_out):
 
 def test_teacher_with_another_vocabulary_is_refused(tmp_path, trained_out):
     other = tmp_path / 'upper'
-    corpus.prepare([str(write(tmp_path / 'upper.txt', make_text(3000).upper()))], tokenizer='char',
+    dataset.prepare([str(write(tmp_path / 'upper.txt', make_text(3000).upper()))], tokenizer='char',
                    out_dir=str(other), block_size=16, quiet=True)
     with pytest.raises(SystemExit, match='^error: the teacher .* another tokenizer or vocabulary'):
         run_train(tmp_path / 'kd', other, '--max_iters=1', f'--teacher_dir={trained_out}')

@@ -8,7 +8,7 @@ import torch
 from conftest import run_script, run_train, write
 from explain import attention as explain
 from model import GPT, GPTConfig
-from seedgpt import corpus
+from seedgpt import dataset
 from seedgpt.checkpoint import load_model
 from seedgpt.tokenizer import GPT2Tokenizer
 
@@ -94,8 +94,8 @@ class Spans(HTMLParser):
 
 def test_script_writes_text_png_and_html(trained_out, tmp_path):
     image = pytest.importorskip('matplotlib.image')
-    p = run_script('-m', 'explain.attention', f'--out_dir={trained_out}', '--prompt=the cat', '--tokens=8', '--device=cpu',
-                   f'--png={tmp_path / "png"}', f'--html={tmp_path / "page.html"}')
+    p = run_script('-m', 'explain.attention', f'--out_dir={trained_out}', '--prompt=the cat', '--tokens=8',
+                   '--device=cpu', f'--png={tmp_path / "png"}', f'--html={tmp_path / "page.html"}')
     assert p.returncode == 0, p.stderr
     assert '\x1b' not in p.stdout  # not a terminal: plain text, the weights as numbers
     assert p.stdout.count('\nstep ') == 8 and '  attention: t ' in p.stdout and '  candidates: ' in p.stdout
@@ -130,7 +130,7 @@ def zh_out(tmp_path_factory):
     rnd = random.Random(0)
     root = tmp_path_factory.mktemp('zh')
     text = '\n'.join(''.join(rnd.choice(ZH) for _ in range(rnd.randint(5, 15))) + '。' for _ in range(2000))
-    corpus.prepare([str(write(root / 'zh.txt', text))], tokenizer='char', out_dir=str(root / 'data'), block_size=16,
+    dataset.prepare([str(write(root / 'zh.txt', text))], tokenizer='char', out_dir=str(root / 'data'), block_size=16,
                    quiet=True)
     run_train(root / 'out', root / 'data', '--max_iters=20')
     return root / 'out'

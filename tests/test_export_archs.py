@@ -18,12 +18,12 @@ pytest.importorskip('tokenizers')
 
 from conftest import make_text, run_script, run_train, write  # noqa: E402
 from model import GPT, GPTConfig, mlp_width  # noqa: E402
-from seedgpt import corpus  # noqa: E402
+from seedgpt import dataset  # noqa: E402
 from seedgpt.chat import CHAT_SPECIALS  # noqa: E402
 from seedgpt.config import load_config  # noqa: E402
 from seedgpt.data import load_meta  # noqa: E402
 from seedgpt.generate import generate  # noqa: E402
-from seedgpt.hf import GPT2_NAMES, hf_architecture, load_hf, save_hf_dir, to_hf, tokenizer_files  # noqa: E402
+from seedgpt.hf_convert import GPT2_NAMES, hf_architecture, load_hf, save_hf_dir, to_hf, tokenizer_files  # noqa: E402
 from seedgpt.tokenizer import BPETokenizer, train_bpe  # noqa: E402
 
 ARCHS = {  # seedgpt's settings -> the Hugging Face class that holds them
@@ -362,9 +362,9 @@ def test_fine_tune_from_a_llama_directory(tmp_path):
     import train
     from conftest import TINY
     from seedgpt.data import Batches
-    write(tmp_path / 'corpus.txt', CORPUS * 3)
+    write(tmp_path / 'dataset.txt', CORPUS * 3)
     data = tmp_path / 'data'
-    corpus.prepare([str(tmp_path / 'corpus.txt')], tokenizer='bpe', vocab_size=400, out_dir=str(data), block_size=16,
+    dataset.prepare([str(tmp_path / 'dataset.txt')], tokenizer='bpe', vocab_size=400, out_dir=str(data), block_size=16,
                    quiet=True)
     meta = load_meta(data)
     theirs = hf_model('llama', vocab_size=meta['vocab_size'], kv_heads=2)
@@ -392,7 +392,7 @@ def test_fine_tune_from_a_llama_directory(tmp_path):
 def test_tokenizer_files_are_matched_to_the_dataset(tmp_path):
     """--init_from=DIR checks DIR's tokenizer files against the dataset's tokenizer: the same vocabulary (chat
     tokens after it change no id), else False; None where DIR has none."""
-    from seedgpt.hf import tokenizer_matches
+    from seedgpt.hf_convert import tokenizer_matches
     for meta in (char_meta(CORPUS), bpe_meta(CORPUS), {'tokenizer': 'gpt2', 'vocab_size': 50257}):
         d = tmp_path / meta['tokenizer']
         d.mkdir()

@@ -73,12 +73,12 @@ def tiny_gpt2(tmp_path_factory):
     """(hf_dir, data_dir): a random 2-layer GPT2LMHeadModel saved as a local HF directory, and GPT-2 BPE data."""
     transformers = pytest.importorskip('transformers')
     from conftest import make_text, write
-    from seedgpt import corpus
+    from seedgpt import dataset
     root = tmp_path_factory.mktemp('gpt2')
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
     hf.save_pretrained(root / 'hf')
-    corpus.prepare([str(write(root / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(root / 'data'),
+    dataset.prepare([str(write(root / 'c.txt', make_text(4000)))], tokenizer='gpt2', out_dir=str(root / 'data'),
                    block_size=16, quiet=True)
     return root / 'hf', root / 'data', hf
 

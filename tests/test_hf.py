@@ -1,4 +1,4 @@
-"""hf.py and export.py against transformers' own GPT-2: weights in (safetensors, .bin, either naming, the
+"""seedgpt/hf_convert.py and export/hf.py against transformers' own GPT-2: weights in (safetensors, .bin, either naming, the
 local hub cache) give the same logits, weights out load in transformers offline with the same logits."""
 import os
 
@@ -12,9 +12,9 @@ pytest.importorskip('safetensors')
 
 from conftest import run_script  # noqa: E402
 from model import GPT, GPTConfig
-from seedgpt import hf
+from seedgpt import hf_convert
 from seedgpt.config import load_config
-from seedgpt.hf import find_cached, load_gpt2, save_hf_dir, to_hf
+from seedgpt.hf_convert import find_cached, load_gpt2, save_hf_dir, to_hf
 
 SMALL = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128)
 
@@ -108,7 +108,7 @@ def padded_gpt(rows):
 def test_padded_tables_in_and_out(tmp_path, monkeypatch):
     theirs = hf_model(seed=2)
     theirs.save_pretrained(tmp_path)
-    monkeypatch.setattr(hf, 'GPT', padded_gpt(320))
+    monkeypatch.setattr(hf_convert, 'GPT', padded_gpt(320))
     model_args, sd = load_gpt2(hf_dir=str(tmp_path))
     wte = theirs.transformer.wte.weight
     assert model_args['vocab_size'] == 300 and sd['transformer.wte.weight'].shape == (320, 64)

@@ -40,7 +40,7 @@ def stage_of(module):
 
 @pytest.mark.parametrize('path', SCRIPTS)
 def test_a_stage_script_imports_the_core_and_the_library_only(path):
-    """prepare/tasks.py may use seedgpt.corpus, never prepare/corpus.py: a script is a command, not a library."""
+    """prepare/tasks.py may use seedgpt.dataset, never prepare/corpus.py: a script is a command, not a library."""
     bad = sorted(m for m in imports(path) if stage_of(m) or m in STAGES)
     assert not bad, f"{path} imports the scripts {bad}"
 

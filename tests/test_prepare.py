@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_text, run_script, write
-from seedgpt import corpus
+from seedgpt import dataset
 from seedgpt.tokenizer import EOT, CharTokenizer
 
 EOT_ID = 50256
@@ -60,7 +60,7 @@ def read_split(out, meta):
 def test_char_multi_document(tmp_path):
     d, docs = make_corpus(tmp_path)
     out = tmp_path / 'out'
-    meta = corpus.prepare([str(d)], tokenizer='char', out_dir=str(out), val_fraction=0.5, block_size=8, quiet=True)
+    meta = dataset.prepare([str(d)], tokenizer='char', out_dir=str(out), val_fraction=0.5, block_size=8, quiet=True)
     assert meta == json.loads((out / 'meta.json').read_text(encoding='utf-8'))
     chars = sorted(set(''.join(docs)) | {'\n'})  # documents are joined by a blank line
     assert meta['tokenizer'] == 'char' and meta['chars'] == chars and meta['vocab_size'] == len(chars)
@@ -77,10 +77,10 @@ def test_char_multi_document(tmp_path):
 
 
 def test_gpt2_multi_document(tmp_path, gpt2_enc, monkeypatch):
-    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)  # build it once per session
+    monkeypatch.setattr(dataset, 'gpt2_encoding', lambda: gpt2_enc)  # build it once per session
     d, docs = make_corpus(tmp_path)
     out = tmp_path / 'out'
-    meta = corpus.prepare([str(d)], tokenizer='gpt2', out_dir=str(out), val_fraction=0.5, block_size=8, quiet=True)
+    meta = dataset.prepare([str(d)], tokenizer='gpt2', out_dir=str(out), val_fraction=0.5, block_size=8, quiet=True)
     assert meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 50257 and meta['eot_token'] == EOT_ID
     assert meta['dtype'] == 'uint16' and 'chars' not in meta
     splits = read_split(out, meta)
@@ -95,11 +95,11 @@ def test_gpt2_multi_document(tmp_path, gpt2_enc, monkeypatch):
 
 
 def test_text_containing_eot_string_is_not_a_separator(tmp_path, gpt2_enc, monkeypatch):
-    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)
+    monkeypatch.setattr(dataset, 'gpt2_encoding', lambda: gpt2_enc)
     write(tmp_path / 'a.txt', "a document that mentions " + EOT + " in its text\n" * 20)
     write(tmp_path / 'b.txt', make_text(200))
     write(tmp_path / 'c.jsonl', json.dumps({'text': EOT}) + '\n')  # a document that is exactly the string
-    meta = corpus.prepare([str(tmp_path / f) for f in ('a.txt', 'b.txt', 'c.jsonl')], tokenizer='gpt2',
+    meta = dataset.prepare([str(tmp_path / f) for f in ('a.txt', 'b.txt', 'c.jsonl')], tokenizer='gpt2',
                           out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
     splits = read_split(tmp_path / 'out', meta)
     assert sum(splits[s].count(EOT_ID) for s in splits) == 3
@@ -107,10 +107,10 @@ def test_text_containing_eot_string_is_not_a_separator(tmp_path, gpt2_enc, monke
 
 @pytest.mark.parametrize('tokenizer', ['char', 'gpt2'])
 def test_split_is_deterministic(tmp_path, tokenizer, gpt2_enc, monkeypatch):
-    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)
+    monkeypatch.setattr(dataset, 'gpt2_encoding', lambda: gpt2_enc)
     d, _ = make_corpus(tmp_path)
     for out in ('out1', 'out2'):
-        corpus.prepare([str(d)], tokenizer=tokenizer, out_dir=str(tmp_path / out), block_size=8, quiet=True)
+        dataset.prepare([str(d)], tokenizer=tokenizer, out_dir=str(tmp_path / out), block_size=8, quiet=True)
     for f in ('train.bin', 'val.bin', 'meta.json'):
         assert (tmp_path / 'out1' / f).read_bytes() == (tmp_path / 'out2' / f).read_bytes()
 
@@ -126,10 +126,10 @@ def nanogpt_shakespeare_char(text):
 
 @pytest.mark.parametrize('piece', [1 << 20, 7])  # 7: the single document arrives in many pieces
 def test_single_document_matches_nanogpt(tmp_path, monkeypatch, piece):
-    monkeypatch.setattr(corpus, 'PIECE', piece)
+    monkeypatch.setattr(dataset, 'PIECE', piece)
     text = make_text(3000, seed=7).replace('cat', 'Cat!') + "你好，世界。\n"
     write(tmp_path / 'input.txt', text)
-    meta = corpus.prepare([str(tmp_path / 'input.txt')], tokenizer='char', out_dir=str(tmp_path / 'out'), quiet=True)
+    meta = dataset.prepare([str(tmp_path / 'input.txt')], tokenizer='char', out_dir=str(tmp_path / 'out'), quiet=True)
     chars, train_ids, val_ids = nanogpt_shakespeare_char(text)
     assert meta['chars'] == chars and meta['vocab_size'] == len(chars)
     splits = read_split(tmp_path / 'out', meta)
@@ -139,15 +139,15 @@ def test_single_document_matches_nanogpt(tmp_path, monkeypatch, piece):
 
 def test_gpt2_pieces_tokenize_like_the_whole_file(tmp_path, gpt2_enc, monkeypatch):
     """Streaming a file in pieces must give the same tokens as encoding it whole."""
-    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: gpt2_enc)
-    monkeypatch.setattr(corpus, 'PIECE', 16)
+    monkeypatch.setattr(dataset, 'gpt2_encoding', lambda: gpt2_enc)
+    monkeypatch.setattr(dataset, 'PIECE', 16)
     # blank lines, indented lines and whitespace-only lines just before a cut point
     text = ''.join(f"line {i}.\n" + "\n" * (i % 3) + " " * (i % 2) + ("  indented\n" if i % 4 == 0 else "") +
                    (" \n" if i % 5 == 0 else "") for i in range(200))
     docs = [text, make_text(300, seed=9)]
     write(tmp_path / 'a.txt', docs[0])
     write(tmp_path / 'b.txt', docs[1])
-    meta = corpus.prepare([str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')], tokenizer='gpt2',
+    meta = dataset.prepare([str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')], tokenizer='gpt2',
                           out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
     assign(docs, read_split(tmp_path / 'out', meta), gpt2_enc.encode_ordinary, [EOT_ID])
 
@@ -159,7 +159,7 @@ def test_cut_rule_on_every_short_text(gpt2_enc):
     for chars in itertools.product("al's1. \t\n\r", repeat=5):
         text = ''.join(chars)
         whole = gpt2_enc.encode_ordinary(text)
-        for m in corpus.CUT.finditer(text[::-1]):
+        for m in dataset.CUT.finditer(text[::-1]):
             cut = len(text) - 1 - m.start()
             n += 1
             assert gpt2_enc.encode_ordinary(text[:cut]) + gpt2_enc.encode_ordinary(text[cut:]) == whole, (text, cut)
@@ -177,16 +177,16 @@ def tricky_text(n_lines, seed=0):
 
 
 def pieces_of(tmp_path, text):
-    pieces = list(corpus.iter_pieces(str(write(tmp_path / 'a.txt', text))))
+    pieces = list(dataset.iter_pieces(str(write(tmp_path / 'a.txt', text))))
     assert ''.join(pieces) == text
-    assert max(map(len, pieces)) <= 5 * corpus.PIECE  # memory stays bounded
+    assert max(map(len, pieces)) <= 5 * dataset.PIECE  # memory stays bounded
     return pieces
 
 
 @pytest.mark.parametrize('newline', ['\n', '\r\n', '\r', ' ', ''])
 def test_pieces_tokenize_like_the_whole_text(tmp_path, gpt2_enc, monkeypatch, newline):
     """LF, CRLF, CR and text without newlines, cut in many small pieces: the same GPT-2 tokens as whole."""
-    monkeypatch.setattr(corpus, 'PIECE', 16)
+    monkeypatch.setattr(dataset, 'PIECE', 16)
     text = tricky_text(400).replace('\n', newline)
     pieces = pieces_of(tmp_path, text)
     assert len(pieces) > len(text) / 40
@@ -194,7 +194,7 @@ def test_pieces_tokenize_like_the_whole_text(tmp_path, gpt2_enc, monkeypatch, ne
 
 
 def test_text_without_whitespace_is_cut_anyway(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, 'PIECE', 16)
+    monkeypatch.setattr(dataset, 'PIECE', 16)
     pieces_of(tmp_path, 'x' * 1000)
 
 
@@ -202,15 +202,15 @@ def test_text_without_whitespace_is_cut_anyway(tmp_path, monkeypatch):
 # only grows, so one process compares them all and imports torch once
 PEAK_CHILD = r"""
 import sys
-from seedgpt import corpus
-corpus.PIECE = 1 << 13
+from seedgpt import dataset
+dataset.PIECE = 1 << 13
 peak = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
 out, small, large = sys.argv[1], sys.argv[2::2], sys.argv[3::2]
 for path in small:
-    corpus.prepare([path], tokenizer='char', out_dir=out, block_size=8, quiet=True)
+    dataset.prepare([path], tokenizer='char', out_dir=out, block_size=8, quiet=True)
 print(peak())
 for path in large:
-    corpus.prepare([path], tokenizer='char', out_dir=out, block_size=8, quiet=True)
+    dataset.prepare([path], tokenizer='char', out_dir=out, block_size=8, quiet=True)
     print(peak())
 """
 
@@ -239,11 +239,11 @@ def failing_encode(text):
 def test_failed_prepare_leaves_no_thread_file_or_directory(tmp_path, gpt2_enc, monkeypatch, case):
     """An error mid-way closes the BPE thread pool and the output files and removes the partial output."""
     failing = SimpleNamespace(n_vocab=gpt2_enc.n_vocab, eot_token=EOT_ID, encode_ordinary=failing_encode)
-    monkeypatch.setattr(corpus, 'gpt2_encoding', lambda: failing if case == 'encoder_fails' else gpt2_enc)
+    monkeypatch.setattr(dataset, 'gpt2_encoding', lambda: failing if case == 'encoder_fails' else gpt2_enc)
     inputs = [str(write(tmp_path / f'{c}.txt', make_text(500, seed=i))) for i, c in enumerate('abc')]
     threads, fds = set(threading.enumerate()), len(os.listdir('/proc/self/fd'))
-    with pytest.raises(RuntimeError if case == 'encoder_fails' else corpus.CorpusError):
-        corpus.prepare(inputs, tokenizer='gpt2', out_dir=str(tmp_path / 'out'), block_size=10 ** 6, quiet=True)
+    with pytest.raises(RuntimeError if case == 'encoder_fails' else dataset.CorpusError):
+        dataset.prepare(inputs, tokenizer='gpt2', out_dir=str(tmp_path / 'out'), block_size=10 ** 6, quiet=True)
     assert not set(threading.enumerate()) - threads  # the pool's threads are gone
     assert len(os.listdir('/proc/self/fd')) == fds  # train.bin and val.bin are closed
     assert leftovers(tmp_path) == []
@@ -295,7 +295,7 @@ def test_bad_input(tmp_path, case):
 def test_failed_prepare_keeps_old_dataset(tmp_path, case):
     out = tmp_path / 'out'
     write(tmp_path / 'good.txt', make_text(500))
-    corpus.prepare([str(tmp_path / 'good.txt')], tokenizer='char', out_dir=str(out), block_size=8, quiet=True)
+    dataset.prepare([str(tmp_path / 'good.txt')], tokenizer='char', out_dir=str(out), block_size=8, quiet=True)
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
     args, words = bad_inputs(tmp_path)[case]
     check_failed(run_script('-m', 'prepare.corpus', *args, '--tokenizer=char', '--name=x', f'--out_dir={out}'), words)

