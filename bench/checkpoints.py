@@ -13,8 +13,6 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
 
 import os
 import statistics
-import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +21,7 @@ from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
 from seedgpt.config import load_config
 from seedgpt.data import load_meta, load_tokens
 from seedgpt.generate import generate
-from seedgpt.log import OtherLoad, markdown_table
+from seedgpt.measure import markdown_table, progress, take_turns
 from seedgpt.prune import sparsity
 from seedgpt.runtime import setup_runtime
 
@@ -31,16 +29,13 @@ from seedgpt.runtime import setup_runtime
 @dataclass
 class Config:
     positional = 'out_dirs'  # bare arguments are the checkpoints
-    out_dirs: str = ''  # checkpoints to compare (bare arguments, or comma-separated); DIR:bfloat16 runs one in bf16 only
+    # checkpoints to compare (bare arguments, or comma-separated); DIR:bfloat16 runs one in bf16 only
+    out_dirs: str = ''
     weights: str = 'float32,int8'  # how each DIR without ':' runs: float32, bfloat16, int8 (quantised at load)
     batches: int = 20  # batches of 16 windows in the val-loss comparison
     sample_tokens: int = 500  # tokens per decoding run
     sample_rounds: int = 3  # timed decoding runs per checkpoint, alternated
     device: str = 'auto'  # 'auto', 'cpu', 'cuda'
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -72,17 +67,16 @@ def compare(cfg, rt):
         stored = 'int8' if ckpt.get('quant') else str(next(iter(ckpt['model'].values())).dtype).split('.')[-1]
         rows.append([out_dir, stored, weights, f"{os.path.getsize(checkpoint_path(out_dir)) / 2 ** 20:.2f}",
                      f"{sparsity(model.state_dict()) * 100:.1f}%", f"{total / cfg.batches:.4f}"])
-        log(f"{out_dir} {weights}: val loss {total / cfg.batches:.4f}")
+        progress(f"{out_dir} {weights}: val loss {total / cfg.batches:.4f}")
         generate(model, prompt, 8, temperature=1.0, top_k=200)  # warm up
         models.append(model)
-    times, others, busy = [[] for _ in runs], OtherLoad(), []
-    for r in range(cfg.sample_rounds):
-        for ts, model in zip(times, models):
-            t = time.perf_counter()
-            generate(model, prompt, n, temperature=1.0, top_k=200)
-            ts.append(time.perf_counter() - t)
-        busy.append(others.cores())
-        log(f"round {r + 1}/{cfg.sample_rounds}: " + ', '.join(f"{n / ts[-1]:.0f}" for ts in times) + " tok/s")
+    times, busy = [[] for _ in runs], []
+    fns = [lambda m=model: generate(m, prompt, n, temperature=1.0, top_k=200) for model in models]
+    for r, (timings, load) in enumerate(take_turns(fns, cfg.sample_rounds, rt.device)):
+        for ts, (seconds, _) in zip(times, timings):
+            ts.append(seconds)
+        busy.append(load)
+        progress(f"round {r + 1}/{cfg.sample_rounds}: " + ', '.join(f"{n / ts[-1]:.0f}" for ts in times) + " tok/s")
     for row, ts in zip(rows, times):
         row += [f"{n / statistics.median(ts):,.0f}", f"{n / min(ts):,.0f}"]
     return (f"### checkpoints compared: val loss over {cfg.batches} batches of 16 windows of each model's "
@@ -90,8 +84,7 @@ def compare(cfg, rt):
             f"eager (median and fastest of {cfg.sample_rounds} rounds; other processes used "
             f"{statistics.median(busy):.1f} cores in the median round)\n\n" +
             markdown_table(['checkpoint', 'stored', 'run as', 'MB on disk', 'zero block weights', 'val loss',
-                   'tokens/s (median)', 'tokens/s (fastest)'], rows))
-
+                            'tokens/s (median)', 'tokens/s (fastest)'], rows))
 
 
 def main(cfg):

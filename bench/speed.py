@@ -1,24 +1,21 @@
-"""
+r"""
 Measure seedgpt on this machine, side by side with nanoGPT, and print the results as markdown tables.
 
     python -m bench.speed                                            # every section, seedgpt alone
     python -m bench.speed --nanogpt=/path/to/nanoGPT                 # side by side with a nanoGPT checkout
     python -m bench.speed --nanogpt=/path/to/nanoGPT --out=bench.md  # also write the tables to a file
     python -m bench.speed --only=train,sample --quick                # some sections, fewer and shorter rounds
-    python -m bench.speed --only=sample --nanogpt=/path/to/nanoGPT --threads=1 --sample_others=False --sample_compile=False
-                                                                     # the default decoding path vs nanoGPT alone
-    python -m bench.speed --only=quant --quant_out_dir=out-shakespeare-char-cpu  # int8's val-loss change
-    python -m bench.speed --only=quant --quant_out_dir=out-stdlib-char-fp32,out-stdlib-char-bf16:bfloat16,out-stdlib-char-int8
+    python -m bench.speed --only=sample --nanogpt=/path/to/nanoGPT --threads=1 \
+        --sample_others=False --sample_compile=False                 # the default decoding path vs nanoGPT alone
     python -m bench.speed --help                                     # every setting
 
 Sections (--only): peak (matmul FLOP/s per dtype, the denominator of MFU); train (forward + backward +
 clip + AdamW step at two sizes, fp32 and bf16 autocast; --compile adds torch.compile'd rows); sample
 (tokens/s with and without the KV cache, fp32, bf16 and int8 weights, eager and compiled, and checks
 that all give the same greedy tokens); prepare (GPT-2 BPE of the stdlib corpus: MB/s, cores used, and
-peak memory for a corpus 10x larger); coldops (a small op's cost after streaming memory; not default); quant (trained checkpoints, e.g. compress/shrink.py's, side by side:
-size on disk, zero block weights, val loss and decoding tokens/s, with each one's weights as loaded by
-sample.py; not in the default list). nanoGPT is imported at run time from the
-path given, never copied here. Progress goes to stderr, the tables to stdout.
+peak memory for a corpus --copies times larger); coldops (a small op's cost after streaming memory; not
+in the default list). Trained checkpoints side by side: python -m bench.checkpoints. nanoGPT is imported
+at run time from the path given, never copied here. Progress goes to stderr, the tables to stdout.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m bench.speed ...")
@@ -26,10 +23,8 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
 import contextlib
 import importlib.util
 import io
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +35,12 @@ from torch.nn import functional as F
 
 import model as seedgpt_model  # the module: bench compares implementations, each a module with GPT and GPTConfig
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, stdlib_files
+from seedgpt.dataset import stdlib_files
 from seedgpt.generate import generate
 from seedgpt.int8 import quantize_int8
-from seedgpt.log import OtherLoad, markdown_table
+from seedgpt.measure import OtherLoad, child, device_name, markdown_table, progress, take_turns
 from seedgpt.optim import configure_optimizers
-from seedgpt.runtime import cpu_has_bf16, measured_matmul_flops, setup_runtime
+from seedgpt.runtime import measured_matmul_flops, setup_runtime
 
 
 @dataclass
@@ -58,9 +53,9 @@ class Config:
     sample_rounds: int = 3  # timed generations per sampling case, alternated like the training rounds
     warmup: int = 3  # untimed steps first: oneDNN and the optimizer set themselves up
     sample_tokens: int = 500  # tokens per sampling run; past 256 it crosses the baby model's block_size
-    sample_compile: bool = True  # also time the torch.compile'd one-token step (compiling takes a minute or more)
+    sample_compile: bool = True  # also time the torch.compile'd one-token step (slow to compile: docs/benchmarks.md)
     copies: int = 10  # the big corpus of the memory test is this many copies of the stdlib corpus
-    compile: bool = False  # also time seedgpt under torch.compile (the first steps compile: minutes on a CPU)
+    compile: bool = False  # also time seedgpt under torch.compile (the first steps compile, slowly on a CPU)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda'; prepare always runs on the CPU
     threads: int = 0  # torch threads; 0 keeps torch's default (one per core). 1 on a CPU shared with other jobs
     sample_others: bool = True  # also time no cache, bf16 and int8 weights; False: the default path vs nanoGPT only
@@ -73,12 +68,6 @@ SIZES = {  # name: (model shape, batch size); vocab 65 is tiny Shakespeare's cha
 }
 VOCAB = 65
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-
-T0 = time.time()
-
-
-def log(msg):
-    print(f"[{time.time() - T0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def peak(device, dtype):
@@ -135,24 +124,19 @@ class Impl:
         return 6 * model.get_num_params() + 12 * L * H * Q * T
 
 
-def make_sync(device):
-    return torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-
-
 # -----------------------------------------------------------------------------
 # sections; each returns markdown
 
 def bench_peak(cfg, rt):
     rows = []
     for name, dtype in DTYPES.items():
-        log(f"matmul peak {name}")
+        progress(f"matmul peak {name}")
         rows.append([name, f"{peak(rt.device, dtype) / 1e12:.3f}"])
     return ("### matmul peak (2048x2048, best of 5 windows; the MFU denominator)\n\n" +
             markdown_table(['dtype', 'TFLOP/s'], rows))
 
 
 def bench_train(cfg, rt, impls):
-    sync, others = make_sync(rt.device), OtherLoad()
     rows, ratio_rows, busy = [], [], []
     for size, (shape, batch) in SIZES.items():
         g = torch.Generator().manual_seed(0)
@@ -173,27 +157,21 @@ def bench_train(cfg, rt, impls):
                     opt.step()
                     opt.zero_grad(set_to_none=True)
 
-                log(f"train {size} {impl.name} {dname}: warm-up")
+                progress(f"train {size} {impl.name} {dname}: warm-up")
                 for _ in range(cfg.warmup):
                     step()
-                sync()
                 runs.append(dict(impl=impl, model=model, dtype=dname, step=step, ms=[], steps=0))
                 del step
-        others.cores()
-        for r in range(cfg.rounds):  # every run once per round, in turn
-            for run in runs:  # the same wall time each, so a burst of other load costs every run alike
-                sync()
-                t, steps = time.perf_counter(), 0
-                while steps < 3 or time.perf_counter() - t < cfg.round_s:
-                    run['step']()
-                    steps += 1
-                sync()
-                run['ms'].append((time.perf_counter() - t) * 1000 / steps)
+        # the same wall time each, so a burst of other load costs every run alike
+        turns = take_turns([run['step'] for run in runs], cfg.rounds, rt.device, seconds=cfg.round_s, calls=3)
+        for r, (timings, load) in enumerate(turns):
+            for run, (seconds, steps) in zip(runs, timings):
+                run['ms'].append(seconds * 1000 / steps)
                 run['steps'] += steps
-            busy.append(others.cores())
-            log(f"train {size} round {r + 1}/{cfg.rounds}: " +
-                ', '.join(f"{u['impl'].name} {u['dtype']} {u['ms'][-1]:.0f} ms" for u in runs) +
-                f" | other processes {busy[-1]:.1f} cores")
+            busy.append(load)
+            progress(f"train {size} round {r + 1}/{cfg.rounds}: " +
+                     ', '.join(f"{u['impl'].name} {u['dtype']} {u['ms'][-1]:.0f} ms" for u in runs) +
+                     f" | other processes {busy[-1]:.1f} cores")
         tokens = batch * shape['block_size']
         for run in runs:
             ms = statistics.median(run['ms'])
@@ -207,7 +185,8 @@ def bench_train(cfg, rt, impls):
             ours = [{u['dtype']: u[k] for u in runs if u['impl'] is impls[0]} for k in ('tok_s', 'best')]
             theirs = [{u['dtype']: u[k] for u in runs if u['impl'] is impls[1]} for k in ('tok_s', 'best')]
             pairs = [('best dtype vs best dtype', lambda o, t: max(o.values()) / max(t.values())),
-                     ('best dtype vs nanoGPT as its train.py runs on a CPU (fp32)', lambda o, t: max(o.values()) / t['fp32'])]
+                     ('best dtype vs nanoGPT as its train.py runs on a CPU (fp32)',
+                      lambda o, t: max(o.values()) / t['fp32'])]
             pairs += [(f"{d} vs {d}", lambda o, t, d=d: o[d] / t[d]) for d in DTYPES]
             for i, (what, ratio) in enumerate(pairs):
                 med, fast = ratio(ours[0], theirs[0]), ratio(ours[1], theirs[1])
@@ -222,13 +201,9 @@ def bench_train(cfg, rt, impls):
     return out
 
 
-def bench_sample(cfg, rt, impls):
-    shape, _ = SIZES['baby']
-    n = cfg.sample_tokens
-    sync, others = make_sync(rt.device), OtherLoad()
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)  # a 1-token prompt, batch 1
-    kw = dict(temperature=1.0, top_k=200)  # nanoGPT's sample.py defaults
-    # (model, label, weights, generate's extra arguments); activations are fp32 unless the weights are bf16
+def sampling_cases(cfg, impls, shape, device, prompt, kw):
+    """[(model, label, weights, generate's extra arguments)] and the models, built and warmed up; activations
+    are fp32 unless the weights are bf16."""
     cases = [(impls[0], 'cache', 'fp32', dict(use_cache=True))]  # sample.py's default path, with fp32 weights
     if cfg.sample_others:
         cases += [(impls[0], 'no cache', 'fp32', dict(use_cache=False)),
@@ -239,110 +214,127 @@ def bench_sample(cfg, rt, impls):
     cases += [(impl, '(its own)', 'fp32', {}) for impl in impls[1:]]
     models = []
     for impl, label, weights, extra in cases:
-        model, _ = impl.build(shape, rt.device)
+        model, _ = impl.build(shape, device)
         model.eval()
         if weights == 'bf16':
             model.to(torch.bfloat16)
         elif weights == 'int8':
             quantize_int8(model)
-        log(f"sample: warm-up {impl.name} {label} {weights}" + (' (compiling)' if extra.get('compile') else ''))
+        progress(f"sample: warm-up {impl.name} {label} {weights}" + (' (compiling)' if extra.get('compile') else ''))
         # a compiled step also meets its second cache (the window's jump) before the timed runs
         impl.generate(model, prompt, shape['block_size'] + 8 if extra.get('compile') else 8, **kw, **extra)
         models.append(model)
-    keys = [(impl.name, label, weights) for impl, label, weights, _ in cases]
-    times, busy = {key: [] for key in keys}, []
-    others.cores()
-    for r in range(cfg.sample_rounds):
-        for key, (impl, label, weights, extra), model in zip(keys, cases, models):
-            sync()
-            t = time.perf_counter()
-            out = impl.generate(model, prompt, n, **kw, **extra)
-            sync()
-            assert out.shape == (1, n + 1)
-            times[key].append(time.perf_counter() - t)
-        busy.append(others.cores())
-        log(f"sample round {r + 1}/{cfg.sample_rounds}, {n} tokens: " +
-            ', '.join(f"{' '.join(key)} {n / ts[-1]:.1f} tok/s" for key, ts in times.items()) +
-            f" | other processes {busy[-1]:.1f} cores")
+    return cases, models
+
+
+def greedy_checks(cfg, keys, models, prompt):
+    """Greedy decoding must not depend on the cache (also after the window jumps past block_size), nor on
+    compiling: one line per comparison."""
+    n, checks = cfg.sample_tokens, []
+    for weights in ('fp32', 'int8') if cfg.sample_others else ('fp32',):
+        model = models[keys.index(('seedgpt', 'cache', weights))]
+        progress(f"sample: greedy checks, {weights}, {n} tokens")
+        a = generate(model, prompt, n, temperature=0.0, use_cache=True)
+        others = [('no cache', dict(use_cache=False))] + [('compiled', dict(compile=True))] * cfg.sample_compile
+        for what, extra in others:
+            b = generate(model, prompt, n, temperature=0.0, **extra)
+            diff = '' if torch.equal(a, b) else f" at token {int((a != b).nonzero()[0, 1])}"
+            checks.append(f"{weights} cache vs {what}: {'IDENTICAL' if not diff else 'DIFFERENT' + diff}")
+    return checks
+
+
+def sampling_summary(times, n):
+    """The default path against nanoGPT's sample.py, and the KV cache against none, in words."""
     speeds = {key: n / statistics.median(ts) for key, ts in times.items()}
-    fastest = {key: n / min(ts) for key, ts in times.items()}  # the run least disturbed by other processes
-    base, base_fast = speeds.get(('nanoGPT', '(its own)', 'fp32')), fastest.get(('nanoGPT', '(its own)', 'fp32'))
-    rows = []
-    for key, tok_s in speeds.items():
-        vs = [f"{tok_s / base:.1f}x", f"{fastest[key] / base_fast:.1f}x"] if base else ['', '']
-        rows.append([*key, f"{tok_s:,.1f}", f"{fastest[key]:,.1f}", *vs])
-    default, nano = ('seedgpt', 'cache', 'fp32'), ('nanoGPT', '(its own)', 'fp32')
+    default, no_cache = ('seedgpt', 'cache', 'fp32'), ('seedgpt', 'no cache', 'fp32')
+    nano = ('nanoGPT', '(its own)', 'fp32')
     summary = ''
     if nano in times:
         # each round's ratio: the two ran back to back, so a change in other load hits both alike
         paired = statistics.median(a / b for a, b in zip(times[nano], times[default]))
-        summary = (f"\n\nDefault decoding path (KV cache, fp32 weights and activations, eager) vs nanoGPT's sample.py: "
-                   f"**{speeds[default] / base:.1f}x** on the medians ({speeds[default]:,.1f} vs {base:,.1f} tok/s), "
-                   f"{paired:.1f}x the median of each round's ratio, {fastest[default] / base_fast:.1f}x on the fastest rounds.")
-    if ('seedgpt', 'no cache', 'fp32') in speeds:
-        summary += f"\n\nKV cache speedup over no cache (fp32): {speeds[default] / speeds[('seedgpt', 'no cache', 'fp32')]:.1f}x."
+        fastest = min(times[nano]) / min(times[default])
+        summary = ("\n\nDefault decoding path (KV cache, fp32 weights and activations, eager) vs nanoGPT's sample.py: "
+                   f"**{speeds[default] / speeds[nano]:.1f}x** on the medians ({speeds[default]:,.1f} vs "
+                   f"{speeds[nano]:,.1f} tok/s), {paired:.1f}x the median of each round's ratio, "
+                   f"{fastest:.1f}x on the fastest rounds.")
+    if no_cache in speeds:
+        summary += f"\n\nKV cache speedup over no cache (fp32): {speeds[default] / speeds[no_cache]:.1f}x."
+    return summary
 
-    # greedy decoding must not depend on the cache (also after the window jumps past block_size), nor on compiling
-    checks = []
-    for weights in ('fp32', 'int8') if cfg.sample_others else ('fp32',):
-        model = models[keys.index(('seedgpt', 'cache', weights))]
-        log(f"sample: greedy checks, {weights}, {n} tokens")
-        a = generate(model, prompt, n, temperature=0.0, use_cache=True)
-        others_ = [('no cache', dict(use_cache=False))] + [('compiled', dict(compile=True))] * cfg.sample_compile
-        for what, extra in others_:
-            b = generate(model, prompt, n, temperature=0.0, **extra)
-            diff = '' if torch.equal(a, b) else f" at token {int((a != b).nonzero()[0, 1])}"
-            checks.append(f"{weights} cache vs {what}: {'IDENTICAL' if not diff else 'DIFFERENT' + diff}")
+
+def bench_sample(cfg, rt, impls):
+    shape, _ = SIZES['baby']
+    n = cfg.sample_tokens
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)  # a 1-token prompt, batch 1
+    kw = dict(temperature=1.0, top_k=200)  # nanoGPT's sample.py defaults
+    cases, models = sampling_cases(cfg, impls, shape, rt.device, prompt, kw)
+
+    def sample(impl, model, extra):
+        assert impl.generate(model, prompt, n, **kw, **extra).shape == (1, n + 1)
+
+    keys = [(impl.name, label, weights) for impl, label, weights, _ in cases]
+    times, busy = {key: [] for key in keys}, []
+    fns = [lambda i=impl, m=model, e=extra: sample(i, m, e) for (impl, _, _, extra), model in zip(cases, models)]
+    for r, (timings, load) in enumerate(take_turns(fns, cfg.sample_rounds, rt.device)):
+        for key, (seconds, _) in zip(keys, timings):
+            times[key].append(seconds)
+        busy.append(load)
+        progress(f"sample round {r + 1}/{cfg.sample_rounds}, {n} tokens: " +
+                 ', '.join(f"{' '.join(key)} {n / ts[-1]:.1f} tok/s" for key, ts in times.items()) +
+                 f" | other processes {busy[-1]:.1f} cores")
+    nano = times.get(('nanoGPT', '(its own)', 'fp32'))
+    rows = []
+    for key, ts in times.items():
+        # medians, and the fastest runs: the ones least disturbed by other processes
+        vs = [f"{statistics.median(nano) / statistics.median(ts):.1f}x", f"{min(nano) / min(ts):.1f}x"] if nano \
+            else ['', '']
+        rows.append([*key, f"{n / statistics.median(ts):,.1f}", f"{n / min(ts):,.1f}", *vs])
     bs = shape['block_size']
     where = f"crossing block_size {bs}" if n > bs else f"within block_size {bs}: pass more to test the window"
-    out = (f"### sampling: baby model (random init), batch 1, 1-token prompt, {n} new tokens, temperature 1, top_k 200 "
-           f"(median of {cfg.sample_rounds} alternated runs, {torch.get_num_threads()} torch threads; other processes "
-           f"used {statistics.median(busy):.1f} cores in the median round)\n\n" +
-           markdown_table(['model', 'KV cache', 'weights', 'tokens/s (median)', 'tokens/s (fastest)', 'vs nanoGPT (medians)',
-                  'vs nanoGPT (fastest)'], rows) + summary +
-           f"\n\nGreedy (temperature 0) tokens, {n} tokens ({where}): " + '; '.join(checks))
-    return out
+    return (f"### sampling: baby model (random init), batch 1, 1-token prompt, {n} new tokens, temperature 1, "
+            f"top_k 200 (median of {cfg.sample_rounds} alternated runs, {torch.get_num_threads()} torch threads; "
+            f"other processes used {statistics.median(busy):.1f} cores in the median round)\n\n" +
+            markdown_table(['model', 'KV cache', 'weights', 'tokens/s (median)', 'tokens/s (fastest)',
+                            'vs nanoGPT (medians)', 'vs nanoGPT (fastest)'], rows) + sampling_summary(times, n) +
+            f"\n\nGreedy (temperature 0) tokens, {n} tokens ({where}): " +
+            '; '.join(greedy_checks(cfg, keys, models, prompt)))
 
 
 # runs one prepare in a fresh process, so its peak RSS is its own; argv: out_dir, then 'stdlib' or dirs
 PREPARE_CHILD = r"""
 import json, os, sys, time
-from seedgpt.corpus import find_files, prepare, stdlib_files  # run from the repo root (cwd), so seedgpt imports
+from seedgpt.dataset import find_files, prepare, stdlib_files  # run from the repo root (cwd), so seedgpt imports
+from seedgpt.measure import memory
 out_dir, inputs = sys.argv[1], sys.argv[2:]
 files = stdlib_files()[1] if inputs == ['stdlib'] else find_files(inputs)
 nbytes = sum(os.path.getsize(f) for f in files)
-status = lambda key: next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key))
-base = status('VmRSS:')  # the imports alone
+base = memory('VmRSS:')  # the imports alone
 wall, cpu = time.perf_counter(), time.process_time()
 meta = prepare(inputs, tokenizer='gpt2', out_dir=out_dir, files=files, source=['bench'], quiet=True)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-print(json.dumps(dict(bytes=nbytes, files=len(files), wall=wall, cpu=cpu, tokens=meta['train_tokens'] + meta['val_tokens'], base=base,
-                      rss=status('VmHWM:'))))  # not ru_maxrss: it keeps the forking parent's peak across exec
+tokens = meta['train_tokens'] + meta['val_tokens']
+print(json.dumps(dict(bytes=nbytes, files=len(files), wall=wall, cpu=cpu, tokens=tokens, base=base,
+                      rss=memory('VmHWM:'))))
 """
 
 
 def bench_prepare(cfg, rt):
     root, files = stdlib_files()
-
     others = OtherLoad()
 
     def run(label, inputs, tmp):
-        log(f"prepare {label}")
+        progress(f"prepare {label}")
         others.cores()
-        p = subprocess.run([sys.executable, '-c', PREPARE_CHILD, os.path.join(tmp, 'out'), *inputs],
-                           cwd=ROOT, capture_output=True, text=True)
-        if p.returncode:
-            raise SystemExit(f"error: prepare {label} failed:\n{p.stderr}")
-        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r = child(PREPARE_CHILD, os.path.join(tmp, 'out'), *inputs)
         r['others'] = others.cores()
-        log(f"prepare {label}: {r['bytes'] / 1e6:.1f} MB in {r['wall']:.1f} s, peak RSS {r['rss'] / 2**20:.0f} MiB"
-            f" | other processes {r['others']:.1f} cores")
+        progress(f"prepare {label}: {r['bytes'] / 1e6:.1f} MB in {r['wall']:.1f} s, "
+                 f"peak RSS {r['rss'] / 2**20:.0f} MiB | other processes {r['others']:.1f} cores")
         return r
 
     with tempfile.TemporaryDirectory() as tmp:
         one = run('1x (stdlib)', ['stdlib'], tmp)
         big_dir = os.path.join(tmp, 'big')
-        log(f"writing a {cfg.copies}x corpus: {cfg.copies} copies of {len(files)} stdlib files as .txt")
+        progress(f"writing a {cfg.copies}x corpus: {cfg.copies} copies of {len(files)} stdlib files as .txt")
         for c in range(cfg.copies):
             os.makedirs(os.path.join(big_dir, f'copy{c}'))
             for i, f in enumerate(files):
@@ -351,19 +343,21 @@ def bench_prepare(cfg, rt):
         big = run(f'{cfg.copies}x', [big_dir], tmp)
     rows = []
     for label, r in [('1x (stdlib)', one), (f'{cfg.copies}x', big)]:
-        rows.append([label, f"{r['files']:,}", f"{r['bytes'] / 1e6:.1f}", f"{r['tokens'] / 1e6:.2f}M", f"{r['wall']:.1f}",
-                     f"{r['bytes'] / 1e6 / r['wall']:.2f}", f"{r['cpu'] / r['wall']:.2f} of {os.cpu_count()}",
-                     f"{r['base'] / 2**20:.0f}", f"{r['rss'] / 2**20:.0f}", f"{r['others']:.1f}"])
+        rows.append([label, f"{r['files']:,}", f"{r['bytes'] / 1e6:.1f}", f"{r['tokens'] / 1e6:.2f}M",
+                     f"{r['wall']:.1f}", f"{r['bytes'] / 1e6 / r['wall']:.2f}",
+                     f"{r['cpu'] / r['wall']:.2f} of {os.cpu_count()}", f"{r['base'] / 2**20:.0f}",
+                     f"{r['rss'] / 2**20:.0f}", f"{r['others']:.1f}"])
     growth = big['rss'] / one['rss'] - 1
     return ("### prepare: GPT-2 BPE of the stdlib corpus (each run in its own process)\n\n" +
             markdown_table(['corpus', 'files', 'MB', 'tokens', 'seconds', 'MB/s', 'cores used (CPU s / wall s)',
-                   'RSS after imports MiB', 'peak RSS MiB', 'other processes (cores)'], rows) +
+                            'RSS after imports MiB', 'peak RSS MiB', 'other processes (cores)'], rows) +
             f"\n\nPeak RSS growth {cfg.copies}x vs 1x: {growth * 100:+.1f}%")
 
 
 def bench_coldops(cfg):
     """What a small op costs right after a matrix product: a one-token step reads every weight once (a baby GPT's
-    42.5 MB in fp32), flushing each core's caches before each op that follows. Here a sum streams the MB."""
+    weights are far more than a core's L2: docs/benchmarks.md), flushing each core's caches before each op that
+    follows. Here a sum streams the MB."""
     x, w, h, n = torch.randn(1, 384), torch.ones(384), torch.randn(1, 1536), 200 if cfg.quick else 2000
     ops, sizes, rows = {'LayerNorm of 384': lambda: F.layer_norm(x, (384,), w), 'GELU (tanh) of 1,536':
                         lambda: F.gelu(h, approximate='tanh'), 'add of 384': lambda: x + x}, [0, 0.5, 1, 2, 4, 8], []
@@ -376,7 +370,8 @@ def bench_coldops(cfg):
                 op()
                 total += (time.perf_counter_ns() - t) * (i >= 50)
             rows[-1].append(f"{total / n / 1e3:.1f}")
-    return (f"### small ops after streaming memory (us per op, mean of {n}, {torch.get_num_threads()} torch threads)\n\n" +
+    return (f"### small ops after streaming memory (us per op, mean of {n}, {torch.get_num_threads()} torch "
+            "threads)\n\n" +
             markdown_table(['op', *[f"after {mb:g} MB" if mb else 'alone' for mb in sizes]], rows))
 
 
@@ -387,8 +382,8 @@ def main(cfg):
     sections = [s.strip() for s in cfg.only.split(',') if s.strip()]
     unknown = set(sections) - {'peak', 'train', 'sample', 'prepare', 'coldops'}
     if unknown:
-        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from peak,train,sample,prepare,coldops "
-                         "(checkpoints are compared by python -m bench.checkpoints)")
+        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; choose from "
+                         "peak,train,sample,prepare,coldops (checkpoints are compared by python -m bench.checkpoints)")
     rt = setup_runtime(cfg.device, 'float32')
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -397,35 +392,27 @@ def main(cfg):
         impls.append(Impl('nanoGPT', load_nanogpt(cfg.nanogpt)))
     if cfg.compile:
         impls.append(Impl('seedgpt compiled', seedgpt_model, compile=True))
-    cpu = 'unknown CPU'
-    with contextlib.suppress(OSError):
-        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    bf16 = 'native bf16' if cpu_has_bf16() else 'no native bf16' + (
-        ' (SEEDGPT_CPU_BF16=0)' if os.environ.get('SEEDGPT_CPU_BF16') == '0' else '')
-    device = torch.cuda.get_device_name(rt.device) if rt.device_type == 'cuda' else f"{cpu}, {bf16}"
-    load0, others = os.getloadavg()[0], OtherLoad()
-    log(f"seedgpt bench | torch {torch.__version__} | {rt.device} ({device}) | {torch.get_num_threads()} threads | "
-        f"sections {','.join(sections)}" + (' | quick' if cfg.quick else ''))
-
-    parts = []
-    for name, fn in [('peak', lambda: bench_peak(cfg, rt)), ('train', lambda: bench_train(cfg, rt, impls)),
-                     ('sample', lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile])), ('prepare', lambda: bench_prepare(cfg, rt)),
-                     ('coldops', lambda: bench_coldops(cfg))]:
-        if name in sections:
-            parts.append(fn())
+    device, start, load0, others = device_name(rt), time.time(), os.getloadavg()[0], OtherLoad()
+    progress(f"seedgpt bench | torch {torch.__version__} | {rt.device} ({device}) | {torch.get_num_threads()} "
+             f"threads | sections {','.join(sections)}" + (' | quick' if cfg.quick else ''))
+    run = {'peak': lambda: bench_peak(cfg, rt), 'train': lambda: bench_train(cfg, rt, impls),
+           'sample': lambda: bench_sample(cfg, rt, [i for i in impls if not i.compile]),
+           'prepare': lambda: bench_prepare(cfg, rt), 'coldops': lambda: bench_coldops(cfg)}
+    parts = [fn() for name, fn in run.items() if name in sections]
     busy = others.cores()
     warning = (f"\n\n**Other processes kept {busy:.1f} of {os.cpu_count()} cores busy on average during this run: "
                f"the timings are skewed; rerun on an idle machine before quoting them.**" if busy > 0.1 else '')
     head = (f"## seedgpt bench{' (quick)' if cfg.quick else ''}\n\n"
             f"torch {torch.__version__} | {rt.device}: {device}, {os.cpu_count()} cores, {torch.get_num_threads()} "
             f"torch threads | {'vs nanoGPT' if cfg.nanogpt else 'seedgpt alone'} | load average {load0:.1f} at start, "
-            f"{os.getloadavg()[0]:.1f} at end | {time.time() - T0:.0f} s | {time.strftime('%Y-%m-%d %H:%M')}" + warning)
+            f"{os.getloadavg()[0]:.1f} at end | {time.time() - start:.0f} s | {time.strftime('%Y-%m-%d %H:%M')}"
+            + warning)
     text = '\n\n'.join([head] + parts) + '\n'
     print(text)
     if cfg.out:
         with open(cfg.out, 'w', encoding='utf-8') as f:
             f.write(text)
-        log(f"wrote {cfg.out}")
+        progress(f"wrote {cfg.out}")
 
 
 if __name__ == '__main__':

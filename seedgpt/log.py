@@ -4,7 +4,6 @@ step's stats over micro-batches and processes.
 """
 import json
 import os
-import time
 from dataclasses import asdict
 
 import torch
@@ -14,7 +13,6 @@ def fmt_time(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
         else f"{seconds // 60}:{seconds % 60:02d}"
-
 
 
 def add_stats(sums, stats):
@@ -58,35 +56,4 @@ class Logger:
             self.file.close()
         if self.wandb:
             self.wandb.finish()  # uploads what is left; skipped, a run's last rows can be lost
-
-
-class OtherLoad:
-    """Cores kept busy by other processes since the last reading: tests running beside us skew every number."""
-
-    def __init__(self):
-        self.last = self.read()
-
-    @staticmethod
-    def read():
-        try:
-            with open('/proc/stat') as f:
-                ticks = [int(v) for v in f.readline().split()[1:]]
-        except OSError:
-            return None  # not Linux
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf('SC_CLK_TCK')  # all but idle and iowait
-        own = sum(os.times()[:4])  # this process and the prepare subprocesses
-        return busy, own, time.time()
-
-    def cores(self):
-        now, last = self.read(), self.last
-        self.last = now
-        if now is None:
-            return float('nan')
-        return max(0.0, (now[0] - last[0]) - (now[1] - last[1])) / max(now[2] - last[2], 1e-9)
-
-
-def markdown_table(headers, rows):
-    """A markdown table of these headers and rows (any values, shown with str)."""
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
 
