@@ -1,12 +1,12 @@
 """
 Make a trained checkpoint smaller: int8 weights, pruned weights, or only the weights (no optimizer state).
 
-    python -m compress.shrink --out_dir=out-stdlib-char --int8 --to=out-stdlib-char-int8            # int8 blocks
-    python -m compress.shrink --out_dir=out-stdlib-char --prune=0.5 --to=out-stdlib-char-p50         # half of each matrix zeroed
+    python -m compress.shrink --out_dir=out-stdlib-char --int8 --to=out-stdlib-char-int8               # int8 blocks
+    python -m compress.shrink --out_dir=out-stdlib-char --prune=0.5 --to=out-stdlib-char-p50           # half zeroed
     python train.py --init_from=out-stdlib-char-p50 --out_dir=out-stdlib-char-p50-ft --block_size=128 --max_time=30
-    python -m compress.shrink --out_dir=out-stdlib-char --prune_pattern=2:4 --to=out-stdlib-char-2of4  # 2 of every 4 zeroed
-    python -m compress.shrink --out_dir=out-stdlib-char --dtype=bfloat16 --to=out-stdlib-char-bf16    # float weights in bf16
-    python -m compress.shrink --out_dir=out-stdlib-char --to=out-stdlib-char-fp32                     # the weights alone
+    python -m compress.shrink --out_dir=out-stdlib-char --prune_pattern=2:4 --to=out-stdlib-char-2of4  # 2 of 4 zeroed
+    python -m compress.shrink --out_dir=out-stdlib-char --dtype=bfloat16 --to=out-stdlib-char-bf16     # bf16 floats
+    python -m compress.shrink --out_dir=out-stdlib-char --to=out-stdlib-char-fp32                      # weights alone
 
 What changes is the Linear layers of the blocks (attention's c_attn and c_proj, the MLP's c_fc and c_proj):
 nearly all the weights of a model with a small vocabulary. Embeddings (tied to lm_head) and norms stay.
@@ -78,9 +78,10 @@ def compress(cfg):
     if cfg.int8:
         quantize_int8(model)  # zeros stay zeros: round(0 / scale) = 0
     model.to(getattr(torch, cfg.dtype))  # floats only: the int8 weights keep their dtype
-    out = {'model': model.state_dict(), 'model_args': ckpt['model_args'], 'config': ckpt['config'], 'meta': ckpt['meta'],
-           'compress': {'source': os.fspath(cfg.out_dir), 'int8': cfg.int8, 'prune': cfg.prune,
-                        'prune_pattern': cfg.prune_pattern, 'dtype': cfg.dtype}}
+    how = {'source': os.fspath(cfg.out_dir), 'int8': cfg.int8, 'prune': cfg.prune,
+           'prune_pattern': cfg.prune_pattern, 'dtype': cfg.dtype}
+    out = {'model': model.state_dict(), 'model_args': ckpt['model_args'], 'config': ckpt['config'],
+           'meta': ckpt['meta'], 'compress': how}
     if cfg.int8:
         out['quant'] = 'int8'  # sample.load_model builds Int8Linear layers for these weights
     elif masks:

@@ -1,11 +1,11 @@
 """
 See how a trained GPT thinks: what each new token attends to, and which tokens it chose among.
 
-    python -m explain.attention --out_dir=out-stdlib-char --prompt="def main(" --tokens=40       # terminal: colours + top-k table
-    python -m explain.attention --out_dir=out-zh --prompt="都是勇敢的" --png=explain-out/        # heat maps per layer and head
-    python -m explain.attention --out_dir=out-stdlib-char --prompt="import " --html=explain.html  # one self-contained page
-    python -m explain.attention --out_dir=out-stdlib-char --layer=0 --head=2 --temperature=0     # one head of the first block, greedy
-    python -m explain.attention --out_dir=out-sft-tasks --chat --prompt="What is 48+75?"          # a chat model's answer
+    python -m explain.attention --out_dir=out-stdlib-char --prompt="def main(" --tokens=40        # terminal, top-k
+    python -m explain.attention --out_dir=out-zh --prompt="都是勇敢的" --png=explain-out/         # PNG heat maps
+    python -m explain.attention --out_dir=out-stdlib-char --prompt="import " --html=explain.html  # one HTML page
+    python -m explain.attention --out_dir=out-stdlib-char --layer=0 --head=2 --temperature=0      # one head, greedy
+    python -m explain.attention --out_dir=out-sft-tasks --chat --prompt="What is 48+75?"          # a chat model's turn
 
 In a terminal each step prints the context, the token being generated in red, every earlier token
 shaded from grey (hardly looked at) to blue (looked at most) by the attention of the position that
@@ -182,16 +182,16 @@ def terminal(tok, text, ids, n_prompt, logits, att, cfg, colour, out=sys.stdout)
               f"at) to {rgb('blue', BLUE, True)} (looked at most, relative to the row's largest weight); · is a space",
               file=out)
     for t in range(n_prompt, len(ids)):
-        row = a[t - 1, :t]  # the position before t reads tokens 0..t-1 and predicts token t
+        row = a[t - 1, :t].tolist()  # the position before t reads tokens 0..t-1 and predicts token t
         chosen = visible(text[t], space=True)
         if colour:
-            scale = row.max().item()
+            scale = max(row)
             dots = lambda s: visible(s).replace(' ', '·')  # a coloured space would not show
-            context = ''.join(rgb(dots(text[j]), shade(w / scale), bold=w / scale > 0.5) for j, w in enumerate(row.tolist()))
+            context = ''.join(rgb(dots(text[j]), shade(w / scale), bold=w / scale > 0.5) for j, w in enumerate(row))
             print(f"{t - n_prompt + 1:>3} {context}{rgb(dots(text[t]), RED, bold=True)}", file=out)
         else:
             print(f"step {t - n_prompt + 1}: {chosen!r} after {''.join(text[:t])!r}", file=out)
-            print("  attention: " + '  '.join(f"{visible(text[j], space=True)} {w:.2f}" for j, w in enumerate(row.tolist())),
+            print("  attention: " + '  '.join(f"{visible(text[j], space=True)} {w:.2f}" for j, w in enumerate(row)),
                   file=out)
         cells = []
         for p, i in zip(probs[t - 1].tolist(), top[t - 1].tolist()):
@@ -213,7 +213,8 @@ def terminal(tok, text, ids, n_prompt, logits, att, cfg, colour, out=sys.stdout)
 def cjk_font():
     """The family name of a Noto CJK font matplotlib can use (Debian: fonts-noto-cjk), or None."""
     from matplotlib import font_manager
-    names = sorted({f.name for f in font_manager.fontManager.ttflist if 'Noto Sans CJK' in f.name or 'Noto Serif CJK' in f.name})
+    names = sorted({f.name for f in font_manager.fontManager.ttflist
+                    if 'Noto Sans CJK' in f.name or 'Noto Serif CJK' in f.name})
     for want in ('Noto Sans CJK SC', 'Noto Sans CJK JP', 'Noto Sans CJK TC'):
         if want in names:
             return want
@@ -330,7 +331,8 @@ const esc = s => s.replace(/[&<>]/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt
 function show(t) {
   const l = +layerSel.value, h = +headSel.value;
   document.getElementById('where').textContent = t > 0 ? 'token ' + t + ': ' + JSON.stringify(D.tokens[t]) : '';
-  spans.forEach((s, j) => { s.className = 'tok' + (j >= D.prompt ? ' gen' : ''); s.style.background = s.style.color = ''; });
+  spans.forEach((s, j) => { s.className = 'tok' + (j >= D.prompt ? ' gen' : '');
+                            s.style.background = s.style.color = ''; });
   if (t < 1) return;
   const r = row(l, h, t - 1), m = Math.max(...r);
   r.forEach((w, j) => {  // dark blue with white text where the weight is high
@@ -371,7 +373,8 @@ def page(tok, text, ids, n_prompt, logits, att, k, title):
         # only the lower triangle: row i holds the weights over tokens 0..i
         'att': [[[[round(w, 4) for w in att[l, h, i, :i + 1].tolist()] for i in range(T)] for h in range(nh)]
                 for l in range(L)],
-        'cands': [[[tok.decode([i]), round(q, 5)] for q, i in zip(probs[t].tolist(), top[t].tolist())] for t in range(T)],
+        'cands': [[[tok.decode([i]), round(q, 5)] for q, i in zip(probs[t].tolist(), top[t].tolist())]
+                  for t in range(T)],
         'p': [0.0] + [round(p[t - 1, ids[t]].item(), 5) for t in range(1, T)],  # of token t, before it came
     }
     spans = ''.join(f'<span class="tok{" gen" if i >= n_prompt else ""}" data-i="{i}">'
@@ -379,7 +382,6 @@ def page(tok, text, ids, n_prompt, logits, att, k, title):
                     for i, s in enumerate(text))
     blob = json.dumps(data, ensure_ascii=False, separators=(',', ':')).replace('</', '<\\/')  # no early </script>
     return (PAGE.replace('__TITLE__', html.escape(title)).replace('__SPANS__', spans).replace('__DATA__', blob))
-
 
 
 def main(cfg):

@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 import torch
 
 from model import GPT, GPTConfig, padded_vocab
-from seedgpt.hf import GPT2_NAMES, is_hf_dir, load_gpt2, load_hf, tokenizer_matches
+from seedgpt.hf_convert import GPT2_NAMES, is_hf_dir, load_gpt2, load_hf, tokenizer_matches
 from seedgpt.int8 import quantize_int8
 from seedgpt.lora import merge_lora
 from seedgpt.prune import apply_masks
@@ -66,7 +66,8 @@ def load_checkpoint(where):
     needs to its device."""
     path = checkpoint_path(where)
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) or pass --out_dir")
+        raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/...) "
+                         "or pass --out_dir")
     return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
 
 
@@ -133,7 +134,8 @@ def start_from(cfg, meta, ckpt):
             raise SystemExit(f"error: {cfg.init_from}'s tokenizer files are not those of {cfg.data_dir}'s tokenizer; "
                              "its ids would mean other tokens")
         if same is None:
-            print0(f"note: {cfg.init_from} has no tokenizer files; {cfg.data_dir} must have been made with its tokenizer")
+            print0(f"note: {cfg.init_from} has no tokenizer files; {cfg.data_dir} must have been made with its "
+                   "tokenizer")
         args, state = load_hf(cfg.init_from, cfg.dropout)
     elif cfg.init_from.split('/')[-1] in GPT2_NAMES:  # OpenAI's weights, from a local Hugging Face copy
         if meta['tokenizer'] != 'gpt2':
@@ -153,7 +155,8 @@ def start_from(cfg, meta, ckpt):
             raise SystemExit(f"error: {path} holds {base['quant']} weights, which do not train; fine-tune the float "
                              "checkpoint and compress the result")
         args, state = {**base['model_args'], 'dropout': cfg.dropout}, base['model']
-        if cfg.value_head and not args.get('value_head'):  # a scalar head on a language model (feedback/reward.py), from zero
+        # a scalar head on a language model (feedback/reward.py), from zero
+        if cfg.value_head and not args.get('value_head'):
             args['value_head'] = True
             n_embd = args['n_embd']
             state = {**state, 'value_head.weight': torch.zeros(1, n_embd), 'value_head.bias': torch.zeros(1)}
@@ -228,7 +231,8 @@ def set_optimizer_state(model, optimizers, states, rt, fsdp):
 
 def rng_states(rt):
     """Every rank's RNG states (each draws its own dropout masks), gathered to rank 0 for the checkpoint."""
-    mine = {'cpu': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None}
+    cuda = torch.cuda.get_rng_state(rt.device) if rt.device_type == 'cuda' else None
+    mine = {'cpu': torch.get_rng_state(), 'cuda': cuda}
     if not rt.ddp:
         return [mine]
     every = [None] * rt.world_size
@@ -261,7 +265,8 @@ def load_model(out_dir, device, dtype=torch.float32, quant='none'):
     return model, load_tokenizer(ckpt['meta'])
 
 def start_masks(cfg, ckpt):
-    """The pruning masks of the checkpoint a run starts from (compress/shrink.py --prune), {} for none: {name: bool tensor}."""
+    """The pruning masks of the checkpoint a run starts from (compress/shrink.py --prune), {} for none:
+    {name: bool tensor}."""
     if ckpt:
         return ckpt.get('masks', {})
     if cfg.init_from == 'scratch' or cfg.init_from.split('/')[-1] in GPT2_NAMES or is_hf_dir(cfg.init_from):

@@ -23,8 +23,9 @@ from seedgpt.tokenizer import load_tokenizer
 def load_meta(data_dir):
     path = os.path.join(data_dir, 'meta.json')
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no dataset at {data_dir}; make it first with a prepare/ script: python -m prepare.corpus "
-                         "FILES --name=NAME for your own text, python -m prepare.stdlib for the demo's")
+        raise SystemExit(f"error: no dataset at {data_dir}; make it first with a prepare/ script: "
+                         "python -m prepare.corpus FILES --name=NAME for your own text, python -m prepare.stdlib "
+                         "for the demo's")
     with open(path, encoding='utf-8') as f:
         return json.load(f)
 
@@ -76,7 +77,8 @@ class ChatBatches(Batches):
         if meta['max_conversation_tokens'] > cfg.block_size + 1:
             raise SystemExit(f"error: {cfg.data_dir} has conversations of {meta['max_conversation_tokens']} tokens; "
                              f"use block_size >= {meta['max_conversation_tokens'] - 1}")
-        self.starts = {s: np.fromfile(os.path.join(cfg.data_dir, f'{s}.idx.bin'), dtype=np.int64) for s in ('train', 'val')}
+        self.starts = {s: np.fromfile(os.path.join(cfg.data_dir, f'{s}.idx.bin'), dtype=np.int64)
+                       for s in ('train', 'val')}
 
     def get(self, split, step, micro, tag='train'):
         cfg = self.cfg
@@ -115,13 +117,15 @@ class PairBatches(Batches):
                                  for side in ('chosen', 'rejected')] for p in pairs]
             longest = max(len(ids) for pair in self.rows[split] for ids, _ in pair)
             if longest > cfg.block_size:
-                raise SystemExit(f"error: {cfg.data_dir} has conversations of {longest} tokens; use block_size >= {longest}")
+                raise SystemExit(f"error: {cfg.data_dir} has conversations of {longest} tokens; "
+                                 f"use block_size >= {longest}")
 
     def get(self, split, step, micro, tag='train'):
         cfg, rows = self.cfg, self.rows[split]
         g = torch.Generator().manual_seed(zlib.crc32(f'{cfg.seed}/{tag}/{split}/{step}'.encode()))
         ix = torch.randint(len(rows), (cfg.batch_size * cfg.grad_accum,), generator=g)
-        convs = [rows[i][side] for side in (0, 1) for i in ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()]
+        mine = ix[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].tolist()  # this micro-batch's pairs
+        convs = [rows[i][side] for side in (0, 1) for i in mine]
         T = max(len(ids) for ids, _ in convs)
         x = torch.zeros(len(convs), T, dtype=torch.long)
         y = torch.full((len(convs), T), -1, dtype=torch.long)

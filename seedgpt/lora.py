@@ -35,7 +35,8 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # x A^T B^T, through rank r
+        return F.linear(x, self.weight, self.bias) + self.scale * update
 
 
 def add_lora(model, rank, alpha, dropout=0.0, targets=('c_attn', 'c_proj')):
@@ -82,7 +83,8 @@ def freeze_and_adapt(model, cfg, ckpt=None):
         raise SystemExit("error: resume with the lora_rank of the run that saved the checkpoint")
     if cfg.lora_rank > 0:
         try:
-            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, [t.strip() for t in cfg.lora_targets.split(',')])
+            targets = [t.strip() for t in cfg.lora_targets.split(',')]
+            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
         if ckpt:

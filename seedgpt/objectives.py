@@ -85,7 +85,8 @@ def scores(model, x, last):
 
 
 class BradleyTerry(torch.nn.Module):
-    """A reward model's loss on a batch of pairs, chosen rows first, rejected rows after: forward(x, y) -> (stats, loss).
+    """A reward model's loss on a batch of pairs, chosen rows first, rejected rows after:
+    forward(x, y) -> (stats, loss).
 
     People (or a checker) can say which of two answers is better far more reliably than how good one is.
     The Bradley-Terry model (1952) turns such comparisons into scores: it takes P(a beats b) =

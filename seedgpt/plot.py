@@ -1,8 +1,9 @@
 """
 Loss curves from training logs (out_dir/log.jsonl), as PNG files. matplotlib is optional: pip install matplotlib.
-explain/plot.py is the command; train.py writes out_dir/loss.png at each evaluation (loss_png below): train and val loss against
-iterations (and tokens, on the top axis), with the learning rate on a second y axis and, where the run
-logged it, bits per byte on a third: loss * tokens / bytes / ln 2, what compares runs of different tokenizers.
+explain/plot.py is the command; train.py writes out_dir/loss.png at each evaluation (loss_png below): train
+and val loss against iterations (and tokens, on the top axis), with the learning rate on a second y axis and,
+where the run logged it, bits per byte on a third: loss * tokens / bytes / ln 2, what compares runs of different
+tokenizers.
 """
 import json
 import os
@@ -13,7 +14,8 @@ _hinted = False  # the "install matplotlib" hint is printed once per process
 
 
 def read_log(out_dir):
-    """(step rows, eval rows) of out_dir/log.jsonl: steps have iter, loss, lr, ...; evals have iter, train_loss, val_loss."""
+    """(step rows, eval rows) of out_dir/log.jsonl: steps have iter, loss, lr, ...; evals have iter, train_loss,
+    val_loss."""
     steps, evals = [], []
     with open(os.path.join(out_dir, 'log.jsonl'), encoding='utf-8') as f:
         for line in f:
