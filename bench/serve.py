@@ -14,9 +14,11 @@ and 64 concurrent clients. Then the time to first token of a chat's 5th turn, pr
 
 A model is a checkpoint directory, or 'random': a random model of baby-GPT size (6 layers of 384, 512
 tokens of context, a char vocabulary) written to a temporary directory. Speed does not depend on the
-weights. Requests sample at temperature 1 with a seed each, so both schemes generate the same tokens;
-the random chat model then ends a reply at a chat token after ~15 tokens on average, as chat models end
-early, while the base model (no special tokens) always runs to max_tokens.
+weights. Requests sample at temperature 1 with a seed each, so both schemes make the same draws; their
+texts agree until a row's logits, which change in their last bits with the batch's shape, flip a draw near
+a boundary between two tokens (docs/serving.md, 'Seeds and batches'). The random chat model ends a reply at
+a chat token after ~15 tokens on average, as chat models end early, while the base model (no special
+tokens) always runs to max_tokens.
 
 Prints per row: requests/s and output tokens/s over the whole row; busy: text chunks (a token each with a char
 vocabulary) per second while every client still had a request to send, before the load drains with fewer
@@ -184,7 +186,8 @@ class Server:
     def __init__(self, cfg, out_dir, **settings):
         import httpx
         settings = dict(out_dir=out_dir, port=cfg.port, max_batch=cfg.max_batch, device=cfg.device, dtype=cfg.dtype,
-                        quant=cfg.quant, compile=cfg.compile, threads=cfg.threads, prefill_chunk=cfg.prefill_chunk.split(',')[0],
+                        quant=cfg.quant, compile=cfg.compile, threads=cfg.threads,
+                        prefill_chunk=cfg.prefill_chunk.split(',')[0],
                         queue_size=256, timeout=600) | settings
         args = [sys.executable, '-m', 'serve.server'] + [f'--{k}={v}' for k, v in settings.items()]
         self.url = f'http://127.0.0.1:{cfg.port}'
@@ -306,7 +309,8 @@ def engine_memory(cfg, out_dir):
     engine = Engine(model, tok.vocab_size, cfg.max_batch, prefill_chunk=int(cfg.prefill_chunk.split(',')[0]))
     rnd, bs = random.Random(cfg.seed), model.config.block_size
     print(f"# the engine alone, {rt.dtype}, {torch.get_num_threads()} torch threads, {cfg.max_batch} slots; prompts "
-          f"of 5-200 tokens, max_tokens 8-{cfg.engine_reply}; RSS every {max(1, cfg.engine_steps // 8)} steps", flush=True)
+          f"of 5-200 tokens, max_tokens 8-{cfg.engine_reply}; RSS every {max(1, cfg.engine_steps // 8)} steps",
+          flush=True)
     t0 = time.perf_counter()
     for step in range(cfg.engine_steps + 1):
         while engine.running + engine.pending.qsize() < cfg.max_batch:
@@ -376,7 +380,8 @@ def main(cfg):
         return
     if cfg.engine_steps:
         if cfg.engine_reply < 8:
-            raise SystemExit(f"error: --engine_reply must be at least 8 (replies are 8 tokens or more), got {cfg.engine_reply}")
+            raise SystemExit(f"error: --engine_reply must be at least 8 (replies are 8 tokens or more), "
+                             f"got {cfg.engine_reply}")
         engine_memory(cfg, next(iter(dirs.values())))
         tmp.cleanup()
         return

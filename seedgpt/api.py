@@ -516,13 +516,13 @@ class Reply:
         n, p = self.completion_tokens, len(self.ask.prompt)
         return {'prompt_tokens': p, 'completion_tokens': n, 'total_tokens': p + n}
 
-    def choice(self, i, text, tokens, finish):
-        """A streamed choice: chat's delta, or completions' text."""
+    def choice(self, i, text, tokens, finish, message=None):
+        """Choice i: completions' text, or chat's delta (streamed) or message (whole)."""
         lp = self.logprobs[i](tokens) if self.ask.logprobs is not None and tokens else None
         if not self.chat:
             return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': finish}
-        return {'index': i, 'delta': {'content': text} if text is not None else {}, 'logprobs': lp,
-                'finish_reason': finish}
+        said = {'message': message} if message else {'delta': {'content': text} if text is not None else {}}
+        return {'index': i, **said, 'logprobs': lp, 'finish_reason': finish}
 
     def chunk(self, choice):
         return sse({**self.top, 'choices': [choice]})
@@ -571,12 +571,8 @@ class Reply:
         return {**self.top, 'object': kind, 'usage': self.usage(), 'choices': [self.whole(i) for i in range(self.n)]}
 
     def whole(self, i):
-        text, finish = ''.join(self.pieces[i]), self.finish[i]
-        tokens = self.tokens[i]
-        lp = self.logprobs[i](tokens) if self.ask.logprobs is not None and tokens else None
-        if not self.chat:
-            return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': finish}
+        text = ''.join(self.pieces[i])
         message = {'role': 'assistant', 'content': text}
         if self.calls[i]:  # the text before the call, if any; OpenAI's null when there is none
             message = {'role': 'assistant', 'content': text or None, 'tool_calls': self.calls[i]}
-        return {'index': i, 'message': message, 'logprobs': lp, 'finish_reason': finish}
+        return self.choice(i, text, self.tokens[i], self.finish[i], message)

@@ -28,7 +28,10 @@ prefill_chunk trades time between tokens for admissions: at 64, 16 chat clients 
 replies) asked for more prompt tokens per step than it let in, and the decoding rows ran half full
 (docs/serving.md).
 Every row has its own positions and sees only its own keys (SlotCache), so a request that fits
-in block_size alone fits in any batch, and at temperature 0 gets the tokens it gets alone.
+in block_size alone fits in any batch. Its logits equal its logits alone up to their last bits, which change
+with the batch's shape (the matmuls add up in other orders). So a greedy row gets its lone tokens but at
+near-ties, and a seeded row always gets its lone draws (one per token, from its own generator), and its lone
+tokens until a draw lands where a boundary between two tokens moved (docs/serving.md, 'Seeds and batches').
 A forward or sampling that fails is retried row by row: only the row that fails alone ends.
 
 static=True is the scheme this replaces, kept to compare against (bench/serve.py): requests are taken
