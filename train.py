@@ -25,8 +25,7 @@ import torch
 from model import GPTConfig
 from seedgpt.checkpoint import resume_run, save_run, start_run
 from seedgpt.config import check_type, load_config
-from seedgpt.dataset import bits_per_byte
-from seedgpt.data import data_batches, load_meta
+from seedgpt.data import bits_per_byte, data_batches, load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
 from seedgpt.loop import Cadence, RunConfig
 from seedgpt.lora import freeze_and_adapt

@@ -61,10 +61,8 @@ from model import GPT, GPTConfig
 from seedgpt.chat import CHAT_SPECIALS
 from seedgpt.checkpoint import load_checkpoint, save_checkpoint
 from seedgpt.config import load_config
+from seedgpt.measure import REPO, memory
 from seedgpt.tokenizer import load_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @dataclass
 class Config:
@@ -196,7 +194,7 @@ class Server:
             raise SystemExit(f"error: something already listens on port {cfg.port}: pick another with --port")
         except httpx.HTTPError:
             pass
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL)
         for _ in range(600):
             try:
                 if httpx.get(self.url + '/health', trust_env=False).status_code == 200:
@@ -317,13 +315,9 @@ def engine_memory(cfg, out_dir):
             prompt = [rnd.randrange(tok.vocab_size) for _ in range(rnd.randint(5, min(200, bs // 2)))]
             engine.submit(Request(prompt, rnd.randint(8, min(cfg.engine_reply, bs - len(prompt))), seed=step))
         if step % max(1, cfg.engine_steps // 8) == 0:
-            print(f"  step {step:6d}  {time.perf_counter() - t0:6.0f} s  RSS {rss_mb(os.getpid()):7.1f} MB", flush=True)
+            rss = memory('VmRSS:') / 2**20
+            print(f"  step {step:6d}  {time.perf_counter() - t0:6.0f} s  RSS {rss:7.1f} MB", flush=True)
         engine.step()
-
-
-def rss_mb(pid):
-    with open(f'/proc/{pid}/status') as f:
-        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:')) / 1024
 
 
 def soak(cfg, kind, out_dir, clients):
@@ -338,10 +332,10 @@ def soak(cfg, kind, out_dir, clients):
         def watch():
             t0 = time.perf_counter()
             while not done.wait(1.0):
-                samples.append((time.perf_counter() - t0, rss_mb(pid)))
+                samples.append((time.perf_counter() - t0, memory('VmRSS:', pid) / 2**20))
                 if len(samples) % max(1, int(cfg.soak / 10)) == 0:
                     print(f"  {samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MB", flush=True)
-        start = rss_mb(pid)
+        start = memory('VmRSS:', pid) / 2**20
         print(f"# soak: {kind} model, {clients} clients, {cfg.soak:g} s, continuous batching, max_batch "
               f"{cfg.max_batch}; server RSS after warm-up {start:.1f} MB", flush=True)
         watcher = threading.Thread(target=watch)
@@ -350,7 +344,7 @@ def soak(cfg, kind, out_dir, clients):
         r = load_test(url, clients, asks, time_limit=cfg.soak)
         done.set()
         watcher.join()
-        end = rss_mb(pid)
+        end = memory('VmRSS:', pid) / 2**20
     rss = [m for _, m in samples]
     tenth = max(1, len(rss) // 10)
     # the first tenth is the load's own ramp; a leak keeps growing through the second half, a high-water mark does not

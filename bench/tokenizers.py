@@ -33,8 +33,7 @@ import sys
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.dataset import ROOT
-from seedgpt.measure import OtherLoad, child, cpu_name, markdown_table, progress
+from seedgpt.measure import REPO, OtherLoad, child, cpu_name, markdown_table, progress
 
 
 @dataclass
@@ -135,7 +134,7 @@ print(json.dumps({}))
 def run(args):
     """`python *args` from the repo root; its stdout."""
     progress(' '.join(args))
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"error: {' '.join(args)} failed:\n{p.stderr[-2000:]}")
     return p.stdout

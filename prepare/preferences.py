@@ -31,7 +31,7 @@ import torch
 from seedgpt.chat import render_prompt
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
-from seedgpt.dataset import ROOT, publish, write_tokenizer
+from seedgpt.dataset import DATA_ROOT, publish, write_tokenizer
 from seedgpt.generate import generate_replies, reply_text
 from seedgpt.runtime import setup_runtime
 from seedgpt.tasks import check
@@ -88,7 +88,7 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
         raise SystemExit(f"error: --from_dir={from_dir}: no checkpoint there; train one first: "
                          "python train.py config/sft_tasks.py")
     data_dir = data_dir or load_checkpoint(from_dir)['config'].get('data_dir', 'data/tasks')
-    out_dir = out_dir or os.path.join(ROOT, 'data', 'preferences')
+    out_dir = out_dir or os.path.join(DATA_ROOT, 'preferences')
     rt = setup_runtime(device, 'float32', seed)
     model, tok = load_model(from_dir, rt.device, torch.float32)
     meta = json.load(open(os.path.join(data_dir, 'meta.json'), encoding='utf-8'))

@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.dataset import ROOT, CorpusError, prepare, run
+from seedgpt.dataset import DATA_ROOT, CorpusError, prepare, run
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -46,7 +46,7 @@ def main(cfg):
     def go():
         path = cfg.input
         if not path:
-            path = os.path.join(ROOT, 'data', 'tinyshakespeare.txt')
+            path = os.path.join(DATA_ROOT, 'tinyshakespeare.txt')
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 download(path)

@@ -10,6 +10,7 @@ sees the same tokens as k processes with grad_accum=k.
     PairBatches   preference pairs, chosen rows then rejected rows (reward model, DPO)
 """
 import json
+import math
 import os
 import zlib
 
@@ -28,6 +29,20 @@ def load_meta(data_dir):
                          "for the demo's")
     with open(path, encoding='utf-8') as f:
         return json.load(f)
+
+
+def bits_per_byte(losses, meta):
+    """{'train_bpb', 'val_bpb'}: each split's loss (nats per token) as bits per byte of the text it predicts,
+    loss * tokens / bytes / ln 2 with the split's counts from meta.json, which compares models whatever their
+    tokenizer. A chat dataset's loss covers the assistant's tokens alone, so its counts are theirs. {} for a
+    dataset made before meta.json counted bytes."""
+    out = {}
+    for split in ('train', 'val'):
+        key = f'{split}_loss' if f'{split}_loss_tokens' in meta else split
+        tokens, n_bytes = meta.get(f'{key}_tokens'), meta.get(f'{key}_bytes')
+        if split in losses and tokens and n_bytes:
+            out[f'{split}_bpb'] = losses[split] * (tokens / n_bytes) / math.log(2)
+    return out
 
 
 def load_tokens(data_dir, split, meta):

@@ -8,7 +8,7 @@ Inputs are files, directories (searched for .txt, .md and .jsonl) or globs; ever
 in a .jsonl line (\\ud800, no character) becomes U+FFFD, reported (iter_documents). In BPE mode (GPT-2's,
 or 'bpe': one learned from the train split alone) each document ends with <|endoftext|>; in char mode
 documents are joined by a blank line. meta.json counts each split's tokens and the bytes of text they stand
-for (<|endoftext|> stands for none): bits per byte is loss * tokens / bytes / ln 2 (bits_per_byte).
+for (<|endoftext|> stands for none): bits per byte is loss * tokens / bytes / ln 2 (bits_per_byte in seedgpt/data.py).
 
 The split is deterministic and falls on document boundaries: a document goes to val when a hash of its
 name says so (about val_fraction of them). A corpus of a single document (tiny Shakespeare) is cut
@@ -20,7 +20,6 @@ appears (publish) only when complete, so a failed run never leaves a torn datase
 """
 import glob
 import json
-import math
 import os
 import re
 import shutil
@@ -37,7 +36,8 @@ import numpy as np
 from seedgpt.log import fmt_time
 from seedgpt.tokenizer import EOT, BPETokenizer, gpt2_encoding, train_bpe
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: data/ goes here
+# the repo's data/: every prepare/ script writes its dataset under it unless told otherwise
+DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
 
 
 TEXT_EXTS = ('.txt', '.md', '.jsonl')
@@ -249,7 +249,7 @@ def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1,
     learns a BPE of vocab_size tokens on the train split and writes it beside the tokens as tokenizer.json."""
     check_settings(tokenizer, val_fraction, vocab_size)
     files = files or find_files(inputs)
-    out_dir = out_dir or os.path.join(ROOT, 'data', name)
+    out_dir = out_dir or os.path.join(DATA_ROOT, name)
     info = survey(files, text_field, val_fraction, tokenizer == 'char')
     if tokenizer == 'char':
         enc = char_encoder(info)
@@ -379,20 +379,6 @@ def write_tokenizer(d, meta):
     'tokenizer_json', because every checkpoint keeps its dataset's meta and must decode without the dataset."""
     with open(os.path.join(d, 'tokenizer.json'), 'w', encoding='utf-8') as f:
         f.write(meta['tokenizer_json'])
-
-
-def bits_per_byte(losses, meta):
-    """{'train_bpb', 'val_bpb'}: each split's loss (nats per token) as bits per byte of the text it predicts,
-    loss * tokens / bytes / ln 2 with the split's counts from meta.json, which compares models whatever their
-    tokenizer. A chat dataset's loss covers the assistant's tokens alone, so its counts are theirs. {} for a
-    dataset made before meta.json counted bytes."""
-    out = {}
-    for split in ('train', 'val'):
-        key = f'{split}_loss' if f'{split}_loss_tokens' in meta else split
-        tokens, n_bytes = meta.get(f'{key}_tokens'), meta.get(f'{key}_bytes')
-        if split in losses and tokens and n_bytes:
-            out[f'{split}_bpb'] = losses[split] * (tokens / n_bytes) / math.log(2)
-    return out
 
 
 def publish(tmp_dir, out_dir, meta):

@@ -24,9 +24,8 @@ The scheduling rule, at each step:
   4. each row that has fed all its ids samples its next token; a row that has just read its prompt
      joins the decoding rows for the next step.
 A row ends at a stop id, at max_tokens, when cancelled, or when it fails; its slot is free at once.
-prefill_chunk trades time between tokens for admissions: at 64, 16 chat clients (~100-token prompts, ~15-token
-replies) asked for more prompt tokens per step than it let in, and the decoding rows ran half full
-(docs/serving.md).
+prefill_chunk trades time between tokens for admissions: too small, and many chat clients ask for more
+prompt tokens per step than it lets in, so the decoding rows run half full (docs/serving.md).
 Every row has its own positions and sees only its own keys (SlotCache), so a request that fits
 in block_size alone fits in any batch. Its logits equal its logits alone up to their last bits, which change
 with the batch's shape (the matmuls add up in other orders). So a greedy row gets its lone tokens but at
@@ -59,10 +58,10 @@ Token = namedtuple('Token', 'id logprob top')  # top: [(id, logprob), ...] when 
 def packed_length(n):
     """The length a step's sequence of n tokens is padded to: n itself up to 16, above that the next of a few
     lengths per doubling (at most 1/8 more tokens). oneDNN compiles a matmul for each shape it meets and
-    keeps up to 1,024 of them (~150 KB each with AMX): the mixed load's packed length takes ~300 values, so
-    the server's memory kept growing as new ones turned up. Padded, a step has one of ~70 lengths: the
-    cache stops growing within minutes, and the padding costs at most 1/8 of a step's tokens (docs/serving.md).
-    Only bf16 and fp16 on a CPU need it: fp32 matmuls go to MKL, which keeps nothing per shape."""
+    keeps up to a thousand of them: a mixed load's packed lengths take hundreds of values, so the server's
+    memory kept growing as new ones turned up. Padded, a step has one of a few dozen lengths, and the cache
+    stops growing (docs/serving.md has the figures). Only bf16 and fp16 on a CPU need it: fp32 matmuls go
+    to MKL, which keeps nothing per shape."""
     step = 1 << max(0, n.bit_length() - 4)  # 1 below 16, 2 from 16, 4 from 32, ... : 8 lengths per doubling
     return -(-n // step) * step
 
@@ -74,11 +73,11 @@ class SlotCache(Cache):
     A step's rows go through the model in one forward, their new tokens packed in one sequence (1, N):
     plan() says which slots they are and where each row's tokens go; then the model meets it through
     model.Cache's interface: positions() gives each token its position, attend() each layer's attention,
-    and `last` each row's last token, where the logits are taken. Reading the weights once per step, not once per row or prompt, is
-    what a CPU's decoding time goes to. Each row sees only its own keys, up to itself: no row is padded
-    to another's length, so a sequence that fits alone fits beside any other. The keys past a row's
-    position are masked out (a batch reads up to its longest row, rounded up), so a slot needs no clearing
-    between uses.
+    and `last` each row's last token, where the logits are taken. Reading the weights once per step, not once per
+    row or prompt, is what a CPU's decoding time goes to. Each row sees only its own keys, up to itself: no row is
+    padded to another's length, so a sequence that fits alone fits beside any other. The keys past a row's position
+    are masked out (a batch reads up to its longest row, rounded up); the engine still zeroes what a new row does
+    not reuse, since a masked weight of 0 times a NaN left there is NaN.
     """
 
     def __init__(self, config, slots, dtype=torch.float32, device='cpu'):
@@ -88,7 +87,7 @@ class SlotCache(Cache):
                               device=device)
         self.block_size = config.block_size
         # shapes rounded (packed_length, and the keys' length): bf16 and fp16 on a CPU compile and keep kernels
-        # per shape; fp32 does not, and there the rounding only cost time (+4% a step, docs/serving.md)
+        # per shape; fp32 does not, and there the rounding only cost time (docs/serving.md)
         self.round_shapes = dtype != torch.float32 and self.kv.device.type == 'cpu'
 
     def plan(self, segments):
@@ -126,7 +125,8 @@ class SlotCache(Cache):
         out, n = [], 0
         for (start, pos, T), (cols, mask) in zip(self.segments, self.where):
             B = len(pos)
-            qs, ks, vs = (t[0, :, n:n + B * T].unflatten(1, (B, T)).transpose(0, 1) for t in (q, k, v))  # (B, nh, T, hs)
+            # each segment's rows: (B, nh, T, hs)
+            qs, ks, vs = (t[0, :, n:n + B * T].unflatten(1, (B, T)).transpose(0, 1) for t in (q, k, v))
             K, V = self.kv[i, :, start:start + B].unbind(0)  # (B, nh, block_size, hs) views of the pool
             if B == 1:  # a prompt's chunk: one slice
                 K[:, :, pos[0]:pos[0] + T], V[:, :, pos[0]:pos[0] + T] = ks, vs

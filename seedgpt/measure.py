@@ -11,10 +11,12 @@ import time
 
 import torch
 
-from seedgpt.dataset import ROOT
 from seedgpt.runtime import cpu_has_bf16
 
 T0 = time.time()
+
+# child processes run from the repo root, as every script does
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def progress(msg):
@@ -84,17 +86,17 @@ def take_turns(fns, rounds, device='cpu', seconds=0.0, calls=1):
 def child(code, *args, env=None):
     """Run a snippet in a fresh Python from the repo root (its own peak memory, its own thread settings); its
     last line of output is JSON, returned."""
-    p = subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, **(env or {})})
     if p.returncode:
         raise SystemExit(f"error: a benchmark child failed:\n{p.stderr}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def memory(key):
-    """This process's memory in bytes from /proc/self/status: 'VmRSS:' now, 'VmHWM:' its peak (not ru_maxrss,
+def memory(key, pid='self'):
+    """A process's memory in bytes from /proc/PID/status: 'VmRSS:' now, 'VmHWM:' its peak (not ru_maxrss,
     which keeps the forking parent's peak across exec)."""
-    with open('/proc/self/status') as f:
+    with open(f'/proc/{pid}/status') as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
 

@@ -4,7 +4,7 @@ Serve a checkpoint over HTTP with the OpenAI API, and a chat page for people.
     python -m serve.server --out_dir=out-sft-tasks --port=8000         # http://127.0.0.1:8000/ is the chat page
     python -m serve.server --out_dir=out-stdlib-char --max_batch=1     # a base model (completions only), one at a time
     python -m serve.server --out_dir=out-sft-tasks --batching=static   # the old static batches, to compare
-    python -m bench.serve --out_dir=out-sft-tasks                      # load test: continuous against static batches
+    python -m bench.serve --chat_dir=out-sft-tasks                     # load test: continuous against static batches
 
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "out-sft-tasks", "messages": [{"role": "user", "content": "What is 48+75?"}]}'

@@ -12,8 +12,7 @@ import torch
 from conftest import make_text, run_script, run_train, write
 from seedgpt import dataset
 from seedgpt.chat import CHAT_SPECIALS
-from seedgpt.dataset import bits_per_byte
-from seedgpt.data import load_meta, load_tokens
+from seedgpt.data import bits_per_byte, load_meta, load_tokens
 from seedgpt.tokenizer import EOT, BPETokenizer, load_tokenizer, same_ids, train_bpe
 
 pytest.importorskip('tokenizers')

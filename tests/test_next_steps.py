@@ -22,9 +22,6 @@ DOCS = ['README.md', *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / 'do
 EXTERNAL = {'pytest', 'venv', 'pip'}  # python -m of a tool, not of this repo
 # commands written for another program, each with why
 NOT_OURS = {'config/train_shakespeare_char.py': "nanoGPT's config, run in nanoGPT's checkout (docs/benchmarks.md)"}
-# known stale commands in files this test's author does not own, reported to their owners: (file, argument).
-# Delete an entry once its file is fixed.
-REPORTED = {('bench/speed.py', '--only=quant'), ('serve/server.py', '--out_dir=out-sft-tasks')}
 
 # one argument: --key, --key=value (quoted or bare), or a config file
 ARG = r'''--?[\w-]+(?:=(?:"[^"]*"|'[^']*'|[^\s,;)`'"\\]*))?|config/[\w.]+\.py'''
@@ -89,7 +86,7 @@ def test_every_written_command_parses(monkeypatch):
     found = commands()
     assert len(found) > 300 and {m for _, m, _ in found} >= {'train', 'sample', 'chat.eval', 'feedback.dpo'}
     bad = [f"{where}: python -m {module} {' '.join(argv)}: {p}" for where, module, argv in found
-           if not any(where.startswith(f + ':') and a in argv for f, a in REPORTED) for p in problems(module, argv)]
+           for p in problems(module, argv)]
     assert not bad, '\n'.join(bad)
 
 
