@@ -31,7 +31,7 @@ from seedgpt.loop import Cadence, RunConfig
 from seedgpt.lora import freeze_and_adapt
 from seedgpt.objectives import Distill
 from seedgpt.optim import Stepper, lr_at
-from seedgpt.plot import loss_png
+from seedgpt.charts import loss_png
 from seedgpt.runtime import exit_after_torchrun, peak_flops, print0, rank0_float, setup_runtime
 
 

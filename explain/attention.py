@@ -35,7 +35,7 @@ from seedgpt.chat import chat_ids, render_prompt
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.generate import generate_stream
-from seedgpt.plot import figure, save
+from seedgpt.charts import figure, save
 from seedgpt.runtime import setup_runtime
 
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from seedgpt.config import load_config
-from seedgpt.plot import draw_runs
+from seedgpt.charts import draw_runs
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""plot.py: train.py's out_dir/loss.png, several runs in one PNG, and training without matplotlib."""
+"""seedgpt/charts.py: train.py's out_dir/loss.png, several runs in one PNG, and training without matplotlib."""
 import sys
 
 import pytest
 
 from conftest import read_log, run_script, run_train
-from seedgpt import plot
-from seedgpt.plot import draw_run, draw_runs, loss_png
+from seedgpt import charts
+from seedgpt.charts import draw_run, draw_runs, loss_png
 
 
 def test_loss_png_after_a_tiny_run(tmp_path, char_data):
@@ -28,7 +28,7 @@ def test_loss_png_after_a_tiny_run(tmp_path, char_data):
 def test_training_without_matplotlib(tmp_path, char_data, monkeypatch, capsys):
     for name in ('matplotlib', 'matplotlib.figure'):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if it were not installed
-    monkeypatch.setattr(plot, '_hinted', False)
+    monkeypatch.setattr(charts, '_hinted', False)
     run_train(tmp_path / 'out', char_data, '--max_iters=4', '--eval_interval=2')
     assert (tmp_path / 'out' / 'ckpt.pt').exists() and not (tmp_path / 'out' / 'loss.png').exists()
     assert capsys.readouterr().out.count('pip install matplotlib') == 1  # three evals, one hint
@@ -37,7 +37,7 @@ def test_training_without_matplotlib(tmp_path, char_data, monkeypatch, capsys):
 def test_loss_png_never_raises(tmp_path, capsys):
     pytest.importorskip('matplotlib')
     (tmp_path / 'log.jsonl').write_text('{"iter": 0, "val_loss": \n')  # a torn line
-    plot._hinted = False
+    charts._hinted = False
     loss_png(tmp_path)
     assert 'could not write' in capsys.readouterr().out and not (tmp_path / 'loss.png').exists()
 
