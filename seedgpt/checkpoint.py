@@ -247,7 +247,7 @@ def load_model(out_dir, device, dtype=torch.float32, quant='none'):
     as they are, with no float copy made on the way.
 
     Casting once, not autocasting every step: one token at a time, sampling is bound by reading the
-    weights, so half-size bf16 weights (which fit in a CPU's L3 cache at baby-GPT size) nearly double it.
+    weights, so half-size bf16 weights read half the bytes per token (docs/benchmarks.md measures what it gains).
     """
     if quant not in ('none', 'int8'):
         raise SystemExit(f"error: quant must be 'none' or 'int8', got {quant!r}")
