@@ -38,6 +38,7 @@ class Config:
     name: str = ''  # the dataset's name: it goes to data/<name>/
     tokenizer: str = 'gpt2'  # 'gpt2' (GPT-2 BPE), 'char' (one id per character) or 'bpe' (learned from this corpus)
     vocab_size: int = 4096  # tokenizer=bpe: tokens in all (the 256 bytes, the merges and <|endoftext|>)
+    chars_from: str = ''  # tokenizer=char: this dataset's characters are the vocabulary (to fine-tune on it later)
     out_dir: str = ''  # output directory; '' is data/<name>
     val_fraction: float = 0.1  # share of the documents that go to val
     text_field: str = 'text'  # the field holding the text in .jsonl lines
@@ -49,7 +50,7 @@ def main(cfg):
         raise SystemExit("error: give the inputs and a name, e.g. python -m prepare.corpus notes/ --name=notes")
     run(lambda: prepare(cfg.inputs.split(','), name=cfg.name, tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None,
                         val_fraction=cfg.val_fraction, text_field=cfg.text_field, block_size=cfg.block_size,
-                        vocab_size=cfg.vocab_size))
+                        vocab_size=cfg.vocab_size, chars_from=cfg.chars_from or None))
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from seedgpt.dataset import prepare, run, stdlib_files
 class Config:
     tokenizer: str = 'char'  # 'char', 'gpt2' or 'bpe' (learned from the train split)
     vocab_size: int = 4096  # tokenizer=bpe: tokens in all (the 256 bytes, the merges and <|endoftext|>)
+    chars_from: str = ''  # tokenizer=char: this dataset's characters are the vocabulary (to fine-tune on it later)
     out_dir: str = ''  # output directory; '' is data/stdlib_<tokenizer>, data/stdlib_bpe<vocab_size> for bpe
 
 
@@ -29,7 +30,7 @@ def main(cfg):
     root, files = stdlib_files()
     name = f'stdlib_{cfg.tokenizer}' + (str(cfg.vocab_size) if cfg.tokenizer == 'bpe' else '')
     run(lambda: prepare([root], name=name, tokenizer=cfg.tokenizer, out_dir=cfg.out_dir or None, files=files,
-                        vocab_size=cfg.vocab_size,
+                        vocab_size=cfg.vocab_size, chars_from=cfg.chars_from or None,
                         source=[f'python stdlib ({len(files)} .py files under {os.path.basename(root)})']))
 
 

@@ -244,15 +244,19 @@ def learn_bpe(files, text_field, val_fraction, info, vocab_size, quiet):
 
 
 def prepare(inputs, name=None, tokenizer='gpt2', out_dir=None, val_fraction=0.1, text_field='text',
-            block_size=256, files=None, source=None, quiet=False, vocab_size=4096):
+            block_size=256, files=None, source=None, quiet=False, vocab_size=4096, chars_from=None):
     """Tokenize `inputs` into out_dir (default data/<name>); returns the meta dict. tokenizer='bpe' first
-    learns a BPE of vocab_size tokens on the train split and writes it beside the tokens as tokenizer.json."""
+    learns a BPE of vocab_size tokens on the train split and writes it beside the tokens as tokenizer.json.
+    chars_from (tokenizer='char'): another dataset's directory, whose characters are the vocabulary (see
+    char_encoder)."""
     check_settings(tokenizer, val_fraction, vocab_size)
+    if chars_from and tokenizer != 'char':
+        raise CorpusError(f"chars_from is for tokenizer='char', not {tokenizer!r}")
     files = files or find_files(inputs)
     out_dir = out_dir or os.path.join(DATA_ROOT, name)
     info = survey(files, text_field, val_fraction, tokenizer == 'char')
     if tokenizer == 'char':
-        enc = char_encoder(info)
+        enc = char_encoder(info, vocabulary_of(chars_from) if chars_from else None)
     elif tokenizer == 'gpt2':
         enc = gpt2_encoder()
     else:
@@ -308,10 +312,35 @@ class Encoder:
         return np.uint16 if self.vocab_size <= 65536 else np.uint32
 
 
-def char_encoder(info):
+def vocabulary_of(data_dir):
+    """The characters of a char-level dataset, in id order."""
+    try:
+        with open(os.path.join(data_dir, 'meta.json'), encoding='utf-8') as f:
+            meta = json.load(f)
+    except OSError:
+        raise CorpusError(f"chars_from={data_dir}: no meta.json there; prepare that dataset first") from None
+    if meta.get('tokenizer') != 'char':
+        raise CorpusError(f"chars_from={data_dir} is a {meta.get('tokenizer')} dataset; it needs a char-level one")
+    return meta['chars']
+
+
+def char_encoder(info, chars=None):
+    """One id per character: the corpus's own characters, or a given vocabulary `chars`. A given one is how
+    a model pretrained on this corpus can later be fine-tuned on another dataset (a chat suite) whose ids
+    must mean the same characters; the corpus's characters outside it become '?', and the run says so."""
     sep = '\n\n'
-    chars = sorted(info['chars'] | (set(sep) if info['n_docs'] > 1 else set()))
-    lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint32)
+    if chars is None:
+        chars = sorted(info['chars'] | (set(sep) if info['n_docs'] > 1 else set()))
+    elif not set(sep + '?') <= set(chars):
+        raise CorpusError("the given characters need '?' and a newline (what other characters become, and the "
+                          "separator of documents)")
+    unknown = info['chars'] - set(chars)
+    if unknown:  # said even when quiet: the text now differs from the files'
+        shown = ''.join(sorted(unknown)[:20])
+        sys.stderr.write(f"warning: characters of the corpus outside the given vocabulary each become '?': "
+                         f"{shown!r}{'...' if len(unknown) > 20 else ''} ({len(unknown):,} distinct)\n")
+    top = max(ord(c) for c in set(chars) | info['chars'])
+    lut = np.full(top + 1, chars.index('?') if unknown else 0, dtype=np.uint32)
     lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint32)
     encode = lambda t: lut[np.frombuffer(t.encode('utf-32-le'), dtype=np.uint32)]
     return Encoder(sep, len(chars), lambda pool, texts: pool.map(encode, texts), {'chars': chars}, len(sep))

@@ -324,3 +324,23 @@ def test_lone_surrogate_is_replaced_and_reported(tmp_path, tokenizer):
     from seedgpt.tokenizer import load_tokenizer
     text = load_tokenizer(meta).decode(sum(read_split(out, meta).values(), []))
     assert 'a\ufffdb \U0001F600 and \ufffd' in text and 'c\ufffdd' in text
+
+
+def test_chars_from_gives_a_corpus_the_ids_of_a_chat_suite(tmp_path, capsys):
+    """A base model pretrained on a corpus made with chars_from=<the task suite> can be fine-tuned on the suite:
+    every id means the same character in both (same_ids), and characters the suite lacks become '?', said."""
+    from prepare import tasks
+    from seedgpt.tokenizer import load_tokenizer, same_ids
+    suite = tasks.prepare(out_dir=str(tmp_path / 'suite'), n_train=20, n_val=5, n_test=5, quiet=True)
+    text = 'def f(x):\n    return x + 1  # café\n' * 50
+    meta = dataset.prepare([str(write(tmp_path / 'a.txt', text))], tokenizer='char', out_dir=str(tmp_path / 'base'),
+                           block_size=8, quiet=True, chars_from=str(tmp_path / 'suite'))
+    assert meta['chars'] == suite['chars'] and same_ids(suite, meta)
+    assert "outside the given vocabulary each become '?': 'é' (1 distinct)" in capsys.readouterr().err
+    tok = load_tokenizer(meta)
+    ids = np.fromfile(tmp_path / 'base' / 'train.bin', dtype=meta['dtype'])
+    line = 'def f(x):\n    return x + 1  # caf?\n'
+    assert tok.decode(ids[:len(line)].tolist()) == line
+    with pytest.raises(dataset.CorpusError, match='chars_from'):
+        dataset.prepare([str(tmp_path / 'a.txt')], tokenizer='gpt2', out_dir=str(tmp_path / 'x'), quiet=True,
+                        chars_from=str(tmp_path / 'suite'))
