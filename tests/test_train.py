@@ -17,7 +17,8 @@ def test_grad_accum_equals_big_batch(tmp_path, char_data):
     assert sorted(accum) == sorted(big) == list(range(1, 9))
     for it in big:
         assert accum[it] == pytest.approx(big[it], abs=1e-5), it
-    assert big[8] < big[1] - 0.3  # it did learn: the comparison is not between two flat lines
+    # it did learn: the comparison is not between two flat lines (a drop 10^4 times the tolerance; about 0.4 here)
+    assert big[8] < big[1] - 0.1
 
 
 def fresh_run_train(*args):
