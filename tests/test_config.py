@@ -7,6 +7,7 @@ import pytest
 import sample
 import train
 from conftest import ROOT, write
+from seedgpt import runtime
 from seedgpt.config import _field_comments, config_help, load_config, read_config_file
 from seedgpt.runtime import Runtime
 
@@ -176,11 +177,11 @@ def test_slow_settings_replace_the_others_below_the_peak(monkeypatch, capsys):
     """A config sizes itself: below slow_tflops of measured peak its `slow` settings win, and it says so."""
     rt = Runtime('cpu', 'cpu', 'float32', False, 0, 0, 1)
     cfg = load_config(train.Config, ['--n_embd=256', '--slow_tflops=0.6', "--slow={'n_embd': 128, 'batch_size': 4}"])
-    monkeypatch.setattr(train, 'peak_flops', lambda rt: 0.2e12)
+    monkeypatch.setattr(runtime, 'measured_matmul_flops', lambda *a, **k: 0.2e12)  # the CPU's measured peak
     slow = train.sized_for_machine(cfg, rt)
     assert slow.n_embd == 128 and slow.batch_size == 4
     assert 'below slow_tflops=0.6' in capsys.readouterr().out
-    monkeypatch.setattr(train, 'peak_flops', lambda rt: 0.9e12)
+    monkeypatch.setattr(runtime, 'measured_matmul_flops', lambda *a, **k: 0.9e12)  # the CPU's measured peak
     assert train.sized_for_machine(cfg, rt) == cfg
     assert 'settings stay as given' in capsys.readouterr().out
     with pytest.raises(SystemExit, match="^error: slow holds 'n_embed'"):
