@@ -1,6 +1,7 @@
 """
-Shared fixtures: a tiny char dataset, a tiny trained checkpoint, and helpers that run
-train.py in-process or any script by subprocess, save a random chat checkpoint, or check a one-line error. Everything is written under pytest's tmp dirs.
+Shared fixtures: a tiny char dataset, a tiny trained checkpoint, and helpers that run train.py
+in-process or any script by subprocess, save a random chat checkpoint, or check a one-line error.
+Everything is written under pytest's tmp dirs.
 """
 import json
 import os
