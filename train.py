@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 from model import GPTConfig
-from seedgpt.checkpoint import resume_run, save_run, start_run
+from seedgpt.checkpoint import resume_run, save_run, save_snapshot, start_run
 from seedgpt.config import check_type, load_config
 from seedgpt.data import bits_per_byte, data_batches, load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
@@ -178,8 +178,7 @@ def train(cfg, rt, objective=None):
     run = {'cfg': cfg, 'meta': meta, 'model_args': model_args, 'masks': masks}
 
     orig_model = model  # unwrapped and uncompiled: what gets saved
-    if objective:
-        model = objective.wrap(model)
+    model = objective.wrap(model) if objective else model
     plain = model  # what gets evaluated: the model or the objective around it, never DDP's wrapper
     if cfg.compile:
         model = torch.compile(model)
@@ -190,8 +189,7 @@ def train(cfg, rt, objective=None):
     print_start(cfg, rt, orig_model, meta, flops_peak, progress['iter_num'])
     logger = Logger(cfg, rt)
     clock = Cadence(cfg, rt, progress['iter_num'], progress['elapsed'], resumed=cfg.init_from == 'resume')
-    note = clock.nothing_to_do(progress['iter_num'], progress['elapsed'])
-    if note:
+    if note := clock.nothing_to_do(progress['iter_num'], progress['elapsed']):
         print0(note)
     losses, micro_steps = {}, cfg.grad_accum // rt.world_size  # grad_accum counts micro-batches over all processes
     try:
@@ -208,7 +206,10 @@ def train(cfg, rt, objective=None):
                 if cfg.patience and progress['evals_since_best'] >= cfg.patience:
                     print0(f"early stop: no new best val loss in {cfg.patience} evaluations "
                            f"(best {progress['best_val_loss']:.4f})")
-                    break
+                    done = True  # the end: a last snapshot, then out
+            if clock.keeps(progress['iter_num'], done) and not cfg.eval_only:  # the weights alone (keep_every)
+                save_snapshot(run, orig_model, rt, progress['iter_num'], cfg.fsdp, cfg.lora_alpha)
+                clock.restart()
             if done or cfg.eval_only:
                 break
             lr = lr_at(cfg, progress['iter_num'], progress['elapsed'])

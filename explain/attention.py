@@ -9,8 +9,8 @@ See how a trained GPT thinks: what each new token attends to, and which tokens i
 
 In a terminal each step prints the context, the token being generated in red, every earlier token
 shaded from grey (hardly looked at) to blue (looked at most) by the attention of the position that
-predicts it, and a table of the likeliest next tokens with the sampled one marked. Piped or redirected,
-the same in plain text with the weights as numbers.
+predicts it, and a table of the likeliest next tokens with the sampled one marked. Piped or redirected
+(or with NO_COLOR set), the same in plain text with the weights as numbers.
 
 The weights come out of the real model: its own modules run, and each block's attention is written out
 as softmax(q k^T / sqrt(hs)) under the causal mask, the computation model.py leaves to SDPA (a test
@@ -24,18 +24,18 @@ import json
 import math
 import os
 import sys
-import unicodedata
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
-from model import apply_rope
 from seedgpt.chat import chat_ids, render_prompt
+from seedgpt.charts import figure, save
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.generate import generate_stream
-from seedgpt.charts import figure, save
+# the attention, the candidates and the colours are seedgpt/inspect.py's, which explain/stages.py shares
+from seedgpt.inspect import (BLUE, GREY, RED, candidate_cells, candidates, check_layer_head, colour_on,  # noqa: F401
+                             describe, explicit_attention, pick, pieces, rgb, shade, trace, visible)
 from seedgpt.runtime import setup_runtime
 
 
@@ -50,58 +50,11 @@ class Config:
     layer: int = -1  # the block whose attention shades the terminal text; -1 the last
     head: int = -1  # one head of that block, or -1 for the mean over its heads
     chat: bool = False  # a chat model: the prompt is a user turn, and the answer stops at <|end|>
-    color: str = 'auto'  # 'auto' (24-bit colour on a terminal, plain text elsewhere), 'always', 'never'
+    color: str = 'auto'  # 'auto' (24-bit colour on a terminal unless NO_COLOR is set, else plain), 'always', 'never'
     png: str = ''  # a directory for heat maps: attention per layer (heads as a grid), probability of each token
     html: str = ''  # a file: one self-contained page, hover or click a token to see its attention and candidates
     seed: int = 1337
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'; the weights are float32, to show exact numbers
-
-# -----------------------------------------------------------------------------
-# attention out of the real model
-
-
-def explicit_attention(attn, x, rope=None):
-    """model.CausalSelfAttention's forward over a fresh sequence, its attention written out:
-    the output (B, T, C), as the module gives it, and the attention weights (B, nh, T, T)."""
-    B, T, C = x.size()
-    hs = C // attn.n_head
-    q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
-    q, k, v = (t.view(B, T, attn.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-    if attn.qk_norm:
-        q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
-    if rope is not None:
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T): how well query i matches key j
-    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)
-    att = F.softmax(scores.masked_fill(future, float('-inf')), dim=-1)  # row i: weights over tokens 0..i, sum 1
-    y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)  # each head's weighted mean of values, side by side
-    return attn.resid_dropout(attn.c_proj(y)), att
-
-
-@torch.no_grad()
-def trace(model, ids):
-    """One forward pass over the token ids (a list of at most block_size): the logits at every position
-    (T, V) and every block's attention (L, nh, T, T), each block's attention computed explicitly."""
-    maps = []
-
-    def explicit(attn, args, out):
-        y, att = explicit_attention(attn, args[0], args[1])  # args: (x, rope, cache, layer)
-        maps.append(att[0])
-        return y  # the rest of the model runs on the explicit output
-
-    hooks = [block.attn.register_forward_hook(explicit) for block in model.transformer.h]
-    try:
-        idx = torch.tensor([ids], dtype=torch.long, device=model.lm_head.weight.device)
-        logits, _ = model(idx, idx)  # given targets, forward returns every position's logits; the loss is unused
-    finally:
-        for h in hooks:
-            h.remove()
-    return logits[0].float(), torch.stack(maps)
-
-
-def candidates(logits, k):
-    """The k likeliest next tokens at each position: (probs, ids), each (T, k), from softmax(logits)."""
-    return torch.softmax(logits, dim=-1).topk(min(k, logits.size(-1)), dim=-1)
 
 
 def generate(model, tok, cfg, device):
@@ -127,53 +80,13 @@ def generate(model, tok, cfg, device):
     return out, len(ids)
 
 
-def pieces(tok, ids):
-    """Each token's own text. A BPE token can hold part of a character: its bytes then show as U+FFFD."""
-    return [tok.decode([i]) for i in ids]
-
 # -----------------------------------------------------------------------------
 # the terminal
-
-
-def visible(s, space=False):
-    """A token's text on one line: newline as ↵, tab as ⇥, (with space=True) space as ␣, control codes escaped."""
-    s = s.replace('\n', '↵').replace('\t', '⇥').replace('\r', '␍')
-    if space:
-        s = s.replace(' ', '␣')
-    return ''.join(c if c.isprintable() or c in '↵⇥␍' else repr(c)[1:-1] for c in s)
-
-
-def width(s):
-    return sum(2 if unicodedata.east_asian_width(c) in 'WF' else 1 for c in s)  # CJK takes two columns
-
-
-def rgb(text, colour, bold=False):
-    return f"\x1b[{'1;' if bold else ''}38;2;{colour[0]};{colour[1]};{colour[2]}m{text}\x1b[0m"
-
-
-GREY, BLUE, RED = (120, 120, 120), (30, 110, 255), (235, 50, 50)
-
-
-def shade(w):
-    """Grey for a weight of 0, blue for 1, straight between."""
-    return tuple(round(g + (b - g) * w) for g, b in zip(GREY, BLUE))
-
-
-def pick(att, layer, head):
-    """(L, nh, T, T) -> (T, T): one block's map, one head or the mean over heads."""
-    a = att[layer]
-    return a.mean(0) if head < 0 else a[head]
-
-
-def describe(att, layer, head):
-    L, nh = att.shape[:2]
-    return f"layer {layer % L + 1} of {L}, " + (f"mean of {nh} heads" if head < 0 else f"head {head + 1} of {nh}")
 
 
 def terminal(tok, text, ids, n_prompt, logits, att, cfg, colour, out=sys.stdout):
     """Print one step per generated token: its context shaded by attention, then its candidates."""
     a = pick(att, cfg.layer, cfg.head)
-    probs, top = candidates(logits, cfg.show_k)
     all_probs = torch.softmax(logits, dim=-1)
     print(f"{len(ids) - n_prompt} tokens after a prompt of {n_prompt}; attention: {describe(att, cfg.layer, cfg.head)}",
           file=out)
@@ -193,16 +106,7 @@ def terminal(tok, text, ids, n_prompt, logits, att, cfg, colour, out=sys.stdout)
             print(f"step {t - n_prompt + 1}: {chosen!r} after {''.join(text[:t])!r}", file=out)
             print("  attention: " + '  '.join(f"{visible(text[j], space=True)} {w:.2f}" for j, w in enumerate(row)),
                   file=out)
-        cells = []
-        for p, i in zip(probs[t - 1].tolist(), top[t - 1].tolist()):
-            label = visible(tok.decode([i]), space=True)
-            mark = ' <' if i == ids[t] else '  '
-            cell = f"{label}{' ' * max(0, 4 - width(label))} {p:6.1%}{mark}"
-            cells.append(rgb(cell, RED, bold=True) if colour and i == ids[t] else cell)
-        if ids[t] not in top[t - 1].tolist():  # sampled from outside the table
-            rank = int((all_probs[t - 1] > all_probs[t - 1, ids[t]]).sum()) + 1
-            cell = f"{chosen} {all_probs[t - 1, ids[t]].item():6.1%} < (rank {rank})"
-            cells.append(rgb(cell, RED, bold=True) if colour else cell)
+        cells = candidate_cells(tok, all_probs[t - 1], cfg.show_k, ids[t], colour)
         print(("    " if colour else "  candidates: ") + ' '.join(cells), file=out)
 
 
@@ -385,21 +289,16 @@ def page(tok, text, ids, n_prompt, logits, att, k, title):
 
 
 def main(cfg):
-    if cfg.color not in ('auto', 'always', 'never'):
-        raise SystemExit(f"error: color must be auto, always or never, got {cfg.color!r}")
+    colour = colour_on(cfg.color)
     rt = setup_runtime(cfg.device, 'float32', cfg.seed)
     model, tok = load_model(cfg.out_dir, rt.device, torch.float32)
-    L, nh = model.config.n_layer, model.config.n_head
-    if not -L <= cfg.layer < L or not -1 <= cfg.head < nh:
-        raise SystemExit(f"error: the model has {L} layers (--layer=0..{L - 1}, -1 the last) and {nh} heads "
-                         f"(--head=0..{nh - 1}, -1 their mean)")
+    check_layer_head(model, cfg.layer, cfg.head)
     try:
         ids, n_prompt = generate(model, tok, cfg, rt.device)
     except ValueError as e:
         raise SystemExit(f"error: {e}; change the prompt")
     logits, att = trace(model, ids)
     text = pieces(tok, ids)
-    colour = cfg.color == 'always' or (cfg.color == 'auto' and sys.stdout.isatty())
     terminal(tok, text, ids, n_prompt, logits, att, cfg, colour)
     if cfg.png:
         try:

@@ -47,7 +47,7 @@ import torch
 
 from seedgpt.agent import generate_with_tools
 from seedgpt.chat import render_chat, render_prompt
-from seedgpt.checkpoint import checkpoint_path, load_model, resume_run, save_run, start_run
+from seedgpt.checkpoint import checkpoint_path, load_model, resume_run, save_run, save_snapshot, start_run
 from seedgpt.config import load_config
 from seedgpt.data import load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
@@ -202,6 +202,9 @@ def main(cfg):
                     save_run(os.path.join(cfg.out_dir, 'ckpt.pt'), run, policy, stepper, rt,
                              {**progress, 'val_accuracy': val_acc})
                     print0(f"saved {cfg.out_dir}/ckpt.pt")
+                clock.restart()
+            if clock.keeps(progress['iter_num'], done):  # the policy's weights alone (keep_every)
+                save_snapshot(run, policy, rt, progress['iter_num'])
                 clock.restart()
             if done:
                 break

@@ -102,13 +102,38 @@ def save_run(path, run, model, stepper, rt, progress, fsdp=False, lora_alpha=Non
     rng = rng_states(rt)
     if not rt.master:
         return
-    masks = run['masks']
     save_checkpoint(path, {
-        'model': model_state, 'model_args': run['model_args'], 'config': asdict(run['cfg']), 'meta': run['meta'],
+        **readable(run, model_state),
         'env': {'torch': str(torch.__version__), 'device': rt.device, 'dtype': rt.dtype, 'processes': rt.world_size},
         'optimizers': optim_state, 'scaler': stepper.scaler.state_dict(), 'rng': rng, **progress,
-        **({'lora': lora_state} if lora_state else {}),
-        **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})})
+        **({'lora': lora_state} if lora_state else {})})
+
+
+def readable(run, model_state):
+    """What every reader of a checkpoint needs (load_model, and a run that starts from it): the plain
+    weights, the model's args, the resolved config, the dataset's meta (its tokenizer), and a pruned
+    run's masks, which keep a run that starts from it pruned."""
+    masks = run['masks']
+    return {'model': model_state, 'model_args': run['model_args'], 'config': asdict(run['cfg']), 'meta': run['meta'],
+            **({'masks': {k: m.cpu() for k, m in masks.items()}} if masks else {})}
+
+
+def snapshot_path(out_dir, iter_num):
+    """Where save_snapshot keeps the weights of iteration iter_num: zero-padded, so that names sort in order."""
+    return os.path.join(out_dir, 'snapshots', f'iter_{iter_num:06d}', 'ckpt.pt')
+
+
+def save_snapshot(run, model, rt, iter_num, fsdp=False, lora_alpha=None):
+    """The weights as they are at iter_num, for watching a model learn (keep_every; explain.stages): a
+    checkpoint any reader loads, in out_dir/snapshots/iter_NNNNNN/. No optimizer state, RNG or scaler:
+    AdamW's two moments alone are twice the weights, and nothing resumes from a snapshot. Every process
+    calls it (FSDP gathers the shards); rank 0 writes."""
+    model_state, _ = full_state(model, [], fsdp)
+    if lora_alpha is not None:
+        model_state, _ = merge_lora(model_state, lora_alpha)
+    if rt.master:
+        path = snapshot_path(run['cfg'].out_dir, iter_num)
+        save_checkpoint(path, {**readable(run, model_state), 'iter_num': iter_num})
 
 
 def resume_run(ckpt, model, stepper, rt, seed, fsdp=False):

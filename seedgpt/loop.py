@@ -7,6 +7,7 @@ and how long is left. What a checkpoint holds, and how a run resumes from one, l
     while True:
         evaluate, done, elapsed = clock.check(iter_num)
         if evaluate: ...                  # estimate, log, save; then clock.restart()
+        if clock.keeps(iter_num, done): ...  # out_dir/snapshots/iter_NNNNNN/ckpt.pt (keep_every)
         if done: break
         ...                               # one iteration
         iter_num += 1
@@ -29,6 +30,7 @@ class RunConfig:
     init_from: str = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a checkpoint to start from, or a model name
     eval_interval: int = 250  # iterations between evaluations on val (and checkpoints)
     log_interval: int = 10  # iterations between log lines
+    keep_every: int = 0  # > 0: the weights at iteration 0, every keep_every and the end, for explain.stages to compare
     # the schedule (seedgpt.optim.lr_at) and the optimizer (seedgpt.optim.Stepper)
     learning_rate: float = 1e-3  # peak learning rate of AdamW
     min_lr: float = 1e-4  # end of the cosine decay, ~learning_rate/10
@@ -84,6 +86,12 @@ class Cadence:
         if evaluate:
             self.last_eval = iter_num
         return evaluate, done, elapsed
+
+    def keeps(self, iter_num, done):
+        """Whether to keep a snapshot of the weights now (seedgpt.checkpoint.save_snapshot): at iteration 0,
+        every keep_every iterations and at the end, so that explain.stages can show one model learning."""
+        every = self.cfg.keep_every
+        return every > 0 and (iter_num % every == 0 or done)
 
     def restart(self):
         """Leave what just happened (an evaluation, a save) out of the iterations' timing."""
