@@ -9,9 +9,12 @@ answers --samples times at --temperature, and prepare/tasks.py's check judges ea
   chosen:   the right answer (the suite's own);
   rejected: one of the model's wrong answers, when it made one: what a reward model most needs to learn
             to score low; else a near miss made by a rule (a number off by 1 or 10, two letters swapped).
+On the suite with tools an answer is the whole assistant side after the question: the call, the tool's
+result and the final answer, as messages (the model's answers run their tools, seedgpt/agent.py); a near
+miss keeps the call and its result and miscopies the final answer, as a careless model would.
 Output, written to a temp dir and renamed when whole:
   {train,val}.jsonl  {"prompt": [messages], "chosen": str, "rejected": str, "meta": {task, answer, ...,
-                     "rejected_from": "model" or "rule"}}
+                     "rejected_from": "model" or "rule"}}; with tools, chosen and rejected are [messages]
   meta.json          the suite's tokenizer (the model's), format 'pairs', counts and settings, and data_dir:
                      the suite the pairs come from, which chat.eval answers for a model trained on them (DPO)
 """
@@ -21,6 +24,7 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from collections import Counter
@@ -28,21 +32,24 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from seedgpt.chat import render_prompt
+from seedgpt.agent import generate_with_tools
+from seedgpt.chat import render_chat, render_prompt
 from seedgpt.checkpoint import load_checkpoint, load_model
 from seedgpt.config import load_config
 from seedgpt.dataset import DATA_ROOT, publish, write_tokenizer
 from seedgpt.generate import generate_replies, reply_text
 from seedgpt.runtime import setup_runtime
-from seedgpt.tasks import check
+from seedgpt.tasks import check, question
 
 
 
 def near_miss(task, answer, rng):
     """A wrong answer close to the right one: what a careless model might write."""
-    if task in ('add', 'sub', 'count'):
+    if re.fullmatch(r'-?\d+', answer):  # a whole number: off by 1 or 10 (never below 0 unless it was)
         n = int(answer)
-        return str(rng.choice([m for m in (n - 10, n - 1, n + 1, n + 10) if m >= 0]))
+        return str(rng.choice([m for m in (n - 10, n - 1, n + 1, n + 10) if m >= 0 or n < 0]))
+    if re.fullmatch(r'-?\d+\.\d+', answer):  # a decimal: its last digit off by one
+        return answer[:-1] + str((int(answer[-1]) + rng.choice((1, 9))) % 10)
     if len(set(answer)) > 1:  # swap two different letters
         i, j = rng.sample([k for k in range(len(answer))], 2)
         while answer[i] == answer[j]:
@@ -53,26 +60,48 @@ def near_miss(task, answer, rng):
     return answer + answer[0]  # 'aaa': one letter too many
 
 
-def make_pairs(model, tok, records, samples, temperature, batch_size, seed, max_new_tokens=32, quiet=False):
+def answers(model, tok, prompts, max_new_tokens, tools, **sampling):
+    """(final answer, the assistant side as messages) of each prompt: one round of plain replies, or
+    generation that runs the tools (calls, results, then the answer)."""
+    if tools:
+        return [(t.answer, t.messages) for t in generate_with_tools(model, tok, prompts, max_new_tokens, **sampling)]
+    texts = [reply_text(tok, ids) for ids in generate_replies(model, tok, prompts, max_new_tokens, **sampling)]
+    return [(a, a) for a in texts]
+
+
+def fits(tok, prompt, side, block_size):
+    """Whether prompt and an answer (text or messages) render within block_size tokens."""
+    side = side if isinstance(side, list) else [{'role': 'assistant', 'content': side}]
+    return len(render_chat(tok, prompt + side)[0]) <= block_size
+
+
+def make_pairs(model, tok, records, samples, temperature, batch_size, seed, max_new_tokens=32, quiet=False,
+               tools=False):
     """One pair per record; the model answers every question `samples` times."""
     rng = random.Random(seed)
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     pairs = []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        prompts = [render_prompt(tok, r['messages'][:-1]) for r in chunk]
-        answers = [[] for _ in chunk]
+        prompts = [render_prompt(tok, question(r)) for r in chunk]
+        said = [[] for _ in chunk]
         for _ in range(samples):
-            for k, ids in enumerate(generate_replies(model, tok, prompts, max_new_tokens, temperature=temperature,
-                                                     generator=g)):
-                answers[k].append(reply_text(tok, ids))
-        for r, said in zip(chunk, answers):
-            meta = r['meta']
-            wrong = [a for a in said if not check(meta['task'], meta, a)]
-            rejected = rng.choice(wrong) if wrong else near_miss(meta['task'], meta['answer'], rng)
-            pairs.append({'prompt': r['messages'][:-1], 'chosen': meta['answer'], 'rejected': rejected,
+            for k, a in enumerate(answers(model, tok, prompts, max_new_tokens, tools, temperature=temperature,
+                                          generator=g)):
+                said[k].append(a)
+        for r, mine in zip(chunk, said):
+            meta, asked = r['meta'], question(r)
+            # the model's wrong answers that fit its context once rendered as a conversation (a rambling
+            # trace may not: it is cut where the context ends, and its messages render without the cut)
+            wrong = [side for a, side in mine if not check(meta['task'], meta, a)
+                     and fits(tok, asked, side, model.config.block_size)]
+            chosen = r['messages'][len(asked):] if tools else meta['answer']
+            miss = near_miss(meta['task'], meta['answer'], rng)
+            rejected = rng.choice(wrong) if wrong else (chosen[:-1] + [{**chosen[-1], 'content': miss}] if tools
+                                                        else miss)
+            pairs.append({'prompt': asked, 'chosen': chosen, 'rejected': rejected,
                           'meta': {**meta, 'rejected_from': 'model' if wrong else 'rule',
-                                   'model_right': len(said) - len(wrong), 'samples': len(said)}})
+                                   'model_right': len(mine) - len(wrong), 'samples': len(mine)}})
         if not quiet:
             sys.stderr.write(f"\rpreferences: {len(pairs)}/{len(records)} questions")
             sys.stderr.flush()
@@ -92,10 +121,7 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
     rt = setup_runtime(device, 'float32', seed)
     model, tok = load_model(from_dir, rt.device, torch.float32)
     meta = json.load(open(os.path.join(data_dir, 'meta.json'), encoding='utf-8'))
-    if meta.get('settings', {}).get('tools'):  # a pair is two plain answers; a tool suite answers through calls
-        raise SystemExit(f"error: {data_dir} is the suite with tools, whose answers go through tool calls; preference "
-                         "pairs are made from plain answers: use the suite without --tools, or RL (feedback.rl) "
-                         "for tool use")
+    tools = bool(meta.get('settings', {}).get('tools'))  # answers through tool calls: pairs of message lists
     tmp_dir = out_dir.rstrip('/') + f'.tmp{os.getpid()}'
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
@@ -104,7 +130,7 @@ def prepare(from_dir, data_dir=None, out_dir=None, n_train=8000, n_val=250, samp
         for split, n in (('train', n_train), ('val', n_val)):
             with open(os.path.join(data_dir, f'{split}.jsonl'), encoding='utf-8') as f:
                 records = [json.loads(line) for line in f if line.strip()][:n]
-            pairs = make_pairs(model, tok, records, samples, temperature, batch_size, seed, quiet=quiet)
+            pairs = make_pairs(model, tok, records, samples, temperature, batch_size, seed, quiet=quiet, tools=tools)
             with open(os.path.join(tmp_dir, f'{split}.jsonl'), 'w', encoding='utf-8') as f:
                 for p in pairs:
                     f.write(json.dumps(p, ensure_ascii=False) + '\n')

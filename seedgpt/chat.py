@@ -31,11 +31,16 @@ CHAT_TOKENS = {'system': '<|system|>', 'user': '<|user|>', 'assistant': '<|assis
 CHAT_SPECIALS = list(CHAT_TOKENS.values())  # in this order after the base vocabulary
 
 
+def is_chat(tok):
+    """Whether a tokenizer has the chat tokens: a chat model's, not a base model's."""
+    return all(s in tok.special_ids for s in CHAT_SPECIALS[:4])
+
+
 def chat_ids(tok):
     """{'system', 'user', 'assistant', 'end'} and, for a model that knows tools, 'tool' and 'call' -> token id;
     a one-line error for a tokenizer without the first four."""
-    ids = getattr(tok, 'special_ids', {})
-    if not all(s in ids for s in CHAT_SPECIALS[:4]):
+    ids = tok.special_ids
+    if not is_chat(tok):
         raise SystemExit("error: this model has no chat tokens (a base model); fine-tune it with SFT on chat data "
                          "first, e.g. python -m prepare.tasks, then train.py with --data_dir=data/tasks")
     return {name: ids[s] for name, s in CHAT_TOKENS.items() if s in ids}

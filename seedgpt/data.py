@@ -128,7 +128,9 @@ class PairBatches(Batches):
         for split in ('train', 'val'):
             with open(os.path.join(cfg.data_dir, f'{split}.jsonl'), encoding='utf-8') as f:
                 pairs = [json.loads(line) for line in f if line.strip()]
-            self.rows[split] = [[render_chat(tok, p['prompt'] + [{'role': 'assistant', 'content': p[side]}])
+            # an answer: plain text, or (the suite with tools) the assistant's messages: calls, results, answer
+            self.rows[split] = [[render_chat(tok, p['prompt'] + (p[side] if isinstance(p[side], list) else
+                                                                 [{'role': 'assistant', 'content': p[side]}]))
                                  for side in ('chosen', 'rejected')] for p in pairs]
             longest = max(len(ids) for pair in self.rows[split] for ids, _ in pair)
             if longest > cfg.block_size:
