@@ -1,0 +1,58 @@
+"""life.py, the tiny preset: every stage runs from the one before, the report card has every stage, and a run
+started again keeps what is done."""
+import json
+import time
+
+import pytest
+
+from conftest import run_script
+from seedgpt.checkpoint import load_model
+
+MODELS = ('pretrain', 'sft', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student')
+
+
+@pytest.fixture(scope='module')
+def life(tmp_path_factory):
+    out = tmp_path_factory.mktemp('life') / 'out'
+    t0 = time.time()
+    p = run_script('life.py', '--preset=tiny', f'--out_dir={out}', '--device=cpu', timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out, p, time.time() - t0
+
+
+def test_every_stage_runs_and_the_report_has_them(life):
+    out, p, _ = life
+    state = json.loads((out / 'life.json').read_text())
+    assert list(state) == ['prepare', 'pretrain', 'sft', 'pairs', 'reward', 'rl', 'dpo', 'int8', 'pruned',
+                           'student', 'export', 'serve']
+    report = (out / 'report.md').read_text()
+    for stage in state:
+        assert f"| {stage} |" in report
+    for stage in MODELS:
+        model, tok = load_model(out / stage, 'cpu')  # every stage's model loads
+        assert state[stage]['params'] == sum(t.numel() for k, t in model.state_dict().items()
+                                             if k != 'transformer.wte.weight' and not k.endswith('.scale'))
+        if stage != 'pretrain':  # the chat models are scored on both splits, the base by its bits per byte
+            assert set(state[stage]['splits']) == {'test', 'gen'}
+    assert state['pretrain']['val_bpb'] > 0 and 'splits' not in state['pretrain']
+    assert state['int8']['weights_mb'] < state['rl']['weights_mb'] / 2  # int8 blocks: a quarter of fp32's bytes
+    assert state['student']['params'] < state['rl']['params']
+    assert (out / 'hf' / 'config.json').is_file() and 'served' in state['serve']
+    prompts = report.split('The same prompts')[1]
+    assert all(f"| {stage} |" in prompts for stage in MODELS)
+
+
+def test_a_run_started_again_keeps_what_is_done(life):
+    out, _, first = life
+    p = run_script('life.py', '--preset=tiny', f'--out_dir={out}', '--device=cpu', '--redo=export', timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    kept = [line for line in p.stdout.splitlines() if line.endswith(', kept')]
+    assert len(kept) == 10 and 'export' not in ''.join(kept)
+    assert '$ python -m export.hf' in p.stdout and '$ python train.py' not in p.stdout
+
+
+def test_bad_settings_are_one_line(tmp_path):
+    for arg, words in (('--preset=huge', 'preset'), ('--redo=lunch', 'redo')):
+        p = run_script('life.py', arg, f'--out_dir={tmp_path}')
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert p.returncode != 0 and len(lines) == 1 and words in lines[0] and lines[0].startswith('error:')
