@@ -79,6 +79,26 @@ def run_script(*args, timeout=120, env=None, **kwargs):
     return p
 
 
+def run_scripts(*argvs, inputs=None, timeout=120, env=None):
+    """run_script for several scripts at once, each given its stdin bytes in inputs: a script's time is mostly
+    start-up (importing torch), which runs side by side on the cores. The finished processes, in order."""
+    env = dict(os.environ, PYTHONIOENCODING='utf-8', OMP_NUM_THREADS='1', **(env or {}))
+    inputs = inputs or [None] * len(argvs)
+    procs = [subprocess.Popen([sys.executable, *map(str, a)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=None if i is None else subprocess.PIPE)
+             for a, i in zip(argvs, inputs)]
+    done = []
+    try:
+        for p, i in zip(procs, inputs):
+            out, err = p.communicate(i, timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, out.decode('utf-8'), err.decode('utf-8')))
+    finally:
+        for p in procs:  # after a timeout: none left running
+            if p.poll() is None:
+                p.kill()
+    return done
+
+
 def make_ckpt(out_dir, meta, block_size=64):
     """A random tiny GPT saved the way train.py saves one.
 
@@ -268,6 +288,24 @@ CONVERSATIONS = [  # what the model learns by heart: a call, the result, the ans
 ]
 
 
+def memorize(model, rows, steps):
+    """Train `model` on rows of (ids, loss mask) until it writes them word for word (or `steps` run out), the
+    loss on the masked-in tokens only, as train.py's on chat data; returns it in eval mode."""
+    T = max(len(ids) for ids, _ in rows)
+    x = torch.tensor([ids[:-1] + [0] * (T - len(ids)) for ids, _ in rows])
+    y = torch.tensor([[i if m else -1 for i, m in zip(ids[1:], mask[1:])] + [-1] * (T - len(ids))
+                      for ids, mask in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    return model.eval()
+
+
 @pytest.fixture(scope='module')
 def caller():
     """(model, tok): a tiny GPT trained in a few seconds until it writes the conversations above word for word. The
@@ -277,24 +315,11 @@ def caller():
     tok = CharTokenizer([chr(i) for i in range(32, 127)], CHAT_SPECIALS)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=tok.vocab_size))
-    rows = [render_chat(tok, c) for c in CONVERSATIONS]
-    T = max(len(ids) for ids, _ in rows)
-    x = torch.tensor([ids[:-1] + [0] * (T - len(ids)) for ids, _ in rows])
-    y = torch.tensor([[i if m else -1 for i, m in zip(ids[1:], mask[1:])] + [-1] * (T - len(ids))
-                      for ids, mask in rows])  # the loss on what the assistant writes, as train.py's
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(400):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 1e-3:
-            break
-    model.eval()
+    memorize(model, [render_chat(tok, c) for c in CONVERSATIONS], steps=400)
     for c in CONVERSATIONS:  # it has learnt them: each assistant turn, greedily, from what comes before
         for k in [k for k, m in enumerate(c) if m['role'] == 'assistant']:
             reply = own_reply(model, tok, c[:k])
-            assert render_prompt(tok, c[:k]) + reply == render_chat(tok, c[:k + 1])[0], (loss.item(), c[k])
+            assert render_prompt(tok, c[:k]) + reply == render_chat(tok, c[:k + 1])[0], c[k]
     return model, tok
 
 

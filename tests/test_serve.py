@@ -14,8 +14,8 @@ httpx = pytest.importorskip('httpx', reason='the serve tests need httpx (pip ins
 openai = pytest.importorskip('openai', reason='the serve tests need the openai client (pip install -e .[test])')
 uvicorn = pytest.importorskip('uvicorn', reason='the serve tests need fastapi and uvicorn (pip install -e .[serve])')
 
-from conftest import (NoCompiler, QUESTIONS, client, error_of, gated, greedy_reply, http, make_ckpt, make_text,  # noqa: E402
-                      running)
+from conftest import (NoCompiler, QUESTIONS, client, error_of, gated, greedy_reply, http, make_ckpt,  # noqa: E402
+                      make_text, memorize, running)
 
 from bench.serve import load_test
 from model import GPT, GPTConfig
@@ -484,19 +484,7 @@ def bpe_model():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=tok.vocab_size))
     chat, mask = render_chat(tok, [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': WORDS}])
     plain = tok.encode('say: ' + WORDS)
-    rows = [(chat, mask), (plain, [1] * len(plain))]
-    T = max(len(ids) for ids, _ in rows)
-    x = torch.tensor([ids[:-1] + [0] * (T - len(ids)) for ids, _ in rows])
-    y = torch.tensor([[i if m else -1 for i, m in zip(ids[1:], m[1:])] + [-1] * (T - len(ids)) for ids, m in rows])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(300):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 1e-3:
-            break
-    return model.eval(), tok
+    return memorize(model, [(chat, mask), (plain, [1] * len(plain))], steps=300), tok
 
 
 def test_logprobs_of_tokens_that_split_a_character(bpe_model):
