@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from chat.talk import fit
-from conftest import make_ckpt, one_line_error, run_script
+from conftest import make_ckpt, one_line_error, run_script, run_scripts
 from prepare import tasks
 from seedgpt.chat import CHAT_SPECIALS, render_prompt
 from seedgpt.checkpoint import load_model
@@ -120,14 +120,14 @@ def test_reply_stops_at_end_of_turn(stand_ins):
 
 def test_chat_interactive(suite):
     _, out = suite
-    p = run_script('-m', 'chat.talk', f'--out_dir={out}', '--max_new_tokens=8', *CPU,
-                   input='What is 1+1?\n\n/reset\nSort abc.\n'.encode())
+    p, bad = run_scripts(['-m', 'chat.talk', f'--out_dir={out}', '--max_new_tokens=8', *CPU],
+                         ['-m', 'chat.talk', f'--out_dir={out}', *CPU],
+                         inputs=['What is 1+1?\n\n/reset\nSort abc.\n'.encode(), 'snow ☃\n'.encode()])
     assert p.returncode == 0, p.stderr
     lines = p.stdout.split('> ')
     assert len(lines) == 6 and lines[-1] == '\n'  # five prompts (one per line, one more at EOF), then a clean exit
     assert all(len(reply) == 9 for reply in (lines[1], lines[4]))  # 8 characters and a newline
     assert '(a new conversation)' in p.stderr
-    bad = run_script('-m', 'chat.talk', f'--out_dir={out}', *CPU, input='snow ☃\n'.encode())
     assert bad.returncode == 0 and "'☃' is not in this model's vocabulary" in bad.stderr
 
 
@@ -149,8 +149,9 @@ def test_fit_drops_oldest_turns():
 def test_base_model_is_refused(tmp_path):
     meta = {'tokenizer': 'char', 'chars': list('abc '), 'vocab_size': 4, 'dtype': 'uint16'}
     out = make_ckpt(tmp_path, meta, block_size=16)
-    one_line_error(run_script('-m', 'chat.talk', f'--out_dir={out}', '--prompt=abc', *CPU), 'no chat tokens', 'SFT')
-    one_line_error(run_script('-m', 'chat.eval', f'--out_dir={out}', *CPU), 'no chat tokens', 'SFT')
+    for p in run_scripts(['-m', 'chat.talk', f'--out_dir={out}', '--prompt=abc', *CPU],
+                         ['-m', 'chat.eval', f'--out_dir={out}', *CPU]):
+        one_line_error(p, 'no chat tokens', 'SFT')
 
 
 def test_batched_replies_equal_each_alone(suite):
@@ -169,8 +170,8 @@ def test_batched_replies_equal_each_alone(suite):
 
 def test_eval_batch_size_changes_nothing(suite):
     data, out = suite
-    runs = [run_script('-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=6', '--json',
-                       f'--batch_size={b}', *CPU) for b in (1, 7)]
+    runs = run_scripts(*[['-m', 'chat.eval', f'--out_dir={out}', f'--data_dir={data}', '--max_new_tokens=6', '--json',
+                          f'--batch_size={b}', *CPU] for b in (1, 7)])
     assert all(p.returncode == 0 for p in runs), runs[0].stderr
     one, seven = (json.loads(p.stdout) for p in runs)
     # the answers are the same; the answer losses only to float rounding (other padded shapes, other sums)

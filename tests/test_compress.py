@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from compress import shrink as compress
-from conftest import make_text, run_script, run_train, write
+from conftest import make_text, run_scripts, run_train, write
 from model import GPT, GPTConfig
 from seedgpt import dataset
 from seedgpt.checkpoint import load_model
@@ -51,8 +51,8 @@ def test_int8_checkpoint_is_close_smaller_and_loads_as_int8(tmp_path, trained_ou
 def test_int8_checkpoint_samples_as_quant_int8(tmp_path, trained_out):
     int8 = compressed(tmp_path, trained_out, 'int8', '--int8')
     args = ['--device=cpu', '--dtype=float32', '--max_new_tokens=40', '--num_samples=1', '--temperature=0']
-    a = run_script('sample.py', f'--out_dir={int8}', *args)
-    b = run_script('sample.py', f'--out_dir={trained_out}', '--quant=int8', *args)
+    a, b = run_scripts(['sample.py', f'--out_dir={int8}', *args],
+                       ['sample.py', f'--out_dir={trained_out}', '--quant=int8', *args])
     assert a.returncode == b.returncode == 0, a.stderr
     assert a.stdout == b.stdout and len(a.stdout) > 40
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import read_log, run_script, run_train
+from conftest import read_log, run_scripts, run_train
 from seedgpt import charts
 from seedgpt.charts import draw_run, draw_runs, loss_png
 
@@ -45,7 +45,8 @@ def test_loss_png_never_raises(tmp_path, capsys):
 def test_plot_overlays_runs(tmp_path, char_data, trained_out):
     image = pytest.importorskip('matplotlib.image')
     run_train(tmp_path / 'b', char_data, '--max_iters=10', '--eval_interval=5', '--n_layer=1')
-    p = run_script('-m', 'explain.plot', trained_out, tmp_path / 'b', '--x=tokens', f'--out={tmp_path / "runs.png"}')
+    p, nothing = run_scripts(['-m', 'explain.plot', trained_out, tmp_path / 'b', '--x=tokens',
+                              f'--out={tmp_path / "runs.png"}'], ['-m', 'explain.plot', tmp_path / 'nothing'])
     assert p.returncode == 0, p.stderr
     assert image.imread(tmp_path / 'runs.png').std() > 0.05
     fig = draw_runs([trained_out, tmp_path / 'b'], tmp_path / 'runs2.png', x='tokens')
@@ -53,8 +54,7 @@ def test_plot_overlays_runs(tmp_path, char_data, trained_out):
     assert labels[0].startswith('out: val (best') and labels[1].startswith('b: val (best')
     val_b = fig.axes[0].get_lines()[3]  # b's val line, after trained_out's two
     assert list(val_b.get_xdata()) == [0, 5 * 64, 10 * 64]  # tokens: iterations * batch_size 4 * block_size 16
-    p = run_script('-m', 'explain.plot', tmp_path / 'nothing')
-    assert p.returncode != 0 and 'no ' in p.stderr and 'log.jsonl' in p.stderr
+    assert nothing.returncode != 0 and 'no ' in nothing.stderr and 'log.jsonl' in nothing.stderr
 
 
 def test_bits_per_byte_in_the_plots(tmp_path, trained_out):

@@ -3,11 +3,8 @@ pairs, against hand-computed numbers and exact expectations; every stage's check
 import ast
 import json
 import math
-import os
 import random
 import shutil
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import torch.nn.functional as F
 import train
 from chat import eval as evaluate
 from chat import talk as chat
-from conftest import ROOT, make_ckpt, one_line_error, read_log, run_script
+from conftest import ROOT, make_ckpt, one_line_error, read_log, run_script, run_scripts
 from feedback import dpo, reward, rl
 from model import GPT, GPTConfig, KVCache
 from prepare import preferences, tasks
@@ -42,18 +39,6 @@ TINY_RL = CPU[:2] + ['--log_interval=1', '--warmup_iters=0', '--weight_decay=0.0
                      '--min_lr=1e-2', '--prompts_per_step=4', '--group_size=4', '--max_new_tokens=4',
                      '--minibatch_size=8', '--eval_examples=5', '--eval_interval=1000']
 LOG2 = math.log(2)
-
-
-def run_scripts(*argvs):
-    """run_script for several scripts at once (each is mostly start-up): [(returncode, stdout, stderr)]."""
-    env = dict(os.environ, PYTHONIOENCODING='utf-8', OMP_NUM_THREADS='1')
-    procs = [subprocess.Popen([sys.executable, *map(str, a)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for a in argvs]
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=120)
-        out.append((p.returncode, stdout.decode('utf-8'), stderr.decode('utf-8')))
-    return out
 
 
 @pytest.fixture(scope='module')
@@ -335,12 +320,12 @@ def test_every_stage_loads_in_sample_chat_eval(suite, reward_run, dpo_run, toy_r
     argvs = [['-m', 'chat.talk', f'--out_dir={outs["ppo"]}', '--prompt=What is 2+2?', '--max_new_tokens=5', *CPU[:2]],
              ['-m', 'chat.eval', f'--out_dir={outs["reward"]}', f'--data_dir={data}', '--max_new_tokens=5', '--json',
               *CPU[:2]]]
-    (code, talk_out, stderr), (code2, eval_out, stderr2) = run_scripts(*argvs)
-    for argv, c, err in zip(argvs, (code, code2), (stderr, stderr2)):
-        assert c == 0 and 'error' not in err and 'Traceback' not in err, (argv, err)
+    talk, ev = run_scripts(*argvs)
+    for p in (talk, ev):
+        assert p.returncode == 0 and 'error' not in p.stderr and 'Traceback' not in p.stderr, (p.args, p.stderr)
     # as scripts, exactly what they printed in this process
-    assert talk_out == replies['ppo'] + '\n'
-    assert json.loads(eval_out) == results['reward']
+    assert talk.stdout == replies['ppo'] + '\n'
+    assert json.loads(ev.stdout) == results['reward']
 
 
 # -----------------------------------------------------------------------------
