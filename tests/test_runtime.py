@@ -176,9 +176,10 @@ os._exit(0)
 
 @pytest.mark.slow
 def test_ranks_share_one_clock(tmp_path, char_data):
-    torchrun_child(tmp_path, SKEWED, f'--data_dir={char_data}', '--max_time=4', '--max_iters=100000')
-    iters = [row['iter'] for row in read_log(tmp_path / 'o') if 'loss' in row]
-    assert iters and iters[-1] > 5  # rank 0's 4 s, not rank 1's none
+    torchrun_child(tmp_path, SKEWED, f'--data_dir={char_data}', '--max_time=2', '--max_iters=100000')
+    steps = [row for row in read_log(tmp_path / 'o') if 'loss' in row]
+    # rank 0's 2 s, not rank 1's none: the last step ends within a step (milliseconds) of the budget, on any CPU
+    assert steps and steps[-1]['time'] > 1, steps[-1:]
 
 
 # rank 1 times its matmuls as a machine a million times faster than rank 0's: alone, it would keep the big model
