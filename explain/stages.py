@@ -196,8 +196,10 @@ def heat_rows(view, colour):
         for label, w in zip(labels, (row / row.max()).tolist()):
             cell = RAMP[min(len(RAMP) - 1, int(w * len(RAMP)))] * width(label)
             cells.append(rgb(cell, shade(w), bold=w > 0.5) if colour else cell)
-        name = visible(view.text[t], space=True)[:6]
-        lines.append(f"{t - view.n_prompt + 1:>4} {name}{' ' * (6 - width(name))} {''.join(cells)}")
+        name = visible(view.text[t], space=True)
+        while width(name) > 6:  # a long token (or a chat token) cut to fit its row's label
+            name = name[:-1]
+        lines.append(f"{t - view.n_prompt + 1:>4} {name}{' ' * (6 - width(name))} {''.join(cells)}".rstrip())
     return lines
 
 
@@ -298,7 +300,8 @@ def column(i, v, cfg):
             f'<tr><td>{esc(s)}</td><td>{lp:.4f}</td></tr>' for s, lp in v.reference) + '</table>')
     return (f'<section class="col"><h3>{i}. {html.escape(v.name)}</h3><p class="kind">{html.escape(v.kind)}</p>'
             f'<h4>answer</h4><pre class="answer">{html.escape(v.answer)}</pre>'
-            f'<p class="help">its tokens, shaded by their probability (grey italic: given by a tool):</p>'
+            f'<p class="help">its tokens, shaded by their probability'
+            f'{" (grey italic: given by a tool)" if any(v.given) else ""}:</p>'
             f'<pre>{answer}</pre>{ref}<h4>next tokens</h4>{steps_table(v, cfg.top_k)}'
             f'<h4>attention: {html.escape(v.where)}</h4>{heat_svg(v)}</section>')
 

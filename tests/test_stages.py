@@ -220,3 +220,15 @@ def test_rl_keeps_snapshots_too(tmp_path):
     assert not first['value_head.weight'].any() and load_model(snaps[-1], 'cpu')[0].value_head is not None
     for name, w in load_checkpoint(tmp_path / 'rl')['model'].items():
         torch.testing.assert_close(last[name], w, rtol=0, atol=0)
+
+
+def test_an_early_stop_keeps_its_end(tmp_path, char_data):
+    """A run that stops early (patience) keeps the weights it stopped with, as it would at max_iters."""
+    run_train(tmp_path / 'es', char_data, '--max_iters=40', '--eval_interval=1', '--patience=1', '--keep_every=100',
+              '--learning_rate=3.0', '--warmup_iters=0')
+    end = load_checkpoint(tmp_path / 'es')
+    assert end['iter_num'] < 40
+    snaps = sorted(glob.glob(str(tmp_path / 'es' / 'snapshots' / '*')))
+    assert [s[-11:] for s in snaps] == ['iter_000000', f"iter_{end['iter_num']:06d}"]
+    for name, w in end['model'].items():
+        torch.testing.assert_close(load_checkpoint(snaps[-1])['model'][name], w, rtol=0, atol=0)
