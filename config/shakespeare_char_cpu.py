@@ -14,14 +14,14 @@ eval_iters = 50
 log_interval = 25
 always_save_checkpoint = False
 
-# wider than nanoGPT's CPU model where bf16 matmuls run (~0.7-0.9 TFLOP/s measured on 2 EPYC cores)...
+# wider than nanoGPT's CPU model where bf16 matmuls are fast (docs/benchmarks.md)...
 n_layer = 4
 n_head = 4
 n_embd = 256
 block_size = 128
 batch_size = 16
-# ...and nanoGPT's own size where only fp32 is fast (~0.15-0.25 TFLOP/s): a 256-wide model there gets
-# ~120 iterations in the budget, too few to learn; this one gets ~1,100
+# ...and nanoGPT's own size where only fp32 is fast: a 256-wide model there gets too few iterations in the
+# budget to learn (docs/benchmarks.md has the counts)
 slow_tflops = 0.6
 slow = {'n_embd': 128, 'block_size': 64, 'batch_size': 12}
 

@@ -10,14 +10,14 @@ eval_interval = 250
 eval_iters = 20
 log_interval = 25
 
-# small enough for 2 cores; fast bf16 matmuls (~0.9 TFLOP/s measured on 2 EPYC cores) make width cheap...
+# small enough for 2 cores; where bf16 matmuls are fast, width is cheap (docs/benchmarks.md)...
 n_layer = 4
 n_head = 4
 n_embd = 256
 block_size = 256  # code needs a longer view than prose
 batch_size = 16
-# ...but where the matmul peak is lower (fp32 only: ~0.15-0.25 TFLOP/s, or a busy host) a narrower model
-# sees more text in the same time, and learns more from it (docs/benchmarks.md)
+# ...but where the matmul peak is lower (fp32 only, or a busy host) a narrower model sees more text in the
+# same time, and learns more from it (docs/benchmarks.md)
 slow_tflops = 0.6
 slow = {'n_embd': 128, 'block_size': 128, 'batch_size': 12}
 
