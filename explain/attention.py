@@ -13,7 +13,7 @@ predicts it, and a table of the likeliest next tokens with the sampled one marke
 (or with NO_COLOR set), the same in plain text with the weights as numbers.
 
 The weights come out of the real model: its own modules run, and each block's attention is written out
-as softmax(q k^T / sqrt(hs)) under the causal mask, the computation model.py leaves to SDPA (a test
+(seedgpt/inspect.py) as softmax(q k^T / sqrt(hs)) under the causal mask, the computation model.py leaves to SDPA (a test
 checks that both give the same output). Prompt and generated tokens together must fit in block_size.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it

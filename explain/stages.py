@@ -195,7 +195,7 @@ def heat_rows(view, colour):
         cells = []
         for label, w in zip(labels, (row / row.max()).tolist()):
             cell = RAMP[min(len(RAMP) - 1, int(w * len(RAMP)))] * width(label)
-            cells.append(rgb(cell, shade(w), bold=w > 0.5) if colour else cell)
+            cells.append(rgb(cell, shade(w), bold=w > 0.5) if colour and cell.strip() else cell)
         name = visible(view.text[t], space=True)
         while width(name) > 6:  # a long token (or a chat token) cut to fit its row's label
             name = name[:-1]

@@ -14,6 +14,7 @@ import train
 from compress import shrink
 from conftest import TINY, make_ckpt, one_line_error, run_script, run_train
 from explain import stages
+from model import GPT, GPTConfig
 from seedgpt.agent import generate_with_tools
 from seedgpt.chat import CHAT_SPECIALS, render_prompt
 from seedgpt.checkpoint import load_checkpoint, load_model, save_checkpoint, start_run
@@ -32,12 +33,16 @@ def char_meta(chars, specials):
 
 
 @pytest.fixture(scope='module')
-def dirs(tmp_path_factory, trained_out, caller):
-    """{name: checkpoint}: a trained base model, its int8 and pruned copies (compress/shrink.py), a random chat
-    model from before tools (four chat tokens) and conftest's caller, which has learnt to call calc. Three
-    tokenizers: the base model's characters, and ASCII with four or with six chat tokens."""
+def dirs(tmp_path_factory, trained_out, caller, gpt2_enc):
+    """{name: checkpoint}: a trained base model, its int8 and pruned copies (compress/shrink.py), a random GPT-2 BPE
+    model, a random chat model from before tools (four chat tokens) and conftest's caller, which has learnt to call
+    calc. Four tokenizers: the base model's characters, GPT-2's BPE, and ASCII with four or with six chat tokens."""
     root = tmp_path_factory.mktemp('stages')
-    out = {'base': trained_out}
+    out = {'base': trained_out, 'gpt2': root / 'gpt2'}
+    torch.manual_seed(0)
+    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=50257)
+    save_checkpoint(out['gpt2'] / 'ckpt.pt', {'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args,
+                                              'meta': {'tokenizer': 'gpt2', 'vocab_size': 50257}, 'config': {}})
     for name, how in (('int8', dict(int8=True)), ('pruned', dict(prune=0.5))):
         out[name] = root / name
         save_checkpoint(out[name] / 'ckpt.pt', shrink.compress(shrink.Config(out_dir=str(trained_out), **how)))
@@ -57,7 +62,7 @@ def view_all(dirs, *args):
 
 @pytest.fixture(scope='module')
 def side_by_side(dirs):
-    names = ['base', 'int8', 'pruned', 'chat', 'tools']
+    names = ['base', 'int8', 'pruned', 'gpt2', 'chat', 'tools']
     views = view_all([dirs[n] for n in names], '--prompt=the cat', '--reference= sat', '--max_new_tokens=6')
     return dict(zip(names, views))
 
@@ -77,7 +82,7 @@ def test_answers_are_greedy_generation(dirs, side_by_side):
         assert len(v.logits) == len(answer) and not any(v.given)
     kinds = {name: v.kind for name, v in side_by_side.items()}
     assert kinds['base'].startswith('base') and 'iter 30' in kinds['base']
-    assert 'int8 weights' in kinds['int8'] and 'pruned' in kinds['pruned']
+    assert 'int8 weights' in kinds['int8'] and 'pruned' in kinds['pruned'] and 'gpt2 tokens' in kinds['gpt2']
     assert kinds['chat'].startswith('chat,') and kinds['tools'].startswith('chat with tools')
 
 
