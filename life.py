@@ -5,6 +5,7 @@ card that puts every stage side by side.
     python life.py                                 # about 30 minutes on 2 CPU cores -> out-life/report.md
     python life.py --preset=tiny --out_dir=out-tiny  # every stage in a minute or two (the tests run it)
     python life.py --redo=rl                       # run one stage again, and every stage after it
+    python life.py --until=sft                     # stop after a stage (the report covers what is done)
     python life.py --help                          # every setting
 
   prepare   the task suite with tools (the chat data), and a pretraining corpus on the suite's characters
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from seedgpt.config import load_config
 from seedgpt.log import fmt_time
-from seedgpt.report import ask_all, evaluate, pictures, serve_check, write_report
+from seedgpt.report import ask_all, evaluate, serve_check, write_report
 
 # each preset: how long each stage trains, the suite's and the pairs' sizes, the student's shape; 'model'
 # and 'loop' override config/sft_tools.py's model shape and loop settings (the tiny preset's small and quick
@@ -52,9 +53,9 @@ PRESETS = {
                  model=['--n_layer=2', '--n_embd=64', '--n_head=2'],
                  loop=['--batch_size=8', '--eval_interval=20', '--eval_iters=2', '--log_interval=5']),
 }
-STAGES = ('prepare', 'pretrain', 'sft', 'pairs', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student', 'export',
+STAGES = ('prepare', 'pretrain', 'sft', 'scratch', 'pairs', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student', 'export',
           'serve')
-MODELS = ('pretrain', 'sft', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student')  # stages that make a model
+MODELS = ('pretrain', 'sft', 'scratch', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student')  # stages that make a model
 PROMPTS = 'What is 2+2?|Reverse the word planet.|Hello! Who are you?'
 
 
@@ -63,6 +64,8 @@ class Config:
     out_dir: str = 'out-life'  # every stage's data, checkpoints, life.json and report.md go here
     preset: str = 'laptop'  # 'laptop' (about 30 minutes on 2 CPU cores) or 'tiny' (a minute or two, for tests)
     redo: str = ''  # a stage to run again, with every stage after it ('' runs only what is not done)
+    until: str = ''  # the last stage to run this time ('' runs to the end); the report covers what is done
+    compare: bool = False  # also SFT from scratch for pretrain's and SFT's time together: did pretraining help?
     prompts: str = PROMPTS  # the questions every stage answers in the report, separated by |
     device: str = 'auto'  # every stage's device: 'auto', 'cpu', 'cuda', 'mps'
     dtype: str = 'auto'  # every stage's dtype: 'auto', 'float32', 'bfloat16', 'float16'
@@ -77,6 +80,9 @@ def commands(stage, cfg, p):
     # the base and SFT models share config/sft_tools.py's shape and optimizer: SFT fine-tunes the base
     trained = ['train.py', 'config/sft_tools.py', *system, *p['model'], *p['loop']]
     suite, base_data, pairs = out('data', 'tasks'), out('data', 'base'), out('data', 'pairs')
+    # SFT from scratch gets what pretraining and SFT took together
+    both = (f"--max_time={p['seconds']['pretrain'] + p['seconds']['sft']}" if 'seconds' in p
+            else f"--max_iters={p['iters']['pretrain'] + p['iters']['sft']}")
     # the stages after SFT read its conversations at its context length
     block = f'--block_size={block_size(out("sft"))}' if stage in ('reward', 'dpo', 'student') else '--'
     return {
@@ -84,6 +90,7 @@ def commands(stage, cfg, p):
                     corpus_command(cfg, p, suite, base_data)],
         'pretrain': [[*trained, f'--data_dir={base_data}', f'--out_dir={out("pretrain")}', t]],
         'sft': [[*trained, f'--init_from={out("pretrain")}', f'--data_dir={suite}', f'--out_dir={out("sft")}', t]],
+        'scratch': [[*trained, f'--data_dir={suite}', f'--out_dir={out("scratch")}', both]],
         'pairs': [['-m', 'prepare.preferences', f'--from_dir={out("sft")}', f'--out_dir={pairs}',
                    f'--device={cfg.device}', *p['pairs']]],
         'reward': [['-m', 'feedback.reward', 'config/reward_tasks.py', *system, f'--init_from={out("sft")}',
@@ -152,20 +159,29 @@ def run_stage(stage, cfg, p):
 def main(cfg):
     if cfg.preset not in PRESETS:
         raise SystemExit(f"error: preset must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
-    if cfg.redo and cfg.redo not in STAGES:
-        raise SystemExit(f"error: redo must be one of the stages ({', '.join(STAGES)}), got {cfg.redo!r}")
+    for name in ('redo', 'until'):
+        if getattr(cfg, name) and getattr(cfg, name) not in STAGES:
+            raise SystemExit(f"error: {name} must be one of the stages ({', '.join(STAGES)}), "
+                             f"got {getattr(cfg, name)!r}")
     p = PRESETS[cfg.preset]
     os.makedirs(cfg.out_dir, exist_ok=True)
     state_path = os.path.join(cfg.out_dir, 'life.json')
-    state = json.load(open(state_path)) if os.path.isfile(state_path) else {}
+    state = {}
+    if os.path.isfile(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
     if cfg.redo:
         state = {s: v for s, v in state.items() if STAGES.index(s) < STAGES.index(cfg.redo)}
     t_life = time.time()
-    for i, stage in enumerate(STAGES):
+    last = STAGES.index(cfg.until) if cfg.until else len(STAGES) - 1
+    for i, stage in enumerate(STAGES[:last + 1]):
+        if stage == 'scratch' and not cfg.compare:
+            continue
         if stage in state:
             print(f"[{i + 1}/{len(STAGES)}] {stage}: done ({fmt_time(state[stage]['seconds'])}), kept", flush=True)
             continue
-        left = sum(p.get('seconds', {}).get(s, 0) for s in STAGES[i:] if s not in state)
+        left = sum(p.get('seconds', {}).get(s, 0) for s in STAGES[i:last + 1] if s not in state)
+        left += sum(p.get('seconds', {}).get(s, 0) for s in ('pretrain', 'sft')) if cfg.compare and i <= 3 else 0
         print(f"\n[{i + 1}/{len(STAGES)}] {stage} | {fmt_time(time.time() - t_life)} so far | about "
               f"{fmt_time(left)} of training left, evaluations besides", flush=True)
         t0 = time.time()
@@ -176,8 +192,8 @@ def main(cfg):
         with open(tmp, 'w') as f:
             json.dump(state, f, indent=1)
         os.replace(tmp, state_path)
-    answers = ask_all([os.path.join(cfg.out_dir, s) for s in MODELS], cfg.prompts.split('|'), cfg.device)
-    pictures(cfg.out_dir, state)
+    answers = ask_all([os.path.join(cfg.out_dir, s) for s in MODELS if s in state], cfg.prompts.split('|'),
+                      cfg.device)
     path = write_report(cfg, state, answers)
     print(f"\nthe life took {fmt_time(time.time() - t_life)} this run; the report card: {path}")
 

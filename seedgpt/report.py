@@ -26,6 +26,7 @@ from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
 WHAT = {
     'pretrain': 'base: next-token prediction on raw text (the Python standard library)',
     'sft': 'supervised fine-tuning of the base on the task suite, tools included',
+    'scratch': 'the same SFT from scratch, for the base\'s and SFT\'s time together',
     'reward': 'reward model: the SFT model with a scalar head (its answers are the SFT model\'s)',
     'rl': 'PPO from the SFT model on the reward model\'s scores, KL-leashed to the SFT model',
     'dpo': 'DPO from the SFT model on the same preference pairs',
@@ -155,6 +156,20 @@ def pictures(out_dir, state):
         return []
 
 
+def pretraining_verdict(state):
+    """Whether SFT from the base beat SFT from scratch at equal total time (life.py --compare), in figures."""
+    if 'splits' not in state.get('scratch', {}) or 'splits' not in state.get('sft', {}):
+        return []
+    sft, scratch = state['sft']['splits'], state['scratch']['splits']
+    both = [sp for sp in ('test', 'gen') if sp in sft and sp in scratch]
+    gain = {sp: sft[sp]['mean'] - scratch[sp]['mean'] for sp in both}
+    verdict = ('helped' if all(g > 0 for g in gain.values()) else
+               'did not help' if all(g <= 0 for g in gain.values()) else 'gave mixed results')
+    figures = '; '.join(f"{sp}: {sft[sp]['mean']:.3f} from the base against {scratch[sp]['mean']:.3f} from scratch"
+                        for sp in both)
+    return ["", f"At equal total time, pretraining {verdict} SFT ({figures})."]
+
+
 def write_report(cfg, state, answers):
     """out_dir/report.md: one row per stage, then the prompts' answers; returns its path."""
     lines = [f"# The life of a model: {cfg.out_dir} (preset {cfg.preset})", "",
@@ -167,6 +182,7 @@ def write_report(cfg, state, answers):
                      f"{row['params'] / 1e6:.2f}M | {row['weights_mb']} MB | {row.get('val_bpb', '')} | "
                      f"{acc[0]} | {acc[1]} |" if 'params' in row else
                      f"| {stage} | {row.get('served', '')} | {row['seconds']:.0f} s | | | | | |")
+    lines += pretraining_verdict(state)
     lines += ["", "Accuracy per task (test split; gen in brackets):", ""]
     for stage, row in state.items():
         splits = row.get('splits', {})

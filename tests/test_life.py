@@ -56,3 +56,13 @@ def test_bad_settings_are_one_line(tmp_path):
         p = run_script('life.py', arg, f'--out_dir={tmp_path}')
         lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert p.returncode != 0 and len(lines) == 1 and words in lines[0] and lines[0].startswith('error:')
+
+
+def test_the_verdict_on_pretraining_follows_the_figures():
+    from seedgpt.report import pretraining_verdict
+    row = lambda test, gen: {'splits': {'test': {'mean': test}, 'gen': {'mean': gen}}}  # noqa: E731
+    assert pretraining_verdict({'sft': row(0.9, 0.8)}) == []  # no --compare run: nothing to say
+    said = pretraining_verdict({'sft': row(0.9, 0.8), 'scratch': row(0.85, 0.7)})[-1]
+    assert 'pretraining helped SFT (test: 0.900 from the base against 0.850 from scratch; gen: 0.800' in said
+    assert 'did not help' in pretraining_verdict({'sft': row(0.8, 0.7), 'scratch': row(0.85, 0.7)})[-1]
+    assert 'mixed' in pretraining_verdict({'sft': row(0.9, 0.6), 'scratch': row(0.85, 0.7)})[-1]
