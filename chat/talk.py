@@ -4,9 +4,11 @@ Talk to a chat model (one fine-tuned on chat data, e.g. prepare/tasks.py's suite
     python -m chat.talk --out_dir=out-sft-tasks                               # multi-turn, answers streamed
     python -m chat.talk --out_dir=out-sft-tasks --prompt="What is 48+75?"     # one turn: only the answer on stdout
     python -m chat.talk --out_dir=out-sft-tasks --system="Be brief." --temperature=0.8
+    python -m chat.talk --out_dir=out-sft-tools                               # calls calc and count as it answers
 
 In the chat, /reset starts a new conversation and Ctrl-D (end of input) leaves; Ctrl-C stops an
-answer being written. When the conversation outgrows the model's context, the oldest turns are dropped.
+answer being written. When the conversation and room for a reply outgrow the model's context, the oldest
+turns are dropped.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m chat.talk ...")
@@ -39,16 +41,23 @@ class Config:
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
 
 
-def fit(tok, messages, block_size):
-    """Drop the oldest turns, never the system message nor the last one, until the prompt fits the context."""
+def fit(tok, messages, block_size, room=0):
+    """Drop the oldest turns, never the system message nor the last one, until the prompt fits the context
+    with `room` tokens to spare for the reply."""
     first = 1 if messages and messages[0]['role'] == 'system' else 0
     dropped = False
-    while len(render_prompt(tok, messages)) > block_size and len(messages) - first > 1:
+    while len(render_prompt(tok, messages)) + room > block_size and len(messages) - first > 1:
         del messages[first]
         while len(messages) - first > 1 and messages[first]['role'] in ('assistant', 'tool'):
             del messages[first]  # a reply without its question would only confuse
         dropped = True
     return dropped
+
+
+def reply_room(model, cfg):
+    """Tokens kept free for a reply: max_new_tokens, at most a third of the context (a chat model of the tool
+    suite has room for its longest conversation and a third more: config/sft_tools.py)."""
+    return min(cfg.max_new_tokens, model.config.block_size // 3)
 
 
 def reply(model, tok, messages, cfg, g):
@@ -89,7 +98,7 @@ def main(cfg):
             render_prompt(tok, messages)
         except ValueError as e:
             raise SystemExit(f"error: {e}; change the prompt")
-        fit(tok, messages, model.config.block_size)
+        fit(tok, messages, model.config.block_size, reply_room(model, cfg))
         reply(model, tok, messages, cfg, g)
         return
 
@@ -118,7 +127,7 @@ def main(cfg):
             messages.pop()
             sys.stderr.write(f"error: {e}; say it another way\n")
             continue
-        if fit(tok, messages, model.config.block_size):
+        if fit(tok, messages, model.config.block_size, reply_room(model, cfg)):
             sys.stderr.write("(older turns dropped to fit the model's context)\n")
         messages += reply(model, tok, messages, cfg, g)
 

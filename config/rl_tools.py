@@ -1,5 +1,6 @@
 """RL with the tools in the loop, from the tool-using SFT model: the rollouts run calc and count
-(seedgpt/agent.py), the checker scores the final answer, and the tools' results stay out of the loss.
+(seedgpt/agent.py) on the suite people type (the last answer of each conversation, the turns before it
+given), the checker scores the final answer, and the tools' results stay out of the loss.
 
     python -m feedback.rl config/rl_tools.py                 # PPO
     python -m feedback.rl config/rl_tools.py --algo=grpo
@@ -14,11 +15,11 @@ out_dir = 'out-rl-tools'
 max_iters = 100000
 max_time = 600  # 10 minutes of RL, val evaluations included; the final test evaluation comes after
 eval_interval = 50
-eval_examples = 600  # all 600 val questions at each evaluation; the test split's 1,200 are answered once, at the end
+eval_examples = 200  # val conversations at each evaluation, each answer scored; test's all, once, at the end
 log_interval = 5
 prompts_per_step = 32
 group_size = 8  # 256 rollouts per step
-max_new_tokens = 32  # per round: the longest call, calc(123456*654321), is 21 tokens with <|call|> and <|end|>
+max_new_tokens = 96  # per round: room for the longest reply, a chat line (seedgpt/tasks.py HELLO)
 max_calls = 2  # one call answers every question of the suite; a second is a retry, a third a loop
 learning_rate = 1e-4  # AdamW on every weight
 min_lr = 1e-5

@@ -1,13 +1,14 @@
-"""Chat SFT on the task suite with tools: the model learns to call calc for arithmetic of 2 to 6 digits
-(add, sub, mul) and count for counting letters, and to answer reversing and sorting itself.
+"""Chat SFT on the task suite with tools, what people type: the model learns to call calc for arithmetic
+(operands of 1 to 6 digits, expressions) and count for counting letters, to reverse and sort words itself,
+to answer a greeting or a question outside the suite with one honest line, and to follow up on an answer.
 
     python -m prepare.tasks --tools --digits=6 && python train.py config/sft_tools.py
-    python -m chat.eval --out_dir=out-sft-tools                  # accuracy per task and digits, tool use
-    python -m chat.talk --out_dir=out-sft-tools --prompt="What is 48213*91275?"
+    python -m chat.eval --out_dir=out-sft-tools                  # test and gen side by side, per task and digits
+    python -m chat.talk --out_dir=out-sft-tools --prompt="What is 2+2?"
 
-The same model and time budget as config/sft_tasks.py; longer conversations (a call, the tool's
-result, the answer), so a longer block. The loss covers the calls and the answers, never the results
-(python -m prepare.tasks --tools --show=3 colours the parts).
+The same model size and time budget as config/sft_tasks.py. The loss covers the calls and the answers,
+never the tools' results (python -m prepare.tasks --tools --show=3 colours the parts). Measured with bf16
+and in fp32, and what the longer context costs: docs/tools.md.
 """
 out_dir = 'out-sft-tools'
 data_dir = 'data/tasks-tools'
@@ -20,15 +21,16 @@ log_interval = 50
 n_layer = 4
 n_head = 4
 n_embd = 128
-block_size = 96  # the longest conversation at --digits=6 is 93 tokens
-batch_size = 32
+block_size = 384  # the longest conversation (seedgpt/tasks.py CONTEXT, 256) and room to answer after it;
+# on a CPU a step costs its batch's longest conversation, not this (docs/tools.md#context)
+batch_size = 8  # conversations of up to 4 turns: few rows, many steps (docs/tools.md#results)
 
 pos = 'rope'
 norm = 'rms'
 mlp = 'swiglu'  # as config/stdlib_char.py: it beat relu2 at equal time, and the model exports to Llama/Qwen3
 qk_norm = True
-muon_lr = 0.02
+muon_lr = 0.04
 
-learning_rate = 3e-3
-min_lr = 3e-4
+learning_rate = 6e-3  # twice config/sft_tasks.py's: a few steps must go far (docs/tools.md#results)
+min_lr = 6e-4
 warmup_iters = 50

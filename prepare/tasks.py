@@ -6,6 +6,7 @@ A suite of chat tasks whose answers can be checked exactly, made offline from a 
     python -m prepare.tasks --tokenizer=bpe       # a BPE learned from the train conversations, chat tokens after it
     python -m prepare.tasks --digits=3 --word_len=7 --n_train=8000   # harder and more
     python -m prepare.tasks --show=3              # then print 3 train conversations coloured by the loss mask
+    python -m prepare.tasks --tools --digits=6    # the suite with tools, what people type -> data/tasks-tools/
 
 Five tasks, each a user question and a short, bare assistant answer:
   add      What is 48+75?                        123      numbers of up to --digits digits
@@ -14,16 +15,20 @@ Five tasks, each a user question and a short, bare assistant answer:
   sort     Sort the letters of kvit.             iktv
   count    How many times does a appear in abaca?  3      words of 3 to --word_len + 2 letters
 Each question has several phrasings. No problem (a task and its operands, in any phrasing) is in
-two splits, nor twice in one.
+two splits, nor twice in one. With --tools, the broader suite of seedgpt/tasks.py (arithmetic of 1 to
+--digits digits in any combination, expressions, English words, greetings and questions outside the
+suite, conversations of 2 to 4 turns) answered through calc and count, and a gen split in phrasings and
+digit-length pairs that training never sees.
 
 Output in data/tasks/ (or --out_dir), written to a temp dir and renamed when whole:
   {train,val,test}.jsonl  {"messages": [user, assistant], "meta": {"task", "answer", operands}}
+  gen.jsonl               with --tools: the generalization split (questions only, as test)
   {train,val}.bin         token ids of every conversation, back to back (uint16)
   {train,val}.mask.bin    uint8 per token: 1 on assistant content and its <|end|> (the loss), else 0
   {train,val}.idx.bin     int64 offset of each conversation's first token in {split}.bin
   meta.json               tokenizer, vocab_size (the chat tokens included), special_tokens, counts
   tokenizer.json          with --tokenizer=bpe: the learned BPE, its special tokens <|endoftext|> and the chat tokens
-check(task, meta, answer) below is the one judge of an answer, for chat/eval.py and for RL rewards.
+check(task, meta, answer) in seedgpt/tasks.py is the one judge of an answer, for chat/eval.py and for RL rewards.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m prepare.tasks ...")
@@ -39,7 +44,7 @@ import numpy as np
 
 from seedgpt.chat import CHAT_SPECIALS, chat_ids, loss_text, render_chat
 from seedgpt.config import load_config
-from seedgpt.corpus import ROOT, publish, write_tokenizer
+from seedgpt.dataset import DATA_ROOT, publish, write_tokenizer
 from seedgpt.tasks import TASKS, TOOL_TASKS, TaskError, generate
 from seedgpt.tokenizer import BPETokenizer, CharTokenizer, GPT2Tokenizer, load_tokenizer, train_bpe
 
@@ -58,20 +63,24 @@ def make_tokenizer(name, splits, vocab_size):
                 chars.update(m['content'])
     return CharTokenizer(sorted(chars), CHAT_SPECIALS)
 
-def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_train=4000, n_val=100, n_test=200,
-            quiet=False, vocab_size=512, tools=False):
+def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=0, n_train=4000, n_val=100, n_test=200,
+            quiet=False, vocab_size=512, tools=False, n_gen=0, max_turns=4):
     """Generate, tokenize and write the suite to out_dir (default data/tasks); returns the meta dict."""
     if tokenizer not in ('char', 'gpt2', 'bpe'):
         raise TaskError(f"tokenizer must be 'char', 'gpt2' or 'bpe', got {tokenizer!r}")
-    if tools and digits < 2:
-        raise TaskError("with tools the arithmetic is of 2 to --digits digits: --digits must be at least 2, "
-                        f"got {digits}")
+    word_len = word_len or (15 if tools else 5)
+    n_gen = (n_gen or n_test) if tools else 0
     if digits < 1 or word_len < 1 or min(n_train, n_val, n_test) < 1:
         raise TaskError("digits, word_len and the split sizes must be at least 1")
+    if tools and max_turns < 1:
+        raise TaskError(f"--max_turns must be at least 1, got {max_turns}")
+    if tools and word_len < 2:
+        raise TaskError(f"with tools the words are of 2 to --word_len letters: --word_len must be at least 2, "
+                        f"got {word_len}")
     if tokenizer == 'bpe' and vocab_size < 258:
         raise TaskError(f"vocab_size must be at least 258 for a byte-level BPE, got {vocab_size}")
-    out_dir = out_dir or os.path.join(ROOT, 'data', 'tasks-tools' if tools else 'tasks')
-    splits = generate(seed, digits, word_len, n_train, n_val, n_test, tools=tools)
+    out_dir = out_dir or os.path.join(DATA_ROOT, 'tasks-tools' if tools else 'tasks')
+    splits = generate(seed, digits, word_len, n_train, n_val, n_test, tools=tools, n_gen=n_gen, max_turns=max_turns)
     tok = make_tokenizer(tokenizer, splits, vocab_size)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
 
@@ -86,8 +95,8 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
                     f.write(json.dumps(r, ensure_ascii=False) + '\n')
             rendered = [render_chat(tok, r['messages']) for r in records]  # the test split too: longest counts it
             longest = max([longest] + [len(ids) for ids, _ in rendered])
-            if split == 'test':
-                continue  # chat/eval.py renders test questions itself, as prompts
+            if split in ('test', 'gen'):
+                continue  # chat/eval.py renders their questions itself, as prompts
             lengths = np.array([len(ids) for ids, _ in rendered], dtype=np.int64)
             ids = np.array([i for conv, _ in rendered for i in conv], dtype=dtype)
             mask = np.array([k for _, m in rendered for k in m], dtype=np.uint8)
@@ -104,8 +113,10 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
                     max_conversation_tokens=longest,  # block_size >= this - 1 holds every conversation whole
                     tasks=list(TOOL_TASKS if tools else TASKS), source='prepare/tasks.py',
                     settings=dict(seed=seed, digits=digits, word_len=word_len, n_train=n_train, n_val=n_val,
-                                  n_test=n_test, tools=tools),
-                    split='disjoint problems: none in two splits, none twice')
+                                  n_test=n_test, tools=tools,
+                                  **({'n_gen': n_gen, 'max_turns': max_turns} if tools else {})),
+                    split='disjoint problems: none in two splits, none twice'
+                          + ('; gen in phrasings and digit-length pairs train never has' if tools else ''))
         if tokenizer == 'char':
             meta['chars'] = tok.chars
         else:
@@ -118,7 +129,8 @@ def prepare(out_dir=None, tokenizer='char', seed=1337, digits=2, word_len=5, n_t
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if not quiet:
         n = meta['conversations']
-        print(f"wrote {out_dir}: {n['train']:,} train, {n['val']:,} val and {n['test']:,} test conversations, "
+        print(f"wrote {out_dir}: {n['train']:,} train, {n['val']:,} val, {n['test']:,} test"
+              + (f" and {n['gen']:,} gen" if 'gen' in n else '') + " conversations, "
               f"{meta['train_tokens']:,} train tokens ({meta['train_loss_tokens']:,} in the loss), "
               f"vocab {tok.vocab_size:,}, longest conversation {longest} tokens")
     return meta
@@ -162,12 +174,14 @@ class Config:
     vocab_size: int = 512  # tokenizer=bpe: tokens before the chat tokens (fewer if the questions run out of merges)
     out_dir: str = ''  # output directory; '' is data/tasks
     seed: int = 1337  # the same seed gives the same suite
-    digits: int = 2  # add and sub: numbers of up to this many digits (with tools: of 2 to this many)
-    tools: bool = False  # the suite with tool calls (calc, count) and mul, into data/tasks-tools; try --digits=6
-    word_len: int = 5  # reverse and sort: words of 3 to this many letters
-    n_train: int = 4000  # train conversations per task
+    digits: int = 2  # add and sub: numbers of up to this many digits (with tools: 1 to this many, any two lengths)
+    tools: bool = False  # the suite people type, answered through calc and count, into data/tasks-tools; --digits=6
+    word_len: int = 0  # reverse and sort: words of 3 to this many letters; 0 is 5 (with tools: 2 to 15 letters)
+    n_train: int = 4000  # train conversations per task (with tools, times the task's share: seedgpt/tasks.py's MIX)
     n_val: int = 100  # val conversations per task
     n_test: int = 200  # test questions per task
+    n_gen: int = 0  # with tools: gen questions per task; 0 is n_test
+    max_turns: int = 4  # with tools: turns of a conversation at most; 1 is single questions and no follow-ups
     show: int = 0  # then print this many rendered train conversations, coloured by the loss mask
 
 
@@ -180,7 +194,7 @@ def main(cfg):
     except TaskError as e:
         raise SystemExit(f"error: {e}")
     if n_show:
-        out_dir = cfg.out_dir or os.path.join(ROOT, 'data', 'tasks-tools' if cfg.tools else 'tasks')
+        out_dir = cfg.out_dir or os.path.join(DATA_ROOT, 'tasks-tools' if cfg.tools else 'tasks')
         show(out_dir, load_tokenizer(meta), n_show)
 
 

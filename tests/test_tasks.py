@@ -1,4 +1,6 @@
-"""The chat format (mask, round trips) and prepare/tasks.py (determinism, disjoint splits, checkers, files)."""
+"""The chat format (mask, round trips) and prepare/tasks.py (determinism, disjoint splits, checkers, files), the plain
+suite and the one with tools (its gen split held out by construction, conversations scored on every answer)."""
+import itertools
 import json
 import string
 
@@ -8,7 +10,8 @@ import pytest
 from conftest import run_script
 from prepare import tasks
 from seedgpt.chat import CHAT_SPECIALS, chat_ids, parse_chat, render_chat, render_prompt
-from seedgpt.tasks import PHRASES, TASKS, TaskError, check, generate
+from seedgpt.tasks import (CONTEXT, ENGLISH, GEN_PAIRS, HELLO, OUTSIDE, PHRASES, TASKS, THANKS, TaskError, check,
+                           each_answer, generate, question, score)
 from seedgpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
 CONV = [{'role': 'system', 'content': 'Be brief.'},
@@ -207,3 +210,104 @@ def test_bad_settings_one_line_error(tmp_path):
     assert p.returncode != 0 and 'Traceback' not in p.stderr
     assert p.stderr.strip().startswith('error: too few distinct') and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 't').exists()
+
+
+# ---- the suite with tools: what people type, and a gen split held out of training by construction
+
+def tool_suite(**kw):
+    return generate(**{'seed': 5, 'digits': 6, 'n_train': 80, 'n_val': 8, 'n_test': 12, 'tools': True, **kw})
+
+
+def turn_metas(records):
+    return [m for r in records for m in r['meta'].get('turns', [r['meta']])]
+
+
+def test_tool_suite_is_deterministic_with_disjoint_splits():
+    a = tool_suite()
+    assert a == tool_suite() and a != tool_suite(seed=6)
+    assert set(a) == {'train', 'val', 'test', 'gen'}
+    problems = {}
+    for split, records in a.items():
+        # a problem is its computation; chat messages may recur within a split, never across
+        problems[split] = [(m['task'], m.get('a'), m.get('b'), m.get('w'), m.get('c'), m.get('expression'),
+                            m.get('n'), m.get('k'), m.get('how')) for m in turn_metas(records) if m['task'] != 'chat']
+        assert len(set(problems[split])) == len(problems[split]), split
+    chats = {s: {m['content'] for r in recs for m, nxt in zip(r['messages'], r['messages'][1:])
+                 if m['role'] == 'user' and nxt['content'] in (HELLO, OUTSIDE, THANKS)} for s, recs in a.items()}
+    for s, t in itertools.combinations(a, 2):
+        assert not set(problems[s]) & set(problems[t]), (s, t)
+        assert not chats[s] & chats[t], (s, t)
+
+
+def test_gen_differs_from_train_by_construction():
+    """Every gen question is in a phrasing training never has, or (arithmetic) of a digit-length pair it never
+    has; gen's English words are never train's; follow-ups too come in held-out forms."""
+    a = tool_suite()
+    train, gen = turn_metas(a['train'] + a['val'] + a['test']), turn_metas(a['gen'])
+    seen_forms, seen_pairs = {m['form'] for m in train}, {m['digits'] for m in train if 'digits' in m}
+    assert not seen_pairs & {f'{x},{y}' for x, y in GEN_PAIRS}
+    for m in gen:
+        assert m['form'] not in seen_forms or m.get('digits') in {f'{x},{y}' for x, y in GEN_PAIRS}, m
+    assert {m['digits'] for m in gen if 'digits' in m} & {f'{x},{y}' for x, y in GEN_PAIRS}
+    assert any(m['task'] == 'followup' for m in gen)
+    english = set(ENGLISH)
+    assert not {m['w'] for m in train if m.get('w') in english} & {m['w'] for m in gen if m.get('w') in english}
+
+
+def test_tool_suite_answers_are_right():
+    """Each answer, worked out here from the operands, independently of seedgpt/tasks.py and its tools."""
+    for r in tool_suite()['train']:
+        for m in turn_metas([r]):
+            t, ans = m['task'], m['answer']
+            if t in ('add', 'sub', 'mul'):
+                assert int(ans) == {'add': m['a'] + m['b'], 'sub': m['a'] - m['b'], 'mul': m['a'] * m['b']}[t]
+                assert m['digits'] == f"{len(str(m['a']))},{len(str(m['b']))}"
+            elif t == 'div':
+                assert abs(float(ans) - m['a'] / m['b']) < 1e-9 * max(1, m['a'] / m['b'])
+            elif t == 'expr':
+                assert abs(float(ans) - eval(m['expression'])) < 1e-6 * max(1, abs(float(ans)))  # our own text
+            elif t in ('reverse', 'sort'):
+                assert ans == (m['w'][::-1] if t == 'reverse' else ''.join(sorted(m['w'])))
+            elif t == 'count':
+                assert int(ans) == sum(ch == m['c'] for ch in m['w'])
+            assert 2 <= len(m.get('w') or 'ab') <= 15
+        # a conversation's turns are its user messages, each answered by the last assistant message before the next
+        users = [i for i, msg in enumerate(r['messages']) if msg['role'] == 'user']
+        assert len(users) == len(r['meta'].get('turns', [0])) <= 4
+        for i, m in zip(users, turn_metas([r])):
+            answer = next(msg for msg in r['messages'][i + 1:] if msg['role'] == 'assistant' and msg['content'])
+            assert answer['content'] == m['answer']
+
+
+def test_tool_suite_checker_takes_usual_forms():
+    assert check('add', {'answer': '1234'}, '1,234') and check('add', {'answer': '1234'}, ' 1234. ')
+    assert check('sub', {'answer': '-42'}, '-42') and not check('sub', {'answer': '-42'}, '42')
+    assert check('div', {'answer': '2.5'}, '2.50') and not check('div', {'answer': '2.5'}, '2,5')
+    assert not check('mul', {'answer': '1234'}, '12,34') and not check('mul', {'answer': '1234'}, '1234?')
+    assert check('reverse', {'answer': 'tenalp'}, 'tenalp.') and not check('reverse', {'answer': 'tenalp'}, 'Tenalp')
+    hello = {'answer': HELLO}
+    assert check('chat', hello, HELLO.lower().replace(' ', '  ')) and not check('chat', hello, '')
+    assert check('followup', {'kind': 'number', 'answer': '108'}, '108')
+    assert check('followup', {'kind': 'text', 'answer': 'planet'}, 'planet') and not check(
+        'followup', {'kind': 'text', 'answer': 'planet'}, '108')
+
+
+def test_a_conversation_is_scored_on_every_answer():
+    records = [r for r in tool_suite()['test'] if 'turns' in r['meta']]
+    items = each_answer(records)
+    assert len(items) == sum(len(r['meta']['turns']) for r in records)
+    for item in items:
+        assert item['messages'][-1]['role'] == 'assistant' and item['messages'][-1]['content'] == item['meta']['answer']
+        assert question(item)[-1]['role'] == 'user'
+    perfect = score(items, [i['meta']['answer'] for i in items])
+    assert perfect['mean'] == 1.0
+
+
+def test_tool_suite_fits_its_context(tmp_path):
+    meta = tasks.prepare(out_dir=str(tmp_path / 't'), tools=True, digits=6, n_train=60, n_val=4, n_test=8, quiet=True)
+    assert meta['max_conversation_tokens'] <= CONTEXT + 1 and meta['conversations']['gen'] > 0
+    assert (tmp_path / 't' / 'gen.jsonl').exists() and not (tmp_path / 't' / 'gen.bin').exists()
+    single = tasks.prepare(out_dir=str(tmp_path / 's'), tools=True, digits=6, n_train=60, n_val=4, n_test=8,
+                           max_turns=1, quiet=True)
+    records = [json.loads(line) for line in (tmp_path / 's' / 'train.jsonl').read_text().splitlines()]
+    assert all('turns' not in r['meta'] for r in records) and single['max_conversation_tokens'] < 130

@@ -13,7 +13,7 @@ from seedgpt import tools
 from seedgpt.agent import Trace, generate_with_tools
 from seedgpt.chat import CHAT_SPECIALS, chat_ids, parse_chat, render_chat, render_prompt
 from seedgpt.checkpoint import load_model
-from seedgpt.tasks import TOOL_TASKS, generate, load_records, question, score
+from seedgpt.tasks import TOOL_TASKS, each_answer, generate, load_records, question, score
 from seedgpt.tokenizer import CharTokenizer
 from seedgpt.tools import MAX_DIGITS, MAX_OUTPUT, ToolError, calc, call_text, parse_call, run_tool
 
@@ -104,13 +104,13 @@ def test_every_value_keeps_the_digit_limit():
 
 def tool_record(task='add'):
     splits = generate(digits=4, n_train=30, n_val=2, n_test=2, tools=True)
-    return next(r for r in splits['train'] if r['meta']['task'] == task)
+    return next(r for r in splits['test'] if r['meta']['task'] == task and 'turns' not in r['meta'])
 
 
 def test_mask_covers_calls_never_results():
     tok = char_tok()
     special = chat_ids(tok)
-    for task in ('add', 'mul', 'count'):
+    for task in ('add', 'mul', 'div', 'expr', 'count'):
         record = tool_record(task)
         ids, mask = render_chat(tok, record['messages'])
         learned = [i for i, m in zip(ids, mask) if m]
@@ -235,13 +235,15 @@ def test_score_reports_tool_use():
 
 @pytest.fixture(scope='module')
 def tool_model(tmp_path_factory):
-    """(data_dir, out_dir): the suite with tools at up to 3 digits, and a small model trained on it briefly:
-    enough to call tools on some questions and not on others."""
+    """(data_dir, out_dir): the suite with tools at up to 3 digits, words of up to 8 letters and conversations of
+    up to 2 turns, and a small model trained on it briefly: enough to call tools on some questions and not on
+    others."""
     root = tmp_path_factory.mktemp('tools')
     data = root / 'tasks'
-    prepare_tasks.prepare(out_dir=str(data), tools=True, digits=3, n_train=200, n_val=10, n_test=8, quiet=True)
-    run_train(root / 'out', data, '--max_iters=150', '--block_size=80', '--batch_size=16', '--n_embd=64',
-              '--n_head=4', '--learning_rate=3e-3', '--warmup_iters=10')
+    meta = prepare_tasks.prepare(out_dir=str(data), tools=True, digits=3, word_len=8, max_turns=2, n_train=100,
+                                 n_val=4, n_test=4, quiet=True)
+    run_train(root / 'out', data, '--max_iters=150', f"--block_size={meta['max_conversation_tokens']}",
+              '--batch_size=16', '--n_embd=64', '--n_head=4', '--learning_rate=3e-3', '--warmup_iters=10')
     return data, root / 'out'
 
 
@@ -259,18 +261,31 @@ def test_batched_tool_generation_equals_each_alone(tool_model):
 
 
 def test_eval_reports_tools_and_digits(tool_model):
+    """A tool suite's default: test and gen side by side, each scored on every answer of a conversation."""
     data, out = tool_model
     p = run_script('-m', 'chat.eval', f'--out_dir={out}', '--json', '--device=cpu', '--dtype=float32')
     assert p.returncode == 0, p.stderr
-    result = json.loads(p.stdout)
-    assert result['data_dir'] == str(data)  # the suite the model was trained on, by default
-    assert set(result['tasks']) == set(TOOL_TASKS) and 0 <= result['mean'] <= 1
-    assert set(result['tools']) == {'called_when_needed', 'needed', 'called_when_not', 'not_needed', 'calls',
-                                    'malformed'}
-    assert result['tools']['needed'] == 4 * 8 and result['tools']['not_needed'] == 2 * 8
-    assert set(result['digits']) == {'add', 'sub', 'mul'}
+    both = json.loads(p.stdout)
+    assert both['data_dir'] == str(data) and set(both['splits']) == {'test', 'gen'}  # the model's suite, by default
+    for split, result in both['splits'].items():
+        asked = each_answer(load_records(data, split))
+        assert result['n'] == len(asked) > len(load_records(data, split))  # a conversation's every answer
+        assert set(result['tasks']) == set(TOOL_TASKS) and 0 <= result['mean'] <= 1
+        assert set(result['tools']) == {'called_when_needed', 'needed', 'called_when_not', 'not_needed', 'calls',
+                                        'malformed'}
+        assert result['tools']['needed'] == sum('tool' in r['meta'] for r in asked)
+        assert result['tools']['not_needed'] == sum('tool' not in r['meta'] for r in asked)
+        assert set(result['digits']) == {'add', 'sub', 'mul', 'div'}
+    # gen asks the digit pairs test never does
+    assert set(both['splits']['gen']['digits']['add']) - set(both['splits']['test']['digits']['add'])
+    one = run_script('-m', 'chat.eval', f'--out_dir={out}', '--json', '--split=test', '--device=cpu',
+                     '--dtype=float32')
+    assert json.loads(one.stdout)['split'] == 'test' and json.loads(one.stdout)['n'] == both['splits']['test']['n']
     table = run_script('-m', 'chat.eval', f'--out_dir={out}', '--device=cpu', '--dtype=float32')
-    assert 'tool called where needed' in table.stdout and 'digits' in table.stdout, table.stdout
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ['task', 'test', 'n', 'gen', 'n'], table.stdout
+    assert 'test: tool called where needed' in table.stdout and 'gen: tool called' in table.stdout
+    assert 'add by digits, first operand down, second across: test | gen' in lines, table.stdout
 
 
 @pytest.mark.parametrize('algo', ['ppo', 'grpo'])
