@@ -53,8 +53,8 @@ PRESETS = {
                  model=['--n_layer=2', '--n_embd=64', '--n_head=2'],
                  loop=['--batch_size=8', '--eval_interval=20', '--eval_iters=2', '--log_interval=5']),
 }
-STAGES = ('prepare', 'pretrain', 'sft', 'scratch', 'pairs', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student', 'export',
-          'serve')
+STAGES = ('prepare', 'pretrain', 'sft', 'scratch', 'pairs', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student',
+          'export', 'serve')
 MODELS = ('pretrain', 'sft', 'scratch', 'reward', 'rl', 'dpo', 'int8', 'pruned', 'student')  # stages that make a model
 PROMPTS = 'What is 2+2?|Reverse the word planet.|Hello! Who are you?'
 
