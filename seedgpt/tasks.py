@@ -242,7 +242,7 @@ caterpillar celebration environment marshmallow opportunity programming thunders
 encyclopedia construction championship intelligence neighborhood relationship constellation understanding
 international extraordinary communication entertainment investigation accommodation responsibility
 transportation characteristic congratulations committee bookkeeper assessment possession tennessee success address
-necessary occurrence parallel referee sleepless banana""".split()
+necessary occurrence parallel referee sleepless museum""".split()
 
 
 ENGLISH_SEEN = [w for i, w in enumerate(ENGLISH) if i % 5 != 4]  # train, val, test

@@ -251,6 +251,7 @@ def test_gen_differs_from_train_by_construction():
     assert {m['digits'] for m in gen if 'digits' in m} & {f'{x},{y}' for x, y in GEN_PAIRS}
     assert any(m['task'] == 'followup' for m in gen)
     english = set(ENGLISH)
+    assert len(english) == len(ENGLISH)  # a word twice could fall on both sides
     assert not {m['w'] for m in train if m.get('w') in english} & {m['w'] for m in gen if m.get('w') in english}
 
 
