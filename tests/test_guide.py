@@ -21,7 +21,7 @@ import tokenize
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_train
 from seedgpt import dataset
 from seedgpt.config import load_config
 
@@ -282,11 +282,13 @@ PROGRAMS = [code for _, code in blocks('en', ('python',))]
 
 @pytest.fixture(scope='module')
 def learner_dir(tmp_path_factory):
-    """A directory as the repo root is after step 1, with a data/stdlib_char of its own: one file of the standard
-    library (os.py, which the programs read) rather than all of it, so that it takes a moment."""
+    """A directory as the repo root is after step 6, with a data/stdlib_char and an out-stdlib-char of its own: one
+    file of the standard library (os.py, which the programs read) rather than all of it, and a tiny model trained
+    for two iterations, so that it takes seconds."""
     root = tmp_path_factory.mktemp('learner')
-    dataset.prepare([os.__file__], tokenizer='char', out_dir=str(root / 'data' / 'stdlib_char'), block_size=64,
-                    quiet=True)
+    data = root / 'data' / 'stdlib_char'
+    dataset.prepare([os.__file__], tokenizer='char', out_dir=str(data), block_size=64, quiet=True)
+    run_train(root / 'out-stdlib-char', data, '--max_iters=2')
     return root
 
 
