@@ -252,10 +252,10 @@ class Protocol:
             self.chat_stop = None  # a base model: completions only
         self.call_id = getattr(tok, 'special_ids', {}).get(CHAT_TOKENS['call'])  # None: a model from before tools
         # completions of any model end at a special token: <|endoftext|> or a chat token
-        self.text_stop = set(getattr(tok, 'special_ids', {}).values()) | ({tok.eot} if hasattr(tok, 'eot') else set())
+        specials = set(tok.special_ids.values())
+        self.text_stop = specials | ({tok.eot} if hasattr(tok, 'eot') else set())
         # no token writes more bytes than this, so a text of more characters than limit x this is too long
-        # for the context without tokenizing it (tokenizing 20 MB takes seconds)
-        specials = set(getattr(tok, 'special_ids', {}).values())
+        # for the context without tokenizing it (tokenizing a huge body would hold a worker for long)
         self.bytes_per_token = max(len(tok.decode([i]).encode('utf-8', 'surrogatepass'))
                                    for i in range(tok.vocab_size) if i not in specials)
 
