@@ -34,7 +34,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+from seedgpt.checkpoint import load_checkpoint
 from seedgpt.config import load_config
+from seedgpt.dataset import stdlib_files
 from seedgpt.log import fmt_time
 from seedgpt.report import ask_all, evaluate, serve_check, write_report
 
@@ -125,21 +127,23 @@ def corpus_command(cfg, p, suite, base_data):
 
 def block_size(out_dir):
     """A checkpoint's context: the stages after SFT keep the SFT model's."""
-    from seedgpt.checkpoint import load_checkpoint
     return load_checkpoint(out_dir)['model_args']['block_size']
 
 
 def sample_stdlib(where, megabytes):
-    """A folder of the stdlib's first files, about `megabytes` of them (the tiny preset's corpus)."""
-    from seedgpt.dataset import stdlib_files
+    """A folder of the stdlib's first files, about `megabytes` of them (the tiny preset's corpus). Written
+    beside `where` and renamed when whole, so a run killed half-way never leaves a partial corpus behind."""
     if not os.path.isdir(where):
-        os.makedirs(where)
+        tmp = f'{where}.tmp{os.getpid()}'
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
         total = 0
         for i, f in enumerate(stdlib_files()[1]):
-            shutil.copy(f, os.path.join(where, f'{i:04d}.txt'))
+            shutil.copy(f, os.path.join(tmp, f'{i:04d}.txt'))
             total += os.path.getsize(f)
             if total > megabytes * 2 ** 20:
                 break
+        os.replace(tmp, where)
     return where
 
 

@@ -18,9 +18,11 @@ import urllib.request
 
 import torch
 
+from seedgpt.agent import generate_with_tools
 from seedgpt.charts import draw_runs, figure, read_log, save
 from seedgpt.chat import is_chat, render_prompt
 from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
+from seedgpt.generate import generate
 
 # what each stage's model is, in the report's words
 WHAT = {
@@ -67,8 +69,6 @@ def has_log(out_dir):
 def answer(model, tok, prompt, max_new_tokens=48):
     """A model's greedy answer to `prompt`: a chat model's reply (its tool calls shown as call -> result), or
     a base model's continuation of the text."""
-    from seedgpt.agent import generate_with_tools
-    from seedgpt.generate import generate
     try:
         if is_chat(tok):
             (trace,) = generate_with_tools(model, tok, [render_prompt(tok, [{'role': 'user', 'content': prompt}])],
