@@ -18,6 +18,7 @@ import torch
 from model import KVCache
 from seedgpt.chat import chat_ids, render_prompt, stop_ids
 from seedgpt.sampling import draws, sample
+from seedgpt.speculative import speculative_stream
 
 
 def left_pad(rows, device='cpu'):
@@ -32,7 +33,7 @@ def left_pad(rows, device='cpu'):
 
 
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
-                    generator=None, compile=False, pad=None):
+                    generator=None, compile=False, pad=None, draft=None, draft_tokens=4, stats=None):
     """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
 
     Prompts of different lengths go in one batch padded on the left, pad (B,) giving each row's padding
@@ -43,11 +44,21 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     sees at least half a context. The uncached path (use_cache=False) recomputes the same window each step,
     so both give the same tokens. compile=True runs the one-token steps through torch.compile: one call per
     token instead of many small ops, after a compile of about a minute.
+
+    draft ('ngram' or a smaller model on the same tokenizer) decodes speculatively, checking up to
+    draft_tokens guesses per forward (seedgpt/speculative.py): the same tokens at temperature 0, the same
+    distribution above it. stats (a dict) then counts forwards, drafted and accepted tokens.
     """
     bs = model.config.block_size
     B, T = idx.shape
     if pad is not None and T + max_new_tokens > bs:
         raise ValueError(f"a padded batch of {T} + {max_new_tokens} new tokens does not fit in block_size {bs}")
+    if draft is not None:
+        if not use_cache or compile:
+            raise ValueError("a draft needs the KV cache and an eager step (use_cache=True, compile=False)")
+        yield from speculative_stream(model, idx, max_new_tokens, draft, draft_tokens, temperature, top_k, top_p,
+                                      generator, pad, stats)
+        return
     ids = idx.new_empty(B, T + max_new_tokens)  # prompt and output, written in place: no cat per token
     ids[:, :T] = idx
     step = torch.compile(model, dynamic=True) if compile else model
@@ -112,21 +123,26 @@ def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
     through the KV cache. Each row's ids end at its first chat token (kept: <|end|> is part of the answer)
     or after max_new_tokens; generation stops when every row has ended. At temperature 0 each row gets
     the same ids as alone."""
-    stop = stop_ids(tok)
+    stop, bs = stop_ids(tok), model.config.block_size
     device = next(model.parameters()).device
     idx, pad = left_pad(prompts, device)
     # room for every answer and a closing <|end|>: a cut answer, rendered as a turn, still fits the context
-    max_new_tokens = min(max_new_tokens, model.config.block_size - idx.size(1) - 1)
-    if max_new_tokens <= 0:
-        raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {model.config.block_size}")
+    room = [min(max_new_tokens, bs - len(p) - 1) for p in prompts]
+    if min(room) <= 0:
+        raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {bs}")
     out, done = [[] for _ in prompts], [False] * len(prompts)
-    for next_ids in generate_stream(model, idx, max_new_tokens, pad=pad, **sampling):
+    for next_ids in generate_stream(model, idx, min(max_new_tokens, bs - idx.size(1) - 1), pad=pad, **sampling):
         for b, i in enumerate(next_ids[:, 0].tolist()):
             if not done[b]:
                 out[b].append(i)
-                done[b] = i in stop or i >= tok.vocab_size
+                done[b] = i in stop or i >= tok.vocab_size or len(out[b]) >= room[b]
         if all(done):
             break
+    # the padded batch is as long as its longest prompt, so a shorter prompt's reply may have more room than
+    # the batch had: it goes on alone, and a row's reply never depends on the rows beside it
+    for b in range(len(prompts)):
+        if not done[b]:
+            out[b] += generate_replies(model, tok, [prompts[b] + out[b]], room[b] - len(out[b]), **sampling)[0]
     return out
 
 

@@ -1,0 +1,237 @@
+"""
+Speculative decoding: a cheap draft guesses the next k tokens, the model checks all k in one forward, and
+keeps the guesses it would have made itself. A one-token step on a CPU mostly streams the weights, and
+checking k + 1 tokens streams them once too, so every accepted guess is a token for about nothing.
+
+    for next_id in generate_stream(model, idx, 200, temperature=0, draft='ngram'):   # prompt lookup
+    for next_id in generate_stream(model, idx, 200, temperature=0.8, draft=small):    # a smaller model
+
+Two drafts:
+  'ngram'  prompt lookup (as llama.cpp's server drafts): find the last few tokens earlier in the prompt
+           and the text so far, and propose what followed them. No model, so it costs next to nothing;
+           it pays on code and on answers that copy from the prompt or a tool's result.
+  a model  a smaller seedgpt model on the same tokenizer (a distilled student) drafts k tokens, one at a
+           time through its own KV cache.
+
+Exact: the output is what plain decoding gives. At temperature 0 each guess is kept while it equals the
+model's argmax, so the tokens are the same, token for token. Above 0, speculative sampling (Leviathan et
+al. 2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318): a guess x drawn from the draft's q is
+kept with probability min(1, p(x) / q(x)), and the first one refused is replaced by a draw from
+norm(max(0, p - q)). Each token is then distributed as p, the model's own distribution after temperature,
+top_k and top_p (filtered_probs, the same as seedgpt/sampling.py's sample). For 'ngram' q is a point mass
+on the guess. After the accepted guesses the model's own next token comes free, from the same forward.
+
+The KV cache rolls back past the first refused guess by setting its position back: the keys past it are
+overwritten by the next forward. A batch of rows advances together (one cache position for all), so each
+step keeps the fewest accepted among the rows; the kept tokens of every row are still exact, since where a
+row stops is decided before its later tokens are drawn. k adapts: it grows while every guess is kept and
+shrinks when one is refused, so text where guesses fail pays for few wasted positions.
+"""
+import torch
+from torch.nn import functional as F
+
+from model import Cache, KVCache
+from seedgpt.sampling import GREEDY_BELOW, draws, per_row
+
+
+def filtered_probs(logits, temperature, top_k=None, top_p=None):
+    """The distribution (N, V) in float64 that seedgpt.sampling.sample draws each row of logits (N, V) from:
+    softmax(logits / temperature), then top_k and top_p, normalized; a one-hot of the argmax for a row under
+    GREEDY_BELOW. Written as sample's steps, in the same order (tests/test_speculative.py checks the two
+    draw the same tokens)."""
+    N, V = logits.shape
+    t = per_row(temperature, N, logits.device)
+    greedy = F.one_hot(logits.argmax(dim=-1), V).double()
+    x = logits.float() / t.clamp(min=GREEDY_BELOW)[:, None]
+    if top_k is not None:
+        k = per_row(top_k, N, logits.device, torch.long)
+        k = torch.where((k <= 0) | (k > V), V, k)
+        if bool((k < V).any()):
+            kth = x.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+            x = x.masked_fill(x < kth, float('-inf'))
+    probs = F.softmax(x, dim=-1).double()
+    if top_p is not None:
+        p = per_row(top_p, N, logits.device, torch.float64)
+        if bool((p < 1).any()):
+            ranked = probs.sort(dim=-1, descending=True).values
+            kept = (ranked.cumsum(dim=-1) - ranked <= p[:, None]).sum(dim=-1, keepdim=True)
+            probs = probs.masked_fill(probs < ranked.gather(-1, kept - 1), 0.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    return torch.where((t < GREEDY_BELOW)[:, None], greedy, probs)
+
+
+def draw(probs, u):
+    """One token (N,) from each row of probs (N, V) (not necessarily normalized) by the inverse CDF at u (N,),
+    the way sample() draws: never a token of probability 0."""
+    cdf = probs.cumsum(dim=-1)
+    k = torch.searchsorted(cdf, u.to(probs.device).reshape(-1, 1) * cdf[:, -1:], right=True)
+    return torch.minimum(k, (cdf < cdf[:, -1:]).sum(dim=-1, keepdim=True))[:, 0]
+
+
+def row_settings(value, B, K, device, dtype=torch.float32):
+    """A setting for B rows as one for each of their K positions (B * K,), row-major; None stays None."""
+    if value is None or not isinstance(value, torch.Tensor):
+        return value
+    return per_row(value, B, device, dtype).repeat_interleave(K)
+
+
+def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=None):
+    """The model's verdict on K drafted tokens per row: (m, tokens (B, m + 1)). logits (B, K + 1, V) are the
+    model's at the positions that predict each draft and the one after; drafts (B, K); q (B, K, V) the
+    distributions the drafts were drawn from, or None for point masses (ngram). Every row keeps its first m
+    drafts, m the fewest any row accepted, then one token of its own."""
+    B, K = drafts.shape
+    if not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW:
+        target = logits.argmax(dim=-1)  # (B, K + 1): a draft is kept while it is what greedy would pick
+        m = int((drafts == target[:, :K]).long().cumprod(dim=1).sum(dim=1).min()) if K else 0
+        return m, target[:, :m + 1]
+    V = logits.size(-1)
+    settings = [row_settings(s, B, K + 1, logits.device, d) for s, d in
+                ((temperature, torch.float32), (top_k, torch.long), (top_p, torch.float64))]
+    p = filtered_probs(logits.reshape(B * (K + 1), V), *settings).view(B, K + 1, V)
+    p_d = p[:, :K].gather(-1, drafts[..., None])[..., 0]  # (B, K) the model's probability of each draft
+    q_d = q.gather(-1, drafts[..., None])[..., 0] if q is not None else torch.ones_like(p_d)
+    u = torch.rand(B, K, dtype=torch.float64, generator=generator).to(logits.device)
+    ok = u * q_d < p_d  # accept with probability min(1, p / q); q_d > 0, as the draft drew it
+    n = ok.long().cumprod(dim=1).sum(dim=1)  # (B,) each row's accepted prefix
+    m = int(n.min())
+    own = p[:, m]  # (B, V): the model's distribution at the first position not all rows accepted
+    if m < K:
+        refused = (n == m)[:, None]
+        d = drafts[:, m:m + 1]
+        # after a refusal, the mass p has beyond q: norm(max(0, p - q)); for a point mass, p without the draft
+        rest = (own - q[:, m]).clamp(min=0) if q is not None else own.scatter(-1, d, 0.0)
+        rest = torch.where(refused & (rest.sum(dim=-1, keepdim=True) > 0), rest, own)
+        token = torch.where(refused[:, 0], draw(rest, draws(generator, B, logits.device)), d[:, 0])
+    else:
+        token = draw(own, draws(generator, B, logits.device))
+    return m, torch.cat([drafts[:, :m], token[:, None]], dim=1)
+
+
+class NgramDraft:
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of the text's last n tokens,
+    trying the longest n first (a longer match is a surer guess)."""
+
+    def __init__(self, max_n=4, min_n=2):
+        self.max_n, self.min_n = max_n, min_n
+
+    def lookup(self, seq, k):
+        for n in range(self.max_n, self.min_n - 1, -1):
+            if seq.numel() <= n:
+                continue
+            # every earlier window of n tokens with a token after it, compared with the last n at once
+            hits = (seq[:-1].unfold(0, n, 1) == seq[-n:]).all(dim=1).nonzero()
+            if hits.numel():
+                i = int(hits[-1]) + n
+                return seq[i:i + k]
+        return seq[:0]
+
+    def propose(self, ids, t, k, pad, sampling):
+        """(B, K <= k) guesses for positions t.. of ids (B, >= t), and None: each is a point mass. A batch
+        gets the shortest row's guess length (its rows are kept only as far as the fewest accepted)."""
+        B = ids.size(0)
+        rows = [self.lookup(ids[b, int(pad[b]) if pad is not None else 0:t], k) for b in range(B)]
+        K = min(len(r) for r in rows)
+        return torch.stack([r[:K] for r in rows]), None
+
+    def accepted(self, t, m):
+        pass
+
+
+class ModelDraft:
+    """A smaller model drafts k tokens one at a time, from the same settings as the model samples with, and
+    keeps its own KV cache and window (its block_size may be shorter). Its cache rolls back like the
+    model's: to the tokens it holds that are still the text."""
+
+    def __init__(self, model, pad):
+        self.model, self.pad, self.bs = model, pad, model.config.block_size
+        self.cache, self.start, self.held = None, 0, 0  # the cache holds the text's tokens [start, held)
+
+    def propose(self, ids, t, k, pad, sampling):
+        temperature, top_k, top_p, generator = sampling
+        k = min(k, self.bs // 2)
+        if self.cache is None or t + k - 1 - self.start > self.bs:
+            # the draft's window is full: jump as generate_stream does, keeping the last half-window
+            self.start = max(0, t - self.bs // 2)
+            pad = None if self.pad is None else (self.pad - self.start).clamp(min=0)
+            self.cache, self.held = KVCache(self.model.config, pad), self.start
+        self.cache.pos = self.held - self.start  # roll back to the tokens that are still the text
+        x, drafts, qs = ids[:, self.held:t], [], []
+        greedy = not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW
+        for _ in range(k):
+            logits, _ = self.model(x, cache=self.cache)
+            logits = logits[:, -1, :]
+            if greedy:
+                x = logits.argmax(dim=-1, keepdim=True)
+            else:
+                q = filtered_probs(logits, temperature, top_k, top_p)
+                x = draw(q, draws(generator, ids.size(0), ids.device))[:, None]
+                qs.append(q)
+            drafts.append(x)
+        self.held = t + k - 1  # the last draft was never fed
+        return torch.cat(drafts, dim=1), torch.stack(qs, dim=1) if qs else None
+
+    def accepted(self, t, m):
+        self.held = min(self.held, t + m)  # drafts past the accepted ones are not the text
+
+
+def make_draft(draft, model, pad):
+    """The per-stream draft for generate_stream's draft argument: 'ngram' or a model."""
+    if draft == 'ngram':
+        return NgramDraft()
+    if isinstance(draft, torch.nn.Module):
+        if draft.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"the draft's vocabulary ({draft.config.vocab_size}) is not the model's "
+                             f"({model.config.vocab_size}): it needs the same tokenizer")
+        return ModelDraft(draft, pad)
+    raise ValueError(f"unknown draft {draft!r}: 'ngram', a model, or None")
+
+
+def next_k(k, K, m, max_k):
+    """The next step's number of guesses: one more while every guess is kept, back to the accepted count
+    plus one after a refusal. A step with no guess (no ngram match) leaves k as it is."""
+    if K == 0:
+        return k
+    return min(max_k, k + 1) if m == K else max(1, m + 1)
+
+
+def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temperature=1.0, top_k=None,
+                       top_p=None, generator=None, pad=None, stats=None):
+    """generate_stream with a draft: yields the same next tokens (B, 1), several per forward of the model.
+    The window jumps past block_size exactly where generate_stream's does, so the tokens stay the same:
+    a step's guesses never cross the window's end. stats, a dict, counts 'forwards', 'drafted' and
+    'accepted' tokens."""
+    bs = model.config.block_size
+    B, T = idx.shape
+    ids = idx.new_empty(B, T + max_new_tokens)
+    ids[:, :T] = idx
+    drafter, sampling = make_draft(draft, model, pad), (temperature, top_k, top_p, generator)
+    start = max(0, T - bs)
+    cache, window, k, t = None, None, draft_tokens, T
+    stats = {} if stats is None else stats
+    while t < T + max_new_tokens:
+        if t - start > bs:
+            start = t - bs // 2  # generate_stream's jump, at the same token
+        with torch.inference_mode():
+            # guesses that fit in the window and in max_new_tokens; the last token is always the model's own
+            room = min(k, bs - (t - start), T + max_new_tokens - t - 1)
+            drafts, q = drafter.propose(ids, t, room, pad, sampling) if room > 0 else (ids[:, :0], None)
+            K = drafts.size(1)
+            if window != start:  # a fresh cache of the whole window, the guesses checked in the same forward
+                cache, window = KVCache(model.config, pad), start
+                x = ids[:, start:t]
+            else:
+                cache.pos = t - 1 - start
+                x = ids[:, t - 1:t]
+            cache.last = slice(-(K + 1), None) if K else Cache.last  # logits at the guesses too
+            logits, _ = model(torch.cat([x, drafts], dim=1), cache=cache)
+            m, tokens = verify(logits, drafts, q, temperature, top_k, top_p, generator)
+            ids[:, t:t + m + 1] = tokens
+            cache.pos = t + m - start  # keep the accepted guesses' keys; the next forward overwrites the rest
+            drafter.accepted(t, m)
+        for key, n in (('forwards', 1), ('drafted', K), ('accepted', m)):
+            stats[key] = stats.get(key, 0) + n
+        k = next_k(k, K, m, draft_tokens)
+        for j in range(m + 1):
+            yield ids[:, t + j:t + j + 1]
+        t += m + 1
