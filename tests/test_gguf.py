@@ -1,0 +1,150 @@
+"""
+export/gguf.py: the file read back with the gguf package (tensors, metadata, tokenizer, refusals), and the same
+files run by llama.cpp itself through llama-cpp-python (bash export/install_llamacpp.sh): its tokens, its greedy
+continuation and its chat turns against seedgpt's. Each part skips with its reason where its package is absent.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_text, memorize, one_line_error, run_script
+from model import GPT, GPTConfig, apply_rope, rope_tables
+from seedgpt.checkpoint import save_checkpoint
+from seedgpt.tokenizer import load_tokenizer, train_bpe
+
+gguf = pytest.importorskip('gguf', reason="the gguf package is not installed (pip install -e '.[gguf]')")
+
+STYLES = {'qwen3': dict(pos='rope', norm='rms', mlp='swiglu', qk_norm=True, bias=False),
+          'llama': dict(pos='rope', norm='rms', mlp='swiglu', bias=False),
+          'gpt2': dict(bias=True)}
+CHAT = [{'role': 'user', 'content': 'Reverse cat.'}, {'role': 'assistant', 'content': 'tac'}]
+TEXT = "the cat sat on a mat, and then it ran to see why every dog had gone quiet.\n"
+
+
+def char_chat_meta():
+    from seedgpt.chat import CHAT_SPECIALS
+    chars = sorted(set(chr(i) for i in range(32, 127)) | {'\n'})
+    return dict(tokenizer='char', chars=chars, vocab_size=len(chars) + len(CHAT_SPECIALS),
+                special_tokens={s: len(chars) + i for i, s in enumerate(CHAT_SPECIALS)})
+
+
+def bpe_meta():
+    tj = train_bpe([make_text(3000)], 300)
+    return dict(tokenizer='bpe', tokenizer_json=tj, vocab_size=json.loads(tj)['added_tokens'][0]['id'] + 1,
+                eot_token=json.loads(tj)['added_tokens'][0]['id'])
+
+
+METAS = {'qwen3': char_chat_meta, 'llama': bpe_meta, 'gpt2': lambda: dict(tokenizer='gpt2', vocab_size=50257)}
+
+
+def model_ckpt(out_dir, style, meta, steps=60, **override):
+    """A tiny model of `style`, trained a few steps until it writes a chat turn or a text by heart (clear margins
+    between its likeliest tokens, so that greedy decoding is the same in any correct implementation); saved as
+    train.py saves one. Returns (out_dir, model, tokenizer)."""
+    from seedgpt.chat import is_chat, render_chat
+    torch.manual_seed(0)
+    tok = load_tokenizer(meta)
+    args = dict(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=meta['vocab_size'],
+                **{**STYLES[style], **override})
+    model = GPT(GPTConfig(**args))
+    if steps:
+        ids = render_chat(tok, CHAT)[0] if is_chat(tok) else tok.encode(TEXT)
+        memorize(model, [(ids, [1] * len(ids))], steps)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(str(out_dir / 'ckpt.pt'), {'model': model.state_dict(), 'model_args': args, 'meta': meta,
+                                               'config': {}})
+    return out_dir, model.eval(), tok
+
+
+def export(out_dir, path, *extra):
+    p = run_script('-m', 'export.gguf', f'--out_dir={out_dir}', f'--gguf={path}', *extra, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """{style: (gguf path f32, gguf path q8_0, model, tok)} for the three styles."""
+    root, out = tmp_path_factory.mktemp('gguf'), {}
+    for style, meta in METAS.items():
+        ckpt, model, tok = model_ckpt(root / style, style, meta())
+        export(ckpt, root / style / 'f32' / 'model.gguf')
+        export(ckpt, root / style / 'q8' / 'model.gguf', '--type=q8_0')
+        out[style] = (root / style / 'f32' / 'model.gguf', root / style / 'q8' / 'model.gguf', model, tok)
+    return out
+
+# -- the file, read back with the gguf package (always run)
+
+
+def fields(path):
+    r = gguf.GGUFReader(str(path))
+    return r, {f.name: f.contents() for f in r.fields.values()}
+
+
+@pytest.mark.parametrize('style', list(METAS))
+def test_file_holds_the_model_and_its_tokenizer(exported, style):
+    path, _, model, tok = exported[style]
+    r, kv = fields(path)
+    assert kv['general.architecture'] == style
+    sd = model.state_dict()
+    V, C = model.config.vocab_size, model.config.n_embd
+    t = {x.name: np.array(x.data) for x in r.tensors}
+    assert np.array_equal(t['token_embd.weight'], sd['transformer.wte.weight'][:V].numpy())
+    assert 'output.weight' not in t  # tied, as in seedgpt
+    assert kv[f'{style}.context_length'] == 128 and kv[f'{style}.block_count'] == 2
+    q = sd['transformer.h.1.attn.c_attn.weight'][:C].numpy()
+    if style == 'gpt2':
+        assert np.array_equal(t['blk.1.attn_qkv.weight'], sd['transformer.h.1.attn.c_attn.weight'].numpy())
+    elif style == 'qwen3':  # NeoX rotation in llama.cpp too: rows as they are
+        assert np.array_equal(t['blk.1.attn_q.weight'], q)
+    else:  # the same rows, in llama.cpp's order for its pairwise rotation
+        assert not np.array_equal(t['blk.1.attn_q.weight'], q)
+        assert sorted(map(tuple, t['blk.1.attn_q.weight'])) == sorted(map(tuple, q))
+    tokens = kv['tokenizer.ggml.tokens']
+    assert len(tokens) == V and kv['tokenizer.ggml.add_bos_token'] is False
+    if style == 'qwen3':
+        assert kv['tokenizer.ggml.model'] == 't5' and tokens[tok.encode(' ')[0]] == '\u2581'
+        assert tokens[kv['tokenizer.ggml.eos_token_id']] == '<|end|>' and '<|end|>' in kv['tokenizer.chat_template']
+    else:
+        assert kv['tokenizer.ggml.model'] == 'gpt2' and kv['tokenizer.ggml.pre'] == 'gpt-2'
+        assert tokens[kv['tokenizer.ggml.eos_token_id']] == '<|endoftext|>'
+
+
+def test_llama_rows_rotate_as_seedgpt(exported):
+    """llama.cpp's pairwise rotation of the reordered rows gives seedgpt's rotation of its own, reordered alike."""
+    from seedgpt.gguf_convert import llama_rope_rows
+    torch.manual_seed(0)
+    nh, hs, C, T = 2, 16, 32, 5
+    w, x = torch.randn(C, C), torch.randn(T, C)
+    cos, sin = rope_tables(T, hs)
+    ours = apply_rope((x @ w.t()).view(T, nh, hs).transpose(0, 1), cos, sin)  # (nh, T, hs)
+    theirs = (x @ llama_rope_rows(w, nh).t()).view(T, nh, hs // 2, 2).transpose(0, 1)  # adjacent pairs
+    a, b = theirs[..., 0], theirs[..., 1]
+    theirs = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+    assert torch.allclose(llama_rope_rows(ours.transpose(0, 1).reshape(T, C).t(), nh).t(), theirs.transpose(0, 1)
+                          .reshape(T, C), atol=1e-5)
+
+
+def test_q8_0_and_modelfile(exported):
+    path, q8, _, _ = exported['qwen3']
+    r, kv = fields(q8)
+    types = {x.name: x.tensor_type.name for x in r.tensors}
+    assert types['blk.0.attn_q.weight'] == 'Q8_0' and types['output_norm.weight'] == 'F32'
+    assert q8.stat().st_size < path.stat().st_size / 3
+    mf = (path.parent / 'Modelfile').read_text()
+    assert mf.startswith('FROM ./model.gguf\n') and 'PARAMETER stop "<|end|>"' in mf and '.Messages' in mf
+
+
+def test_refusals(tmp_path):
+    meta = char_chat_meta()
+    ckpt, _, _ = model_ckpt(tmp_path / 'relu2', 'llama', meta, steps=0, mlp='relu2')
+    one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', f'--gguf={tmp_path}/a.gguf'), 'relu2')
+    meta['chars'][meta['chars'].index('~')] = '\u2581'
+    ckpt, _, _ = model_ckpt(tmp_path / 'space', 'qwen3', meta, steps=0)
+    one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', f'--gguf={tmp_path}/b.gguf'), '\u2581')
+    base = dict(tokenizer='char', chars=list('ab \né'), vocab_size=5)
+    ckpt, _, _ = model_ckpt(tmp_path / 'base', 'qwen3', base, steps=0)
+    one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', f'--gguf={tmp_path}/c.gguf'), 'non-ASCII')
+    one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', '--type=q4'), 'q8_0')
