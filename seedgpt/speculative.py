@@ -19,7 +19,10 @@ al. 2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318): a guess x drawn
 kept with probability min(1, p(x) / q(x)), and the first one refused is replaced by a draw from
 norm(max(0, p - q)). Each token is then distributed as p, the model's own distribution after temperature,
 top_k and top_p (filtered_probs, the same as seedgpt/sampling.py's sample). For 'ngram' q is a point mass
-on the guess. After the accepted guesses the model's own next token comes free, from the same forward.
+on the guess, keeping x with probability p(x): the same as letting the model sample each position with
+plain decoding's own draws and keeping x while it is the token drawn, which is what verify_point does, so
+'ngram' gives plain decoding's very text for a seed. After the accepted guesses the model's own next token
+comes free, from the same forward.
 
 The KV cache rolls back past the first refused guess by setting its position back: the keys past it are
 overwritten by the next forward. A batch of rows advances together (one cache position for all), so each
@@ -31,7 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from model import Cache, KVCache
-from seedgpt.sampling import GREEDY_BELOW, draws, per_row
+from seedgpt.sampling import GREEDY_BELOW, draws, per_row, sample
 
 
 def filtered_probs(logits, temperature, top_k=None, top_p=None):
@@ -75,22 +78,32 @@ def row_settings(value, B, K, device, dtype=torch.float32):
     return per_row(value, B, device, dtype).repeat_interleave(K)
 
 
-def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=None):
-    """The model's verdict on K drafted tokens per row: (m, tokens (B, m + 1)). logits (B, K + 1, V) are the
-    model's at the positions that predict each draft and the one after; drafts (B, K); q (B, K, V) the
-    distributions the drafts were drawn from, or None for point masses (ngram). Every row keeps its first m
-    drafts, m the fewest any row accepted, then one token of its own."""
+def verify_point(logits, drafts, temperature, top_k=None, top_p=None, generator=None):
+    """The model's verdict on K guesses per row that are point masses (ngram): (m, tokens (B, m + 1)). The
+    model samples each position as plain decoding does, with sample() and the same draws in the same order,
+    and a guess is kept while it is the token drawn; the first differing token is the model's own. So the
+    text is plain decoding's for the same seed, and a guess x is kept with probability p(x): speculative
+    sampling's min(1, p(x) / q(x)) for q a point mass on x. logits (B, K + 1, V), drafts (B, K)."""
     B, K = drafts.shape
-    if not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW:
-        target = logits.argmax(dim=-1)  # (B, K + 1): a draft is kept while it is what greedy would pick
-        m = int((drafts == target[:, :K]).long().cumprod(dim=1).sum(dim=1).min()) if K else 0
-        return m, target[:, :m + 1]
-    V = logits.size(-1)
+    tokens = []
+    for j in range(K + 1):
+        u = draws(generator, B, logits.device) if temperature > 0 else None  # as generate_stream draws
+        tokens.append(sample(logits[:, j], temperature, top_k, top_p, u))
+        if j == K or bool((tokens[-1] != drafts[:, j]).any()):  # a batch keeps the fewest accepted
+            break
+    return len(tokens) - 1, torch.stack(tokens, dim=1)
+
+
+def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=None):
+    """The model's verdict on K guesses per row drawn from the draft's distributions q (B, K, V), by
+    speculative sampling: (m, tokens (B, m + 1)). logits (B, K + 1, V) are the model's at the positions that
+    predict each guess and the one after; drafts (B, K). Every row keeps its first m guesses, m the fewest
+    any row accepted, then one token of its own."""
+    B, K, V = q.shape
     settings = [row_settings(s, B, K + 1, logits.device, d) for s, d in
                 ((temperature, torch.float32), (top_k, torch.long), (top_p, torch.float64))]
     p = filtered_probs(logits.reshape(B * (K + 1), V), *settings).view(B, K + 1, V)
-    p_d = p[:, :K].gather(-1, drafts[..., None])[..., 0]  # (B, K) the model's probability of each draft
-    q_d = q.gather(-1, drafts[..., None])[..., 0] if q is not None else torch.ones_like(p_d)
+    p_d, q_d = (x.gather(-1, drafts[..., None])[..., 0] for x in (p[:, :K], q))  # (B, K) each guess's p, q
     u = torch.rand(B, K, dtype=torch.float64, generator=generator).to(logits.device)
     ok = u * q_d < p_d  # accept with probability min(1, p / q); q_d > 0, as the draft drew it
     n = ok.long().cumprod(dim=1).sum(dim=1)  # (B,) each row's accepted prefix
@@ -98,11 +111,10 @@ def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=Non
     own = p[:, m]  # (B, V): the model's distribution at the first position not all rows accepted
     if m < K:
         refused = (n == m)[:, None]
-        d = drafts[:, m:m + 1]
-        # after a refusal, the mass p has beyond q: norm(max(0, p - q)); for a point mass, p without the draft
-        rest = (own - q[:, m]).clamp(min=0) if q is not None else own.scatter(-1, d, 0.0)
+        # after a refusal, the mass p has beyond q: norm(max(0, p - q)), never empty when p(x) < q(x)
+        rest = (own - q[:, m]).clamp(min=0)
         rest = torch.where(refused & (rest.sum(dim=-1, keepdim=True) > 0), rest, own)
-        token = torch.where(refused[:, 0], draw(rest, draws(generator, B, logits.device)), d[:, 0])
+        token = torch.where(refused[:, 0], draw(rest, draws(generator, B, logits.device)), drafts[:, m])
     else:
         token = draw(own, draws(generator, B, logits.device))
     return m, torch.cat([drafts[:, :m], token[:, None]], dim=1)
@@ -225,7 +237,10 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
                 x = ids[:, t - 1:t]
             cache.last = slice(-(K + 1), None) if K else Cache.last  # logits at the guesses too
             logits, _ = model(torch.cat([x, drafts], dim=1), cache=cache)
-            m, tokens = verify(logits, drafts, q, temperature, top_k, top_p, generator)
+            if q is None:  # point masses (ngram), or greedy
+                m, tokens = verify_point(logits, drafts, temperature, top_k, top_p, generator)
+            else:
+                m, tokens = verify(logits, drafts, q, temperature, top_k, top_p, generator)
             ids[:, t:t + m + 1] = tokens
             cache.pos = t + m - start  # keep the accepted guesses' keys; the next forward overwrites the rest
             drafter.accepted(t, m)

@@ -79,6 +79,20 @@ def test_greedy_tokens_equal_plain_decoding(draft, new):
         assert 0 < stats['accepted'] < stats['drafted']
 
 
+@pytest.mark.parametrize('pad', [False, True])
+def test_ngram_sampling_gives_plain_decodings_text(pad):
+    """Above temperature 0, prompt lookup is checked by the model sampling each position with plain decoding's
+    own draws: the same seed gives the same text, top_k and top_p included, past the window's jumps."""
+    rows = [[1, 2, 3, 1, 2, 3, 1], [4, 5], [7, 7, 1, 7, 7]]
+    idx, pad = left_pad(rows) if pad else (torch.tensor([[1, 2, 1, 2, 1]]), None)
+    model = MODEL if pad is None else lively(0, block_size=64)  # room for a padded batch's 50 tokens
+    new, stats = 50, {}
+    plain, fast = (generate(model, idx, new, temperature=0.8, top_k=6, top_p=0.9, pad=pad, stats=stats,
+                            generator=torch.Generator().manual_seed(7), **extra) for extra in ({}, dict(draft='ngram')))
+    assert torch.equal(fast, plain)
+    assert stats['accepted'] > 0
+
+
 @pytest.mark.parametrize('draft', DRAFTS)
 def test_greedy_padded_batch_equals_plain_batch(draft):
     """Rows of different lengths decoded together: each row as the plain batch gives it (which is what the
