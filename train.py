@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 from model import GPTConfig
-from seedgpt.checkpoint import resume_run, save_run, save_snapshot, start_run
+from seedgpt.checkpoint import built_settings, resume_run, save_run, save_snapshot, start_run
 from seedgpt.config import check_type, load_config
 from seedgpt.data import bits_per_byte, data_batches, load_meta
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
@@ -161,11 +161,10 @@ def train(cfg, rt, objective=None):
     check_settings(cfg, rt, objective)
     meta = load_meta(cfg.data_dir)
     batches = (objective.batches if objective else data_batches)(cfg, meta, rt.device)
-    if rt.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
 
     # the model and its optimizers: from scratch, from a checkpoint to fine-tune, or where a run left off
     ckpt, model_args, model, masks = start_run(cfg, meta, rt, fsdp=cfg.fsdp)
+    cfg = built_settings(cfg, model_args)
     if masks and (cfg.fsdp or cfg.lora_rank > 0):
         raise SystemExit("error: a pruned checkpoint (with masks) fine-tunes without fsdp and lora_rank")
     freeze_and_adapt(model, cfg, ckpt)  # fine-tuning: frozen blocks or embeddings, LoRA adapters

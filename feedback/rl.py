@@ -196,7 +196,7 @@ def main(cfg):
         while True:
             evaluate_now, done, progress['elapsed'] = clock.check(progress['iter_num'])
             if evaluate_now:
-                val_acc = evaluate(policy, tok, 'val', val_records, progress, logger)
+                val_acc = evaluate(policy, tok, 'val', val_records, progress, logger, cfg)
                 progress['best_val_accuracy'] = max(progress['best_val_accuracy'], val_acc)
                 if progress['iter_num'] > 0:
                     save_run(os.path.join(cfg.out_dir, 'ckpt.pt'), run, policy, stepper, rt,
@@ -218,7 +218,8 @@ def main(cfg):
 
         # the test split, once, at the end: val is what the run watched (and could be tuned by), so only a
         # split that chose nothing measures the result fairly; chat.eval on the checkpoint gives the same figure
-        test_acc = evaluate(policy, tok, 'test', load_records(cfg.data_dir, 'test'), progress, logger)
+        test_records = load_records(cfg.data_dir, 'test')
+        test_acc = evaluate(policy, tok, 'test', test_records, progress, logger, cfg)
         print0(f"final test accuracy {test_acc:.4f} after {progress['iter_num']} steps "
                f"(best val accuracy {progress['best_val_accuracy']:.4f})")
     finally:
@@ -226,10 +227,11 @@ def main(cfg):
     return {'val_accuracy': val_acc, 'best_val_accuracy': progress['best_val_accuracy'], 'test_accuracy': test_acc}
 
 
-def evaluate(policy, tok, split, records, progress, logger):
-    """Greedy accuracy on a split's questions, printed and logged under the split's name."""
+def evaluate(policy, tok, split, records, progress, logger, cfg):
+    """Greedy accuracy on a split's questions, printed and logged under the split's name, with the rollouts'
+    max_new_tokens and max_calls: an answer is scored as the policy is trained to give it."""
     policy.eval()
-    result = accuracy(policy, tok, records, 64, 32, temperature=0)
+    result = accuracy(policy, tok, records, 64, cfg.max_new_tokens, max_calls=cfg.max_calls, temperature=0)
     policy.train()
     per_task = ', '.join(f"{t} {row['accuracy']:.3f}" for t, row in result['tasks'].items())
     print0(f"step {progress['iter_num']}: {split} accuracy {result['mean']:.4f} ({per_task}) "

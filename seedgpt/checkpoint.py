@@ -7,7 +7,7 @@ state. It is written to a temporary file, flushed to disk and renamed, then the 
 flushed: a crash at any moment leaves the previous checkpoint whole and findable.
 """
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import torch
 
@@ -84,6 +84,20 @@ def start_run(cfg, meta, rt, start=None, fsdp=False):
     masks = {k: m.to(rt.device) for k, m in start_masks(cfg, ckpt).items()}
     apply_masks(model, masks)
     return ckpt, model_args, model, masks
+
+
+SHAPE = ('n_layer', 'n_head', 'n_embd', 'bias', 'pos', 'norm', 'qk_norm', 'mlp')  # what a checkpoint fixes
+
+
+def built_settings(cfg, model_args):
+    """cfg with the model's shape as it was built: a run that starts from a checkpoint gets that model's
+    shape, whatever the config says, so the settings printed and saved are told the truth (with a note)."""
+    differ = {k: model_args[k] for k in SHAPE
+              if hasattr(cfg, k) and k in model_args and getattr(cfg, k) != model_args[k]}
+    if differ:
+        print0(f"note: the model comes from init_from={cfg.init_from}: " + ', '.join(
+            f"{k} {v} (not {getattr(cfg, k)})" for k, v in differ.items()) + "; the config's shape does not apply")
+    return replace(cfg, **differ)
 
 
 def save_run(path, run, model, stepper, rt, progress, fsdp=False, lora_alpha=None):

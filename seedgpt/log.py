@@ -38,6 +38,8 @@ class Logger:
     """log.jsonl in out_dir, and Weights & Biases when asked; does nothing on ranks other than 0."""
 
     def __init__(self, cfg, rt):
+        if rt.master:
+            os.makedirs(cfg.out_dir, exist_ok=True)
         self.file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a') if rt.master else None
         self.wandb = None
         if cfg.wandb_log and rt.master:

@@ -1,5 +1,6 @@
 """train.py after pretraining: chat SFT batches with loss masking, fine-tuning from a seedgpt checkpoint,
 and from GPT-2 weights in a local Hugging Face directory."""
+import json
 import math
 
 import numpy as np
@@ -60,6 +61,18 @@ def test_fine_tune_from_a_checkpoint(tmp_path, char_data, trained_out):
     assert rows[0]['iter'] == 0 and rows[0]['val_loss'] == pytest.approx(base['val_loss'], abs=1e-5)
     ft = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
     assert ft['iter_num'] == 5 and ft['model_args']['dropout'] == 0.1
+
+
+def test_fine_tune_tells_the_shape_it_got(tmp_path, char_data, trained_out, capsys):
+    """A config's model shape does not apply to a model that comes from a checkpoint: the run says so, and
+    prints and saves the shape it built, not the one configured."""
+    base = torch.load(trained_out / 'ckpt.pt', weights_only=True)['model_args']
+    run_train(tmp_path / 'ft', char_data, f'--init_from={trained_out}', '--max_iters=1', f"--n_layer={base['n_layer'] + 1}")
+    out = capsys.readouterr().out
+    assert f"n_layer {base['n_layer']} (not {base['n_layer'] + 1})" in out and out.count('note: the model comes') == 1
+    config = json.loads(next(line for line in out.splitlines() if line.startswith('config: '))[len('config: '):])
+    ft = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert config['n_layer'] == ft['config']['n_layer'] == ft['model_args']['n_layer'] == base['n_layer']
 
 
 def test_fine_tune_with_a_shorter_block(tmp_path, char_data, trained_out):
