@@ -25,7 +25,7 @@ TEXT = "the cat sat on a mat, and then it ran to see why every dog had gone quie
 
 def char_chat_meta():
     from seedgpt.chat import CHAT_SPECIALS
-    chars = sorted(set(chr(i) for i in range(32, 127)) | {'\n'})
+    chars = sorted(set(chr(i) for i in range(32, 127)) | {'\n', '\t'})
     return dict(tokenizer='char', chars=chars, vocab_size=len(chars) + len(CHAT_SPECIALS),
                 special_tokens={s: len(chars) + i for i, s in enumerate(CHAT_SPECIALS)})
 
@@ -148,3 +148,98 @@ def test_refusals(tmp_path):
     ckpt, _, _ = model_ckpt(tmp_path / 'base', 'qwen3', base, steps=0)
     one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', f'--gguf={tmp_path}/c.gguf'), 'non-ASCII')
     one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', '--type=q4'), 'q8_0')
+
+# -- llama.cpp itself, through llama-cpp-python (skipped where it is not installed)
+
+TEXTS = [TEXT, "Hello, World! 123 + 4.5e6\n  two  spaces\tand a tab; it's <|end|> typed ~"]
+
+
+def llama(path, n_ctx=128):
+    llama_cpp = pytest.importorskip('llama_cpp', reason="llama-cpp-python is not installed "
+                                    "(bash export/install_llamacpp.sh)")
+    # an f32 KV cache: llama.cpp's default f16 cache rounds keys and values (about 1e-3 on the logits)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=1, logits_all=True,
+                           type_k=0, type_v=0, verbose=False)
+
+
+def their_greedy(llm, prompt, n):
+    """llama.cpp's greedy continuation of prompt (ids), and its logits at every position read."""
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(out[-1:])
+    return out, np.array(llm.scores[:llm.n_tokens - 1])
+
+
+@torch.no_grad()
+def our_greedy(model, prompt, n):
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    x = torch.tensor([ids[:-1]])
+    return ids[len(prompt):], model(x, torch.zeros_like(x))[0][0].numpy()
+
+
+def prompt_of(tok):
+    from seedgpt.chat import is_chat, render_prompt
+    return render_prompt(tok, CHAT[:1]) if is_chat(tok) else tok.encode(TEXT[:20])
+
+
+@pytest.mark.parametrize('style', list(METAS))
+def test_llamacpp_tokens_are_seedgpts(exported, style):
+    path, _, _, tok = exported[style]
+    llm = llama(path)
+    for text in TEXTS + ([] if style == 'qwen3' else ["naïve café, 中文, emoji 🙂"]):
+        ids = llm.tokenize(text.encode('utf-8'), add_bos=False, special=False)
+        assert ids == tok.encode(text), text
+        assert llm.detokenize(ids).decode('utf-8') == text
+
+
+@pytest.mark.parametrize('style', list(METAS))
+def test_llamacpp_greedy_is_seedgpts_in_f32(exported, style):
+    path, _, model, tok = exported[style]
+    prompt = prompt_of(tok)
+    theirs, their_logits = their_greedy(llama(path), prompt, 40)
+    ours, our_logits = our_greedy(model, prompt, 40)
+    assert theirs == ours
+    # the same numbers up to float rounding; on the CPU ggml's GELU (the gpt2 arch) reads a table of f16 values
+    assert np.abs(their_logits - our_logits).max() < (5e-3 if style == 'gpt2' else 1e-3)
+
+
+@pytest.mark.parametrize('style', list(METAS))
+def test_llamacpp_q8_0_is_near_f32(exported, style):
+    """q8_0 rounds each block of 32 weights to 8 bits: its logits stay within 5% of the f32 logits' spread."""
+    path, q8, model, tok = exported[style]
+    prompt = prompt_of(tok)
+    ours, _ = their_greedy(llama(path), prompt, 40)
+    _, f32 = their_greedy(llama(path), prompt + ours[:-1], 1)
+    _, q = their_greedy(llama(q8), prompt + ours[:-1], 1)
+    spread = f32.max(-1) - f32.min(-1)
+    err = np.abs(q - f32).max(-1) / spread
+    print(f"{style}: q8_0 vs f32, largest logit difference / spread {err.max():.4f}")
+    assert err.max() < 0.05
+
+
+def test_llamacpp_chat_stops_at_end_of_turn(exported):
+    path, _, model, tok = exported['qwen3']
+    reply = llama(path).create_chat_completion(messages=CHAT[:1], temperature=0, max_tokens=30)['choices'][0]
+    assert reply['message']['content'] == 'tac' and reply['finish_reason'] == 'stop'
+
+
+def test_llamacpp_unknown_character_is_visible(exported, tmp_path):
+    """The chat char route reads an unknown character as '?'; the base char route (rwkv) gives it id -1, which
+    llama.cpp refuses to decode."""
+    path, _, _, tok = exported['qwen3']
+    llm = llama(path)
+    assert llm.detokenize(llm.tokenize('café'.encode(), add_bos=False)).decode() == 'caf?'
+    base = dict(tokenizer='char', chars=sorted(set(TEXT)), vocab_size=len(set(TEXT)))
+    ckpt, _, tok = model_ckpt(tmp_path / 'base', 'gpt2', base, steps=0)
+    export(ckpt, tmp_path / 'base.gguf')
+    llm = llama(tmp_path / 'base.gguf')
+    assert llm.tokenize(TEXT.encode(), add_bos=False) == tok.encode(TEXT)
+    ids = llm.tokenize('cat!'.encode(), add_bos=False)
+    assert ids == tok.encode('cat') + [-1]
+    with pytest.raises(Exception):
+        llm.eval(ids)
