@@ -1,5 +1,8 @@
-"""sample.py run as a script on a tiny trained checkpoint: seeds, int8 weights, long prompts, prompt files, bad prompts."""
-from conftest import run_script, write
+"""sample.py run as a script on a tiny trained checkpoint: seeds, int8 weights, long prompts, prompt files, bad prompts,
+speculative drafts."""
+import torch
+
+from conftest import run_script, run_train, write
 
 SEP = '\n---------------\n'
 
@@ -72,3 +75,30 @@ def test_unknown_quant(trained_out):
 
 def test_missing_checkpoint(tmp_path):
     one_line_error(sample(tmp_path / 'empty'), 'no checkpoint')
+
+
+def test_draft_keeps_the_text(trained_out, char_data, tmp_path):
+    """Speculative decoding is on by default (prompt lookup) and gives --draft=none's very text for a seed; a
+    draft model (a smaller one on the same characters) gives the same greedy text."""
+    prompt = '--start=the cat sat on the mat. the cat sat on the '
+    plain = sample(trained_out, '--seed=4', '--draft=none', prompt)
+    lookup = sample(trained_out, '--seed=4', prompt)  # --draft=auto: ngram on the eager cached path
+    assert plain.returncode == lookup.returncode == 0, lookup.stderr
+    assert lookup.stdout == plain.stdout
+    assert 'guesses kept' in lookup.stderr and 'guesses kept' not in plain.stderr
+    small = tmp_path / 'small'
+    run_train(small, char_data, '--max_iters=5', '--n_layer=1')
+    greedy = [sample(trained_out, '--temperature=0', '--num_samples=1', prompt, *extra)
+              for extra in ([], [f'--draft={small}', '--draft_tokens=3'], ['--draft=none'])]
+    assert all(p.returncode == 0 for p in greedy), greedy[1].stderr
+    assert greedy[0].stdout == greedy[1].stdout == greedy[2].stdout
+
+
+def test_draft_that_cannot_work(trained_out, tmp_path):
+    one_line_error(sample(trained_out, '--draft=ngram', '--use_cache=False'), 'KV cache')
+    one_line_error(sample(trained_out, '--draft_tokens=0'), 'draft_tokens')
+    ckpt = torch.load(trained_out / 'ckpt.pt', weights_only=True)
+    ckpt['meta']['chars'] = ckpt['meta']['chars'][::-1]  # the same vocabulary size, other characters
+    (tmp_path / 'other').mkdir()
+    torch.save(ckpt, tmp_path / 'other' / 'ckpt.pt')
+    one_line_error(sample(trained_out, f'--draft={tmp_path / "other"}'), 'tokenizer')
