@@ -99,8 +99,8 @@ def main(cfg):
         sys.stdout.flush()
         if stats:
             per_forward = (stats['forwards'] + stats['accepted']) / stats['forwards']
-            print(f"draft: {stats['accepted']} of {stats['drafted']} guesses kept, {per_forward:.2f} tokens per forward",
-                  file=sys.stderr)
+            print(f"draft: {stats['accepted']} of {stats['drafted']} guesses kept, "
+                  f"{per_forward:.2f} tokens per forward", file=sys.stderr)
 
 
 if __name__ == '__main__':
