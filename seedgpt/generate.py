@@ -105,24 +105,36 @@ def text_pieces(tok, ids):
         yield tok.decode(pending)
 
 
-def stream_reply(model, tok, messages, max_new_tokens, **sampling):
+def reply_draft(draft, rows, sampling):
+    """The draft of a chat reply's decoding: 'auto' is prompt lookup for one row on the eager cached path (an
+    answer often copies from the question or a tool's result; it gives the same text as none, seed for seed),
+    None for a batch, whose rows would wait on the one whose guesses fail."""
+    if draft != 'auto':
+        return draft
+    eager = sampling.get('use_cache', True) and not sampling.get('compile', False)
+    return 'ngram' if rows == 1 and eager else None
+
+
+def stream_reply(model, tok, messages, max_new_tokens, draft='auto', **sampling):
     """The assistant's reply to `messages` in text pieces, as it is generated, up to its <|end|>.
 
     Stops early at any chat token (a model that skips <|end|> and starts a new turn) or an id past the
-    tokenizer (a padded vocabulary). `sampling` goes to generate_stream (temperature, top_k, ...).
+    tokenizer (a padded vocabulary). `sampling` goes to generate_stream (temperature, top_k, ...), and
+    draft too ('auto': reply_draft).
     """
     stop = stop_ids(tok)
     device = next(model.parameters()).device
     x = torch.tensor([render_prompt(tok, messages)], dtype=torch.long, device=device)
-    ids = (next_id.item() for next_id in generate_stream(model, x, max_new_tokens, **sampling))
+    stream = generate_stream(model, x, max_new_tokens, draft=reply_draft(draft, 1, sampling), **sampling)
+    ids = (next_id.item() for next_id in stream)
     yield from text_pieces(tok, itertools.takewhile(lambda i: i not in stop and i < tok.vocab_size, ids))
 
 
-def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
+def generate_replies(model, tok, prompts, max_new_tokens, draft='auto', **sampling):
     """The generated ids of many prompts (lists of ids, e.g. render_prompt's) at once: one left-padded batch
     through the KV cache. Each row's ids end at its first chat token (kept: <|end|> is part of the answer)
     or after max_new_tokens; generation stops when every row has ended. At temperature 0 each row gets
-    the same ids as alone."""
+    the same ids as alone. draft: generate_stream's, 'auto' as reply_draft decides."""
     stop, bs = stop_ids(tok), model.config.block_size
     device = next(model.parameters()).device
     idx, pad = left_pad(prompts, device)
@@ -131,7 +143,9 @@ def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
     if min(room) <= 0:
         raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {bs}")
     out, done = [[] for _ in prompts], [False] * len(prompts)
-    for next_ids in generate_stream(model, idx, min(max_new_tokens, bs - idx.size(1) - 1), pad=pad, **sampling):
+    new = min(max_new_tokens, bs - idx.size(1) - 1)
+    for next_ids in generate_stream(model, idx, new, pad=pad, draft=reply_draft(draft, len(prompts), sampling),
+                                    **sampling):
         for b, i in enumerate(next_ids[:, 0].tolist()):
             if not done[b]:
                 out[b].append(i)
@@ -142,7 +156,8 @@ def generate_replies(model, tok, prompts, max_new_tokens, **sampling):
     # the batch had: it goes on alone, and a row's reply never depends on the rows beside it
     for b in range(len(prompts)):
         if not done[b]:
-            out[b] += generate_replies(model, tok, [prompts[b] + out[b]], room[b] - len(out[b]), **sampling)[0]
+            out[b] += generate_replies(model, tok, [prompts[b] + out[b]], room[b] - len(out[b]), draft,
+                                       **sampling)[0]
     return out
 
 

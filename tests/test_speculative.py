@@ -192,3 +192,21 @@ def test_sampling_distribution_is_the_models(monkeypatch):
     monkeypatch.setattr(speculative, 'verify', lambda logits, drafts, q, *a: right(
         logits, drafts, None if q is None else torch.full_like(q, 1 / V), *a))
     assert chi_square_z(spec_counts(model, draft, n, 1, seed=5, stats={}), exact, n) > 8
+
+
+def test_agent_gives_the_plain_paths_traces(caller):
+    """The agent (chat.talk, chat.eval, RL's rollouts) decodes a lone row with prompt lookup by default, and a
+    batch when asked: the traces, calls and answers are the plain path's, greedy and sampled with a seed."""
+    from conftest import CONVERSATIONS
+    from seedgpt.agent import generate_with_tools
+    from seedgpt.chat import render_prompt
+    model, tok = caller
+    prompts = [render_prompt(tok, c[:1]) for c in CONVERSATIONS]
+    cases = [(prompts[:1], 'auto', 0.0), (prompts, 'ngram', 0.0), (prompts[:1], 'auto', 0.8), (prompts, 'ngram', 0.8)]
+    for rows, draft, temperature in cases:
+        stats = {}
+        plain, fast = (generate_with_tools(model, tok, rows, 40, temperature=temperature, draft=d, stats=stats,
+                                           generator=torch.Generator().manual_seed(3)) for d in (None, draft))
+        assert [(t.ids, t.mask, t.calls, t.answer) for t in fast] == [(t.ids, t.mask, t.calls, t.answer) for t in plain]
+        assert stats['accepted'] > 0, (len(rows), draft, temperature)
+    assert any(t.calls for t in plain)
