@@ -9,8 +9,8 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 FLAGS_KEY="$(grep -m1 '^flags' /proc/cpuinfo | md5sum | cut -c1-12)"
 CACHE="${SEEDGPT_WHEEL_CACHE:-$HOME/.cache/seedgpt/wheels}/$FLAGS_KEY"
-PY_TAG="$(python -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
-wheel() { ls "$CACHE"/llama_cpp_python-"$VERSION"-"$PY_TAG"-*.whl 2>/dev/null | head -n1; }
+# its wheel is tagged py3-none (ctypes loads the built library, no Python ABI): one per CPU, any Python 3
+wheel() { ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1; }
 if [ -z "$(wheel)" ]; then
     mkdir -p "$CACHE"
     echo "building llama-cpp-python $VERSION into $CACHE (once; many minutes)"
