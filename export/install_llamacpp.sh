@@ -14,9 +14,10 @@ wheel() { ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1; 
 if [ -z "$(wheel)" ]; then
     mkdir -p "$CACHE"
     echo "building llama-cpp-python $VERSION into $CACHE (once; many minutes)"
-    # no GPU backend, no curl (models are local files), one compile job so the machine stays usable
+    # no GPU backend, no curl (models are local files), one compile job so the machine stays usable (LLAMACPP_JOBS=2
+    # on a machine that does nothing else, as CI)
     CMAKE_ARGS="-DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_HIP=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF" \
-    CMAKE_BUILD_PARALLEL_LEVEL=1 MAKEFLAGS=-j1 \
+    CMAKE_BUILD_PARALLEL_LEVEL="${LLAMACPP_JOBS:-1}" MAKEFLAGS="-j${LLAMACPP_JOBS:-1}" \
         nice -n 19 pip wheel --no-deps --no-binary llama-cpp-python -w "$CACHE" "llama-cpp-python==$VERSION"
 fi
 pip install -q "$(wheel)"
