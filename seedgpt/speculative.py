@@ -121,30 +121,51 @@ def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=Non
 
 
 class NgramDraft:
-    """Prompt lookup: the tokens that followed the latest earlier occurrence of the text's last n tokens,
-    trying the longest n first (a longer match is a surer guess)."""
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of the text's last n tokens, trying
+    the longest n first (a longer match is a surer guess).
 
-    def __init__(self, max_n=4, min_n=2):
-        self.max_n, self.min_n = max_n, min_n
+    Each row keeps, for every n-gram seen, where the token after its latest occurrence is: a dict updated as
+    tokens come, so a lookup costs a few dict reads, not a scan of the text. A row also keeps how often its
+    first guess turned out right (a running average, over guesses used or not: the text shows it anyway), and
+    guesses nothing while that is under min_rate, where checking a guess would cost more than it brings."""
 
-    def lookup(self, seq, k):
-        for n in range(self.max_n, self.min_n - 1, -1):
-            if seq.numel() <= n:
-                continue
-            # every earlier window of n tokens with a token after it, compared with the last n at once
-            hits = (seq[:-1].unfold(0, n, 1) == seq[-n:]).all(dim=1).nonzero()
-            if hits.numel():
-                i = int(hits[-1]) + n
+    def __init__(self, B, pad, max_n=4, min_n=2, min_rate=0.25):
+        self.max_n, self.min_n, self.min_rate = max_n, min_n, min_rate
+        self.seqs = [[] for _ in range(B)]  # each row's text so far, without its padding
+        self.after = [{} for _ in range(B)]  # n-gram -> index of the token after its latest occurrence
+        self.pad = [int(p) for p in pad] if pad is not None else [0] * B
+        self.seen = 0  # the columns of ids read so far
+        self.rate, self.guess = 0.5, None  # the running share of right first guesses; the last first guesses
+
+    def absorb(self, b, new):
+        seq, after = self.seqs[b], self.after[b]
+        for token in new:
+            for n in range(self.min_n, min(self.max_n, len(seq)) + 1):
+                after[tuple(seq[-n:])] = len(seq)
+            seq.append(token)
+
+    def lookup(self, b, k):
+        seq, after = self.seqs[b], self.after[b]
+        for n in range(min(self.max_n, len(seq)), self.min_n - 1, -1):
+            i = after.get(tuple(seq[-n:]))
+            if i is not None:
                 return seq[i:i + k]
-        return seq[:0]
+        return []
 
     def propose(self, ids, t, k, pad, sampling):
         """(B, K <= k) guesses for positions t.. of ids (B, >= t), and None: each is a point mass. A batch
         gets the shortest row's guess length (its rows are kept only as far as the fewest accepted)."""
-        B = ids.size(0)
-        rows = [self.lookup(ids[b, int(pad[b]) if pad is not None else 0:t], k) for b in range(B)]
+        B, new = ids.size(0), ids[:, self.seen:t].tolist()
+        if self.guess is not None:  # was the last first guess the token that came, in every row?
+            self.rate += (all(row[0] == g for row, g in zip(new, self.guess)) - self.rate) / 16
+        for b, row in enumerate(new):
+            self.absorb(b, row[max(0, self.pad[b] - self.seen):])
+        self.seen = t
+        rows = [self.lookup(b, k) for b in range(B)]
         K = min(len(r) for r in rows)
-        return torch.stack([r[:K] for r in rows]), None
+        self.guess = [r[0] for r in rows] if K else None
+        K = K if self.rate >= self.min_rate else 0
+        return torch.tensor([r[:K] for r in rows], dtype=ids.dtype, device=ids.device).view(B, K), None
 
     def accepted(self, t, m):
         pass
@@ -187,10 +208,10 @@ class ModelDraft:
         self.held = min(self.held, t + m)  # drafts past the accepted ones are not the text
 
 
-def make_draft(draft, model, pad):
+def make_draft(draft, model, B, pad):
     """The per-stream draft for generate_stream's draft argument: 'ngram' or a model."""
     if draft == 'ngram':
-        return NgramDraft()
+        return NgramDraft(B, pad)
     if isinstance(draft, torch.nn.Module):
         if draft.config.vocab_size != model.config.vocab_size:
             raise ValueError(f"the draft's vocabulary ({draft.config.vocab_size}) is not the model's "
@@ -217,7 +238,7 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
     B, T = idx.shape
     ids = idx.new_empty(B, T + max_new_tokens)
     ids[:, :T] = idx
-    drafter, sampling = make_draft(draft, model, pad), (temperature, top_k, top_p, generator)
+    drafter, sampling = make_draft(draft, model, B, pad), (temperature, top_k, top_p, generator)
     start = max(0, T - bs)
     cache, window, k, t = None, None, draft_tokens, T
     stats = {} if stats is None else stats
@@ -236,7 +257,7 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
                 cache.pos = t - 1 - start
                 x = ids[:, t - 1:t]
             cache.last = slice(-(K + 1), None) if K else Cache.last  # logits at the guesses too
-            logits, _ = model(torch.cat([x, drafts], dim=1), cache=cache)
+            logits, _ = model(torch.cat([x, drafts], dim=1) if K else x, cache=cache)
             if q is None:  # point masses (ngram), or greedy
                 m, tokens = verify_point(logits, drafts, temperature, top_k, top_p, generator)
             else:
