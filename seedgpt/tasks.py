@@ -15,17 +15,19 @@ The suite with tools (prepare.tasks --tools) is what people type to a chat model
   add sub mul div  what's 7 times 8 / 1,234 - 56789      operands of 1 to `digits` digits, any two lengths
   expr             What is (12+7)*3-4?                   several operators, parentheses       all through calc
   count            how many s in mississippi             English and made-up words of 2 to 15 letters, count
-  reverse, sort    Reverse the word planet.              the same words, answered without a tool
+  reverse, sort    Reverse the word planet.              the same words, through reverse and sort
   chat             Hello! Who are you? / thanks! / What is the capital of France?   one honest line, no call
   followup         a conversation of 2 to 4 turns whose later questions build on an answer: "and times 3?",
                    "now reverse it", "what about 12-5?"
-Phrasings vary at random: several forms per task, lower case, no question mark, "what's", operators in
-words, thousands separators, extra spaces. A tool task's conversation is the question, the assistant's
+Phrasings vary at random: each question is a core ("reverse {w}") in a wrapper ("Can you {v}?"), dozens
+of forms per task, then lower case, no question mark, "what's", operators in words, thousands separators,
+extra spaces. A tool task's conversation is the question, the assistant's
 call, the tool's result and the answer (the tool's result, as it wrote it):
     user: What is 4,812 plus 7533?   assistant: calc(4812+7533) (a call)   tool: 12345   assistant: 12345
-Besides train, val and test, it has a gen split that differs from train by construction: phrasings and
-operand digit-length pairs that training never sees, English words kept out of it, and follow-ups in
-forms held out too. Test measures the training distribution; gen, how far the skill carries beyond it.
+Besides train, val and test, it has a gen split that differs from train by construction: phrasings
+(pairings of a core and a wrapper) and operand digit-length pairs that training never sees, English
+words kept out of it, and follow-ups in forms held out too. Test measures the training distribution;
+gen, how far the skill carries beyond it.
 """
 import json
 import math
@@ -34,6 +36,7 @@ import random
 import re
 import string
 import sys
+import zlib
 from fractions import Fraction
 
 import torch
@@ -187,34 +190,100 @@ GEN_PAIRS = {(1, 4), (2, 6), (3, 1), (4, 5), (5, 3), (6, 2)}  # operand digit le
 OPS = {'add': '+', 'sub': '-', 'mul': '*', 'div': '/'}
 
 
-TYPED_OPS = {'+': ('+', ' + ', ' plus '), '-': ('-', ' - ', ' minus '), '*': ('*', ' * ', ' times ', ' x '),
+TYPED_OPS = {'+': ('+', ' + ', ' plus '), '-': ('-', ' - ', ' minus '),
+             '*': ('*', ' * ', ' times ', ' x ', ' multiplied by '),
              '/': ('/', ' / ', ' divided by ')}  # how people write each operator; the call always has the symbol
 
 
-EXPRESSION_FORMS = (["What is {e}?", "{e}", "{e}=?", "{e} = ?", "Compute {e}.", "Calculate {e}.", "Solve {e}."],
-                    ["How much is {e}?", "Please work out {e}.", "Can you calculate {e}?"])
+# How people ask: a question is a core, what is asked ("reverse {w}"), in a wrapper, how it is asked ("Can
+# you {v}?"). A core is a question ({q}) or a request ({v}); {Q} and {V} are the same, capitalized. Training
+# sees every core and every wrapper, but a fifth of their pairings (picked by a hash of the text, so by
+# construction and not by chance) are asked only in gen: gen measures whether the model takes a question
+# it never saw apart into parts it knows, which is what a newcomer's wording asks of it. A wording made of
+# words the suite never uses is another matter: the model knows no English but the suite's.
+ASK = ["{Q}?", "{Q}", "Can you tell me {q}?", "Do you know {q}?", "Tell me {q}.", "Quick question: {q}?",
+       "I want to know {q}.", "Hey, {q}?"]
+DO = ["{V}.", "{V}", "Please {v}.", "Can you {v}?", "Could you {v}?", "Would you {v}?", "I need you to {v}.",
+      "Help me {v}.", "{V}, please.", "Go ahead and {v}.", "{V} for me.", "Try to {v}."]
+AGAIN = (["{Q}?", "{Q}", "And {q}?", "Then {q}?", "Ok, and {q}?"],
+         ["{V}.", "{V}", "Now {v}.", "And {v}.", "Then {v}.", "Ok, now {v}.", "Can you {v}?", "Please {v}."])
+# the wrappers of a follow-up: "Do you know plus 3?" is no question
 
 
-NAMED_FORMS = {
-    'add': (["Add {a} and {b}.", "What is the sum of {a} and {b}?"], ["Find the sum of {a} and {b}."]),
-    'sub': (["Subtract {b} from {a}.", "What is {b} subtracted from {a}?"], ["Take {b} away from {a}."]),
-    'mul': (["Multiply {a} by {b}.", "What is the product of {a} and {b}?"], ["Find the product of {a} and {b}."]),
-    'div': (["Divide {a} by {b}.", "What is the quotient of {a} and {b}?"], ["Find the quotient of {a} and {b}."]),
+CORES = {  # task: (questions, requests, bare forms that need no wrapper)
+    'expr': (["what is {e}", "how much is {e}", "what does {e} equal", "what is the value of {e}"],
+             ["compute {e}", "calculate {e}", "solve {e}", "work out {e}", "evaluate {e}", "figure out {e}"],
+             ["{e}", "{e}=?", "{e} = ?", "{e} =", "{e}?"]),
+    'add': (["what is the sum of {a} and {b}", "what do {a} and {b} add up to"],
+            ["add {a} and {b}", "add {b} to {a}", "find the sum of {a} and {b}", "sum {a} and {b}"], []),
+    'sub': (["what is {b} subtracted from {a}", "what is the difference between {a} and {b}"],
+            ["subtract {b} from {a}", "take {b} away from {a}", "find the difference between {a} and {b}"], []),
+    'mul': (["what is the product of {a} and {b}"],
+            ["multiply {a} by {b}", "multiply {a} and {b}", "find the product of {a} and {b}"], []),
+    'div': (["what is the quotient of {a} and {b}", "what do you get dividing {a} by {b}"],
+            ["divide {a} by {b}", "find the quotient of {a} and {b}"], []),
+    'reverse': (["what is {w} backwards", "what is {w} spelled backwards", "what is {w} reversed",
+                 "how do you spell {w} backwards", "what is the reverse of {w}"],
+                ["reverse {w}", "reverse the word {w}", "spell {w} backwards", "write {w} backwards",
+                 "write {w} in reverse", "write the word {w} backwards", "flip {w}"],
+                ["{w} reversed?", "{w} backwards"]),
+    'sort': (["what is {w} with its letters sorted", "what is {w} sorted", "what is {w} in alphabetical order",
+              "what are the letters of {w} in alphabetical order"],
+             ["sort {w}", "sort the letters of {w}", "sort {w} alphabetically", "sort the word {w} alphabetically",
+              "put the letters of {w} in alphabetical order", "put {w} in alphabetical order", "alphabetize {w}",
+              "arrange the letters of {w} alphabetically"],
+             ["{w} sorted?"]),
+    'count': (["how many times does {c} appear in {w}", "how many {c}'s are in {w}", "how often does {c} occur in {w}",
+               "how many {c} are there in {w}", "in {w}, how many {c}'s are there", "the number of {c}'s in {w}",
+               "how many times does the letter {c} show up in {w}"],
+              ["count the letter {c} in {w}", "count the {c}'s in {w}", "count how many {c}'s are in {w}",
+               "count the times {c} appears in {w}"], []),
 }
 
 
-WORD_FORMS = {
-    'reverse': (["Reverse the word {w}.", "Reverse {w}.", "What is {w} backwards?", "Spell {w} backwards.",
-                 "Write {w} in reverse.", "{w} reversed?"],
-                ["Can you reverse {w}?", "What is {w} spelled backwards?", "Write the word {w} backwards."]),
-    'sort': (["Sort the letters of {w}.", "Sort {w} alphabetically.", "Put the letters of {w} in alphabetical order.",
-              "What is {w} with its letters sorted?", "Sort {w}."],
-             ["Can you sort {w}?", "Sort the word {w} alphabetically.", "Put {w} in alphabetical order."]),
-    'count': (["How many times does {c} appear in {w}?", "How many {c}'s are in {w}?", "Count the letter {c} in {w}.",
-               "How often does {c} occur in {w}?", "How many {c} are there in {w}?", "Count the {c}'s in {w}."],
-              ["In {w}, how many {c}'s are there?", "How many times does the letter {c} show up in {w}?",
-               "Number of {c}'s in {w}?"]),
+FOLLOW_CORES = {  # how a follow-up asks of the last answer ("it", "that"): (questions, requests)
+    '+': (["what is that plus {k}", "what is it plus {k}", "plus {k}"],
+          ["add {k}", "add {k} to that", "add {k} to it"]),
+    '-': (["what is that minus {k}", "minus {k}"], ["subtract {k}", "subtract {k} from that", "take {k} away from it"]),
+    '*': (["what is that times {k}", "times {k}", "what is it multiplied by {k}"],
+          ["multiply by {k}", "multiply it by {k}", "multiply that by {k}"]),
+    '/': (["what is that divided by {k}", "divided by {k}", "what is it divided by {k}"],
+          ["divide by {k}", "divide that by {k}", "divide it by {k}"]),
+    'about': (["what about {e}", "how about {e}"], ["do the same for {e}", "do {e} too"]),  # another of the kind
+    'reverse': (["what is it backwards", "what is that reversed", "backwards"],
+                ["reverse it", "reverse that", "spell it backwards"]),
+    'sort': (["what is it sorted", "what is that sorted", "sorted"], ["sort it", "sort that", "sort its letters"]),
+    'count': (["how many {c}'s are in it", "how many times does {c} appear in it"],
+              ["count the {c}'s in that", "count the {c}'s in it"]),
+    'letter': (["what about {c}", "how about {c}", "what about the letter {c}"], ["count {c} too"]),  # after a count
+    'in': (["what about in {w}", "how about in {w}", "how many in {w}"], ["count them in {w}"]),  # same letter
 }
+
+
+def held(form):
+    """Whether a form is asked only in gen: a fifth of them, by a hash of the text (the same on every run)."""
+    return zlib.crc32(form.encode()) % 5 == 0
+
+
+def phrase(wrapper, core):
+    """A core in a wrapper: phrase("Can you {v}?", "reverse {w}") is "Can you reverse {w}?"."""
+    cap = core[0].upper() + core[1:]
+    return wrapper.replace('{Q}', cap).replace('{V}', cap).replace('{q}', core).replace('{v}', core)
+
+
+def _split(forms):
+    """(seen, held) of a list of forms."""
+    return [f for f in forms if not held(f)], [f for f in forms if held(f)]
+
+
+def _wrapped(cores, wrappers=(ASK, DO)):
+    """(seen, held, bare) forms: every core in every wrapper of its kind, split; the bare forms, all seen."""
+    seen, new = _split([phrase(w, c) for kind in (0, 1) for c in cores[kind] for w in wrappers[kind]])
+    return seen, new, list(cores[2] if len(cores) > 2 else [])
+
+
+FORMS = {task: _wrapped(cores) for task, cores in CORES.items()}
+FOLLOW_FORMS = {how: _wrapped(cores, AGAIN) for how, cores in FOLLOW_CORES.items()}
 
 
 # English words of 2 to 15 letters (one in five kept for the gen split), beside made-up ones: people ask
@@ -247,6 +316,7 @@ necessary occurrence parallel referee sleepless museum""".split()
 
 ENGLISH_SEEN = [w for i, w in enumerate(ENGLISH) if i % 5 != 4]  # train, val, test
 ENGLISH_HELD = [w for i, w in enumerate(ENGLISH) if i % 5 == 4]  # gen only
+_ENGLISH_SEEN, _ENGLISH_HELD = set(ENGLISH_SEEN), set(ENGLISH_HELD)
 
 
 SYLLABLES = (['', 'b', 'c', 'd', 'f', 'g', 'h', 'k', 'l', 'm', 'n', 'p', 'r', 's', 't', 'v', 'w', 'z', 'bl', 'br',
@@ -260,26 +330,35 @@ OUTSIDE = "I can't answer that: I only do math, count letters, and reverse or so
 THANKS = "You're welcome!"
 
 
-CHAT_FORMS = {  # (seen, held) of each kind of message, and its one reply
-    'hello': ((["Hello", "Hi", "Hey", "Hi there", "Hello there", "Good morning", "Good evening", "Hey there"],
-               ["Who are you?", "What can you do?", "What are you?", "What's your name?", "How are you?",
-                "Can you help me?", "Help", "Who made you?", "Are you a robot?", "What should I ask you?",
-                "Are you there?"]),
-              (["Greetings", "Howdy", "Good afternoon"],
-               ["Tell me about yourself.", "What do you do?", "How can you help me?"])),
-    'thanks': ((["Thanks", "Thank you", "thx", "Great, thanks", "Cool, thank you", "Ok thanks", "Perfect, thanks",
-                 "ty", "Thanks a lot", "Nice, thanks", "Appreciate it", "Got it, thanks", "thanks a bunch"], []),
-               (["Much appreciated", "Thank you so much", "Cheers", "Awesome, thanks"], [])),
-    'outside': ((["What is the capital of {country}?", "Tell me a joke.", "Tell me a joke about {topic}.",
-                  "Who wrote {book}?", "What's the weather like in {city}?", "How do I cook {food}?",
-                  "Translate {word} into {lang}.", "Write a poem about {topic}.", "What time is it?",
-                  "Who is the president of {country}?", "What is the meaning of life?",
-                  "How many legs does a {animal} have?", "Why is the sky blue?", "Where is {city}?",
-                  "What is a {animal}?", "Do you like {topic}?", "How old are you?", "What should I eat tonight?",
-                  "Is it going to rain in {city} tomorrow?", "Who won the world cup?"], []),
-                 (["What is the population of {country}?", "Tell me a story about {topic}.",
-                   "Can you recommend a book about {topic}?", "What language do they speak in {country}?",
-                   "Who painted the Mona Lisa?", "How far is {city} from here?"], [])),
+OPENERS = ["Hello", "Hi", "Hey", "Hi there", "Hello there", "Good morning", "Good evening", "Hey there", "Greetings",
+           "Howdy", "Good afternoon"]
+ABOUT_ME = ["Who are you?", "What can you do?", "What are you?", "What's your name?", "How are you?",
+            "Can you help me?", "Help", "Who made you?", "Are you a robot?", "What should I ask you?", "Are you there?",
+            "Tell me about yourself.", "What do you do?", "How can you help me?"]
+THANKS_HEADS = ["Thanks", "Thank you", "thx", "ty", "Great, thanks", "Cool, thank you", "Ok thanks", "Perfect, thanks",
+                "Nice, thanks", "Appreciate it", "Got it, thanks", "Much appreciated", "Cheers", "Awesome, thanks"]
+THANKS_TAILS = ["", "!", " a lot", " so much", " :)", ", that helps", " a bunch"]
+OUTSIDE_FORMS = [
+    "What is the capital of {country}?", "Tell me a joke.", "Tell me a joke about {topic}.", "Who wrote {book}?",
+    "What's the weather like in {city}?", "How do I cook {food}?", "Translate {word} into {lang}.",
+    "Write a poem about {topic}.", "What time is it?", "Who is the president of {country}?",
+    "What is the meaning of life?", "How many legs does a {animal} have?", "Why is the sky blue?", "Where is {city}?",
+    "What is a {animal}?", "Do you like {topic}?", "How old are you?", "What should I eat tonight?",
+    "Is it going to rain in {city} tomorrow?", "Who won the world cup?", "What is the population of {country}?",
+    "Tell me a story about {topic}.", "Can you recommend a book about {topic}?",
+    "What language do they speak in {country}?", "Who painted the Mona Lisa?", "How far is {city} from here?",
+    # more of what people say that is no task, pieced together, so that "not a task" is learned from many
+    # sentences and not from a few
+    "Why does {s} {v}?", "How does {s} {v}?", "When did {s} {v}?", "Can {s} {v}?", "Is {s} {adj}?",
+    "Should I {act}?", "I think {s} is {adj}.", "Tell me {obj} about {topic}.", "Write {wobj} about {topic}.",
+    "Give me {gobj}.", "My name is {name}.", "I feel {feel}.", "Do you know {s}?", "Explain {s} to me."]
+
+
+CHAT_FORMS = {  # (seen, held) of each kind of message: a greeting (an opener, a question about the model, or
+    # both: "Hi | Who are you?"), thanks, or a question outside the suite
+    'hello': _split(OPENERS + ABOUT_ME + [f"{o} | {a}" for o in OPENERS for a in ABOUT_ME]),
+    'thanks': _split([h + t for h in THANKS_HEADS for t in THANKS_TAILS]),
+    'outside': _split(OUTSIDE_FORMS),
 }
 
 
@@ -295,51 +374,30 @@ FILLERS = dict(country='France Japan Brazil Canada Egypt India Italy Kenya Mexic
                book=['Hamlet', 'Dracula', 'Emma', 'Ulysses', 'Moby Dick', 'Frankenstein'],
                topic=['cats', 'the sea', 'robots', 'pizza', 'winter', 'space', 'dogs', 'music', 'trains'],
                food='pasta rice pizza soup pancakes eggs'.split(), lang='French German Spanish Japanese'.split(),
-               animal='spider cat bird horse ant octopus'.split(), word='hello cat house water tree'.split())
-
-
-# more of what people say that is no task, pieced together, so that "not a task" is learned from many
-# sentences and not from a few; none of it makes a held-out form
-OUTSIDE_PARTS = dict(
-    form=["Why does {s} {v}?", "How does {s} {v}?", "When did {s} {v}?", "Can {s} {v}?", "Is {s} {adj}?",
-          "Should I {act}?", "I think {s} is {adj}.", "Tell me {obj} about {topic}.", "Write {wobj} about {topic}.",
-          "Give me {gobj}.", "My name is {name}.", "I feel {feel}.", "Do you know {s}?", "Explain {s} to me."],
-    s=['the sun', 'the moon', 'my cat', 'the ocean', 'a computer', 'my phone', 'the wind', 'coffee', 'music',
-       'the internet', 'a rainbow', 'gravity', 'my teacher', 'this song'],
-    v=['shine', 'work', 'sleep', 'grow', 'fly', 'move', 'change', 'matter', 'begin', 'smell', 'feel'],
-    adj=['real', 'alive', 'happy', 'big', 'dangerous', 'good', 'expensive', 'hot', 'old', 'safe'],
-    act=['buy a car', 'learn French', 'go to bed', 'call my mom', 'move to Paris', 'get a dog', 'study tonight'],
-    obj=['a joke', 'a fact', 'a secret', 'something funny', 'the news'],
-    wobj=['a poem', 'a song', 'an essay', 'a letter', 'a haiku'],
-    gobj=['some advice', 'a recipe', 'a name for my dog', 'a hug', 'directions to the station', 'a movie to watch'],
-    name=['Ana', 'Bob', 'Li', 'Sam', 'Maria', 'Tom'], feel=['sad', 'tired', 'bored', 'great', 'lonely', 'hungry'],
-    topic=FILLERS['topic'])
-
-
-FOLLOW_FORMS = {  # (seen, held) of a follow-up question, by what it asks of the last answer ("it", "that")
-    '+': (["And plus {k}?", "Now add {k}.", "Add {k} to that.", "and + {k}?"], ["Add {k} to it."]),
-    '-': (["And minus {k}?", "Now subtract {k}.", "Subtract {k} from that.", "and - {k}?"], ["Take {k} away from it."]),
-    '*': (["And times {k}?", "Now multiply by {k}.", "What is that times {k}?", "and * {k}?"], ["Multiply it by {k}."]),
-    '/': (["And divided by {k}?", "Now divide by {k}.", "Divide that by {k}.", "and / {k}?"],
-          ["What is it divided by {k}?"]),
-    'about': (["What about {e}?", "And {e}?", "Now {e}."], ["How about {e}?"]),  # another question of the same kind
-    'reverse': (["Now reverse it.", "Reverse that.", "And backwards?"], ["Can you reverse it?"]),
-    'sort': (["Now sort it.", "Sort that.", "And sorted?"], ["Can you sort it?"]),
-    'count': (["How many {c}'s are in it?", "Count the {c}'s in that."], ["How many times does {c} appear in it?"]),
-    'letter': (["What about {c}?", "And {c}?", "And the letter {c}?"], ["How about {c}?"]),  # after a count
-    'in': (["And in {w}?", "What about in {w}?"], ["How about in {w}?"]),  # the same letter in another word
-}
+               animal='spider cat bird horse ant octopus'.split(), word='hello cat house water tree'.split(),
+               s=['the sun', 'the moon', 'my cat', 'the ocean', 'a computer', 'my phone', 'the wind', 'coffee',
+                  'music', 'the internet', 'a rainbow', 'gravity', 'my teacher', 'this song'],
+               v=['shine', 'work', 'sleep', 'grow', 'fly', 'move', 'change', 'matter', 'begin', 'smell', 'feel'],
+               adj=['real', 'alive', 'happy', 'big', 'dangerous', 'good', 'expensive', 'hot', 'old', 'safe'],
+               act=['buy a car', 'learn French', 'go to bed', 'call my mom', 'move to Paris', 'get a dog'],
+               obj=['a joke', 'a fact', 'a secret', 'something funny', 'the news'],
+               wobj=['a poem', 'a song', 'an essay', 'a letter', 'a haiku'],
+               gobj=['some advice', 'a recipe', 'a name for my dog', 'a hug', 'directions to the station'],
+               name=['Ana', 'Bob', 'Li', 'Sam', 'Maria', 'Tom'], feel=['sad', 'tired', 'bored', 'great', 'hungry'])
 
 
 CONTEXT = 256  # tokens of a conversation at most (char-level; other tokenizers take fewer): block_size holds one
 
 
-MIX = {'add': 1, 'sub': 1, 'mul': 1, 'div': 1, 'expr': 1, 'count': 2, 'reverse': 2, 'sort': 2.5, 'chat': 0.5,
+MIX = {'add': 1, 'sub': 1, 'mul': 1, 'div': 1, 'expr': 1, 'count': 1.5, 'reverse': 1.5, 'sort': 1.5, 'chat': 1,
        'followup': 1}  # records of each task per n_split; a followup record is a conversation of 2 to 4 turns
 
 
-def _form(rng, forms, held):
-    return rng.choice(forms[1] if held else forms[0])
+def _form(rng, forms, held, bare=0.2):
+    """A held-out form in gen; else a seen one, or (that often, where the task has them) a bare one: "2+2"."""
+    if held:
+        return rng.choice(forms[1])
+    return rng.choice(forms[2] if len(forms) > 2 and forms[2] and rng.random() < bare else forms[0])
 
 
 def _styled(rng, text, decorate=True):
@@ -393,9 +451,9 @@ def arithmetic(rng, task, digits, held, longest=6):
     la, lb = rng.choice(new_pairs if new_pair else [p for p in pairs if p not in GEN_PAIRS])
     a, b = _number(rng, la), _number(rng, lb, low=int(task == 'div'))
     op = OPS[task]
-    forms = NAMED_FORMS[task] if rng.random() < 0.25 else EXPRESSION_FORMS
+    forms = FORMS[task] if rng.random() < 0.25 else FORMS['expr']
     ta, tb = _typed(rng, a), _typed(rng, b)
-    form = _form(rng, forms, held and not new_pair)
+    form = _form(rng, forms, held and not new_pair, bare=0.4)
     question = _styled(rng, form.format(e=ta + rng.choice(TYPED_OPS[op]) + tb, a=ta, b=tb))
     return _calc(task, f"{a}{op}{b}", question, a=a, b=b, digits=f"{la},{lb}", form=form)
 
@@ -415,32 +473,36 @@ def _expression(rng):
 
 def expression(rng, held):
     typed, call = _expression(rng)
-    form = _form(rng, EXPRESSION_FORMS, held)
+    form = _form(rng, FORMS['expr'], held, bare=0.4)
     return _calc('expr', call, _styled(rng, form.format(e=typed)), expression=call, form=form)
 
 
 def word(rng, held, lo=2, hi=15):
-    """A word of lo to hi letters: English (the held-out ones in gen), made up of syllables, or random."""
+    """A word of lo to hi letters: English (the held-out ones in gen), made up of syllables, or random; a made-up
+    word that is an English word of the other side ("do") is made again."""
     r = rng.random()
     if r < 0.35:
         return rng.choice([w for w in (ENGLISH_HELD if held else ENGLISH_SEEN) if lo <= len(w) <= hi])
-    n = rng.randint(lo, hi)
-    if r < 0.65:
-        w = ''
-        while len(w) < n:
-            w += ''.join(rng.choice(part) for part in SYLLABLES)
-        return w[:n]
-    return _word(rng, n, n)
+    while True:
+        n = rng.randint(lo, hi)
+        if r < 0.65:
+            w = ''
+            while len(w) < n:
+                w += ''.join(rng.choice(part) for part in SYLLABLES)
+            w = w[:n]
+        else:
+            w = _word(rng, n, n)
+        if w not in (_ENGLISH_SEEN if held else _ENGLISH_HELD):
+            return w
 
 
 def word_task(rng, task, held, hi=15):
     w = word(rng, held, 2, hi)
     typed = f'"{w}"' if rng.random() < 0.1 else w
-    form = _form(rng, WORD_FORMS[task], held)
-    if task == 'reverse':
-        return _turn(task, _styled(rng, form.format(w=typed)), w[::-1], w=w, form=form)
-    if task == 'sort':
-        return _turn(task, _styled(rng, form.format(w=typed)), ''.join(sorted(w)), w=w, form=form)
+    form = _form(rng, FORMS[task], held)
+    if task in ('reverse', 'sort'):
+        return _turn(task, _styled(rng, form.format(w=typed)), run_tool(task, {'word': w}), (task, {'word': w}),
+                     w=w, form=form)
     c = rng.choice(w) if rng.random() < 0.75 else rng.choice(LETTERS)
     return _turn('count', _styled(rng, form.format(c=c, w=typed)), run_tool('count', {'letter': c, 'word': w}),
                  ('count', {'letter': c, 'word': w}), c=c, w=w, form=form)
@@ -449,17 +511,16 @@ def word_task(rng, task, held, hi=15):
 def chat(rng, held, kind=None):
     """A message outside the tasks (a greeting, thanks, a question the model cannot answer) and its one line."""
     kind = kind or rng.choices(('hello', 'thanks', 'outside'), weights=(4, 1, 4))[0]
-    (first, second), (new_first, new_second) = CHAT_FORMS[kind]
-    if kind == 'hello':  # an opener, a question about the model, or both
-        opener, ask = rng.choice(new_first if held else first), rng.choice(new_second if held else second)
+    forms = CHAT_FORMS[kind][1 if held else 0]
+    if kind == 'hello':  # an opener alone, a question about the model alone, or both
         mode = rng.random()
-        text = form = opener + rng.choice(['!', '.', '']) if mode < 0.3 else ask if mode < 0.55 else \
-            f"{opener}{rng.choice(['!', '.', ','])} {ask}"
-    elif kind == 'outside' and not held and rng.random() < 0.5:
-        form = rng.choice(OUTSIDE_PARTS['form'])
-        text = form.format(**{k: rng.choice(v) for k, v in OUTSIDE_PARTS.items() if k != 'form'})
+        form = rng.choice([f for f in forms if (f in OPENERS) == (mode < 0.3) and ('|' in f) == (mode >= 0.55)]
+                          or forms)
+        opener, _, ask = form.partition(' | ')
+        text = opener + rng.choice(['!', '.', '']) if form in OPENERS else \
+            f"{opener}{rng.choice(['!', '.', ','])} {ask}" if ask else form
     else:
-        form = rng.choice(new_first if held else first) + ('' if kind == 'outside' else rng.choice(['!', '.', '']))
+        form = rng.choice(forms)
         text = form.format(**{k: rng.choice(v) for k, v in FILLERS.items()})
     return _turn('chat', _styled(rng, text, decorate=kind == 'outside'), CHAT_REPLY[kind], intent=kind, form=form)
 
@@ -513,8 +574,8 @@ def follow_up(rng, prev, word_len, held):
     if how in ('reverse', 'sort', 'about'):  # the last word (or a new one) reversed or sorted
         w = prev['answer'] if how != 'about' else word(rng, held, 2, min(word_len, 10))
         task = prev['redo'] if how == 'about' else how
-        answer = w[::-1] if task == 'reverse' else ''.join(sorted(w))
-        t = _turn('followup', _styled(rng, text.format(e=w)), answer, kind='text', how=how, w=w, form=text)
+        t = _turn('followup', _styled(rng, text.format(e=w)), run_tool(task, {'word': w}), (task, {'word': w}),
+                  kind='text', how=how, w=w, form=text)
         return {**t, 'family': 'word', 'redo': task}
     if how == 'count':  # a letter of the last word
         c, w = rng.choice(prev['answer']), prev['answer']

@@ -5,17 +5,21 @@ A call is one line in the model's own text, after the <|call|> token, in the sha
 
     calc(4812+7533)          ->  12345
     count(a,abaca)           ->  3
+    reverse(planet)          ->  tenalp
 
 The model writes it; generation (seedgpt/agent.py) runs the tool and puts the result in a tool turn. To
 an OpenAI client the same call is {"name": "calc", "arguments": "{\"expression\": \"4812+7533\"}"}: the
 arguments' values in the order of the tool's parameters. So short a form costs a character-level
 model a dozen tokens, not the forty of the JSON.
 
-Two tools, each for what a model of this size cannot do in its head and what the task suite asks:
-  calc   exact arithmetic: + - * / (also × ÷), parentheses, decimals; a 1M-parameter model gets 2-digit
-         sums wrong a quarter of the time and 6-digit ones nearly always, but copies digits well;
-  count  how many times a letter occurs in a word: a character model sees the letters, but counting
-         them is a loop that attention does not learn from a few thousand examples.
+Four tools, each for what a model of this size cannot do in its head and what the task suite asks:
+  calc     exact arithmetic: + - * / (also × ÷), parentheses, decimals; a small model gets long sums
+           wrong, but copies digits well;
+  count    how many times a letter occurs in a word: a character model sees the letters, but counting
+           them is a loop that attention does not learn from a few thousand examples;
+  reverse  a word backwards, and
+  sort     a word's letters in alphabetical order: a small model does both in its head on short words
+           (the plain suite) but drops or doubles a letter of a long one (docs/tools.md#results).
 Each is one function here, with its input bounded in size and a time limit. A value never has more than
 MAX_DIGITS digits (a decimal keeps fewer places when its whole part is long, rounded), so a result fits
 MAX_OUTPUT characters and is never cut; a bad call returns 'error: ...' as its result (that message alone
@@ -148,10 +152,26 @@ def count(letter, word):
     return str(word.count(letter))
 
 
+def reverse(word):
+    """The word backwards."""
+    if len(word) > MAX_OUTPUT:
+        raise ToolError(f"a word longer than {MAX_OUTPUT} characters")
+    return word[::-1]
+
+
+def sort(word):
+    """The word's letters in alphabetical order."""
+    if len(word) > MAX_OUTPUT:
+        raise ToolError(f"a word longer than {MAX_OUTPUT} characters")
+    return ''.join(sorted(word))
+
+
 # name -> (function, its parameters in call order, what it is for: the description an API client sees)
 TOOLS = {
     'calc': (calc, ('expression',), "Exact arithmetic: + - * / and parentheses on integers and decimals."),
     'count': (count, ('letter', 'word'), "How many times a letter occurs in a word."),
+    'reverse': (reverse, ('word',), "The word spelled backwards."),
+    'sort': (sort, ('word',), "The word's letters in alphabetical order."),
 }
 
 

@@ -10,8 +10,9 @@ import pytest
 from conftest import run_script
 from prepare import tasks
 from seedgpt.chat import CHAT_SPECIALS, chat_ids, parse_chat, render_chat, render_prompt
-from seedgpt.tasks import (CONTEXT, ENGLISH, GEN_PAIRS, HELLO, OUTSIDE, PHRASES, TASKS, THANKS, TaskError, check,
-                           each_answer, generate, question, score)
+from seedgpt.tasks import (AGAIN, ASK, CONTEXT, CORES, DO, ENGLISH, FOLLOW_CORES, FOLLOW_FORMS, FORMS, GEN_PAIRS,
+                           HELLO, OUTSIDE, PHRASES, TASKS, THANKS, TaskError, check, each_answer, generate, phrase,
+                           question, score)
 from seedgpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
 CONV = [{'role': 'system', 'content': 'Be brief.'},
@@ -253,6 +254,24 @@ def test_gen_differs_from_train_by_construction():
     english = set(ENGLISH)
     assert len(english) == len(ENGLISH)  # a word twice could fall on both sides
     assert not {m['w'] for m in train if m.get('w') in english} & {m['w'] for m in gen if m.get('w') in english}
+
+
+def test_gen_phrasings_are_new_pairings_of_parts_training_knows():
+    """A held-out phrasing pairs a core and a wrapper that training both has, each with others: every core is
+    seen in some wrapper, every wrapper around some core, and about a fifth of the pairings are held out."""
+    for cores, wrappers, forms in [(CORES.values(), (ASK, DO), [FORMS[t] for t in CORES]),
+                                   (FOLLOW_CORES.values(), AGAIN, [FOLLOW_FORMS[h] for h in FOLLOW_CORES])]:
+        wrappers_seen, pairings, new = set(), 0, 0
+        for core_set, (seen, held_out, _) in zip(cores, forms):
+            assert not set(seen) & set(held_out)
+            for kind in (0, 1):
+                for core in core_set[kind]:
+                    made = {w: phrase(w, core) for w in wrappers[kind]}
+                    assert any(f in seen for f in made.values()), core
+                    wrappers_seen |= {(kind, w) for w, f in made.items() if f in seen}
+                    pairings, new = pairings + len(made), new + sum(f in held_out for f in made.values())
+        assert wrappers_seen == {(k, w) for k in (0, 1) for w in wrappers[k]}
+        assert 0.1 < new / pairings < 0.3, new / pairings
 
 
 def test_tool_suite_answers_are_right():

@@ -56,6 +56,9 @@ def test_count_and_the_call_text():
     assert run_tool('count', {'letter': 'ab', 'word': 'abab'}).startswith('error: ')
     assert run_tool('count', {'letter': 'a'}).startswith('error: count takes 2')
     assert run_tool('nope', {}).startswith("error: no tool 'nope'")
+    assert run_tool('reverse', {'word': 'planet'}) == 'tenalp' and run_tool('sort', {'word': 'banana'}) == 'aaabnn'
+    assert parse_call('reverse(a, b)') == ('reverse', {'word': 'a, b'})  # one parameter takes the whole text
+    assert run_tool('sort', {'word': 'x' * (MAX_OUTPUT + 1)}).startswith('error: ')  # a result is never cut
     assert call_text('calc', {'expression': '1+2'}) == 'calc(1+2)' == call_text('calc', '{"expression": "1+2"}')
     assert call_text('count', {'word': 'abaca', 'letter': 'a'}) == 'count(a,abaca)'  # the parameters' order
     assert parse_call('count(a,abaca)') == ('count', {'letter': 'a', 'word': 'abaca'})
@@ -110,7 +113,7 @@ def tool_record(task='add'):
 def test_mask_covers_calls_never_results():
     tok = char_tok()
     special = chat_ids(tok)
-    for task in ('add', 'mul', 'div', 'expr', 'count'):
+    for task in ('add', 'mul', 'div', 'expr', 'count', 'reverse', 'sort'):
         record = tool_record(task)
         ids, mask = render_chat(tok, record['messages'])
         learned = [i for i, m in zip(ids, mask) if m]
@@ -122,7 +125,7 @@ def test_mask_covers_calls_never_results():
         assert tok.decode(ids[start + 1:end]) == record['meta']['answer'] and not any(mask[start:end + 1])
         # and back: the same messages, the call in OpenAI's shape
         assert parse_chat(tok, ids) == [{**m, 'content': m['content']} for m in record['messages']]
-    plain = tool_record('reverse')  # a task done without a tool has no call
+    plain = tool_record('chat')  # a message that is no task has no call
     assert [m['role'] for m in plain['messages']] == ['user', 'assistant'] and 'tool' not in plain['meta']
 
 
