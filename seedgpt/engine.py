@@ -33,6 +33,12 @@ near-ties, and a seeded row always gets its lone draws (one per token, from its 
 tokens until a draw lands where a boundary between two tokens moved (docs/serving.md, 'Seeds and batches').
 A forward or sampling that fails is retried row by row: only the row that fails alone ends.
 
+draft_tokens > 0 drafts by prompt lookup per row (seedgpt/speculative.py): a decoding row whose text so far
+offers a guess feeds its last token and up to draft_tokens guesses in the same packed forward, as a segment of
+its own, and gets logits at each; its guesses are kept while the token it samples (its own draws, in order, as
+verify_point does) is the guess, so its tokens, logprobs and stops are the ones it gets without guessing. The
+refused guesses' keys are zeroed, and the row's position moves past only what it kept.
+
 static=True is the scheme this replaces, kept to compare against (bench/serve.py): requests are taken
 only when no row is running, and their prompts are read whole. It runs the same step(), forward and
 sampling: a faster step speeds up both schemes alike.
@@ -51,6 +57,7 @@ from torch.nn import functional as F
 
 from model import Cache
 from seedgpt.sampling import GREEDY_BELOW, sample, top_logprobs
+from seedgpt.speculative import Lookup, next_k
 
 Token = namedtuple('Token', 'id logprob top')  # top: [(id, logprob), ...] when top logprobs were asked for
 
@@ -171,6 +178,7 @@ class Request:
         self.fed = 0  # how many of ids have their keys and values in the slot
         self.cancelled = False  # set by whoever waits on out: the row leaves at the next step
         self.ended = False  # set by the engine once the finish reason is sent
+        self.lookup, self.guess, self.k = None, [], 0  # prompt lookup's state, this step's guesses, the next k
         self.loop = loop
         self.out = asyncio.Queue() if loop is not None else queue.SimpleQueue()
 
@@ -192,8 +200,9 @@ class Slot:
 class Engine:
 
     def __init__(self, model, vocab_size, max_batch=16, queue_size=64, prefill_chunk=128, prefix_cache=True,
-                 static=False):
+                 static=False, draft_tokens=0):
         self.model, self.vocab_size = model, vocab_size
+        self.draft_tokens = draft_tokens  # prompt lookup's most guesses per row and step; 0: none
         self.device = model.lm_head.weight.device
         self.cache = SlotCache(model.config, max_batch, model.lm_head.weight.dtype, self.device)
         self.slots = [Slot() for _ in range(max_batch)]
@@ -294,6 +303,8 @@ class Engine:
         slot.req, slot.tokens, slot.used = None, (req.ids[:req.fed] if reason != 'error' else []), self.clock
         if reason == 'error':
             self.clear(i)
+        elif req.fed > len(slot.tokens):  # guesses kept past a stop id: their keys go
+            self.clear(i, len(slot.tokens), req.fed)
         req.ended = True
         events.append((req, reason))
         if i < self.d:  # keep the decoding rows together: the last of them takes the hole
@@ -322,7 +333,7 @@ class Engine:
                 req.admitted = next(self.admissions)
                 self.admit(req)
         # one forward: the decoding rows, then chunks of prompts within the prefill budget
-        segments = [(0, [s.req for s in self.slots[:self.d]], 1)] if self.d else []
+        segments = self.decoding()
         reading = len(segments)  # where the prompts' chunks start
         budget = self.prefill_chunk if self.d and not self.static else self.cache.block_size * len(self.slots)
         for req in sorted((s.req for s in self.slots[self.d:] if s.req is not None), key=lambda r: r.admitted):
@@ -339,6 +350,29 @@ class Engine:
                 self.d += 1
         self.deliver(events)
 
+    def decoding(self):
+        """The decoding rows' segments: runs of rows feeding their last token, and each row with guesses alone,
+        feeding its last token and its guesses (seedgpt/speculative.py's prompt lookup, per row)."""
+        segments = []
+        for b, s in enumerate(self.slots[:self.d]):
+            r = s.req
+            r.guess = self.guesses(r)
+            if r.guess or not segments or segments[-1][2] > 1:
+                segments.append((b, [r], 1 + len(r.guess)))
+            else:  # the run of one-token rows goes on
+                segments[-1][1].append(r)
+        return segments
+
+    def guesses(self, r):
+        """Up to r.k guesses of r's next tokens that fit its max_tokens and the context."""
+        if not self.draft_tokens:
+            return []
+        if r.lookup is None:
+            r.lookup, r.k = Lookup(), self.draft_tokens
+        r.lookup.absorb(r.ids[len(r.lookup.seq):])
+        k = min(r.k, r.max_tokens - r.generated - 1, self.cache.block_size - len(r.ids))
+        return r.lookup.propose(k) if k > 0 else []
+
     def advance(self, segments):
         """Feed the segments' tokens ([(start slot, rows, T)]: T more ids of each row) in one forward, and
         sample the next token of each row that has then fed all its ids. Returns [(row, Token or 'error')].
@@ -346,20 +380,44 @@ class Engine:
         rows = [(r, T) for _, rs, T in segments for r in rs]
         try:
             plan = self.cache.plan([(start, [r.fed for r in rs], T) for start, rs, T in segments])
-            ids = [i for r, T in rows for i in r.ids[r.fed:r.fed + T]] + [0] * plan.padding
+            ids = [i for r, T in rows for i in (r.ids[r.fed:r.fed + T] + r.guess)[:T]] + [0] * plan.padding
             x = torch.tensor([ids], device=self.device)  # (1, N)
-            logits, _ = self.model(x, cache=plan)  # (1, rows, V): at each row's last token
-            done = [b for b, (r, T) in enumerate(rows) if r.fed + T == len(r.ids)]
-            tokens = self.sample([rows[b][0] for b in done], logits[0, done].float()) if done else []
+            if any(r.guess for r, _ in rows):  # logits at a guessing row's every token, not just its last
+                plan.last = [i for (r, T), last in zip(rows, plan.last)
+                             for i in (range(last - T + 1, last + 1) if r.guess else (last,))]
+            logits, _ = self.model(x, cache=plan)  # (1, logits rows, V): at each row's last token (or tokens)
+            first = list(itertools.accumulate((1 + len(r.guess) for r, _ in rows), initial=0))
+            done = [b for b, (r, T) in enumerate(rows) if r.fed + T == len(r.ids) + len(r.guess)]
+            tokens = self.check([rows[b][0] for b in done], logits[0].float(), [first[b] for b in done])
         except Exception as e:
             if len(rows) == 1:  # the row's exception goes with it: whoever waits on it logs it (or raises it)
                 rows[0][0].error = e
                 return [(rows[0][0], 'error')]
             alone = [(start + b, [r], T) for start, rs, T in segments for b, r in enumerate(rs)]
             return [out for segment in alone for out in self.advance([segment])]
-        for r, T in rows:
-            r.fed += T
-        return [(rows[b][0], t) for b, t in zip(done, tokens)]
+        kept = dict(zip(done, (len(ts) - 1 for ts in tokens)))  # the guesses each row keeps
+        slots = [start + b for start, rs, _ in segments for b in range(len(rs))]
+        for b, (r, T) in enumerate(rows):
+            if not r.guess:
+                r.fed += T
+                continue
+            r.fed += 1 + kept[b]
+            self.clear(slots[b], r.fed, r.fed + T - 1 - kept[b])  # the refused guesses' keys: zeros past length()
+            r.k, r.guess = next_k(r.k, len(r.guess), kept[b], self.draft_tokens), []
+        return [(rows[b][0], t) for b, ts in zip(done, tokens) for t in ts]
+
+    def check(self, rows, logits, first):
+        """Each row's tokens [Token] from its logits starting at row first[b] of logits (N, V): the token the
+        row samples after its last one, and where it has guesses, the tokens at the guesses' positions while
+        each sampled token is the guess (verify_point's rule: the row's draws and tokens are the plain ones)."""
+        out = [[t] for t in self.sample(rows, logits[first])] if rows else []
+        going = [b for b, r in enumerate(rows) if r.guess]
+        for j in itertools.count():
+            going = [b for b in going if j < len(rows[b].guess) and out[b][-1].id == rows[b].guess[j]]
+            if not going:
+                return out
+            for b, t in zip(going, self.sample([rows[b] for b in going], logits[[first[b] + j + 1 for b in going]])):
+                out[b].append(t)
 
     def sample(self, rows, logits):
         """A Token for each row from its logits (B, V): one batched sampling (seedgpt.sampling) and one transfer
@@ -382,6 +440,8 @@ class Engine:
     def finish(self, results, events):
         """Send each row its token; end the rows that hit a stop id, their max_tokens or an error."""
         for req, tok in results:
+            if req.ended:  # a stop id or max_tokens came before this row's later tokens of the step
+                continue
             if tok == 'error':
                 self.free(req, 'error', events)
                 continue

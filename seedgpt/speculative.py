@@ -120,52 +120,61 @@ def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=Non
     return m, torch.cat([drafts[:, :m], token[:, None]], dim=1)
 
 
-class NgramDraft:
-    """Prompt lookup: the tokens that followed the latest earlier occurrence of the text's last n tokens, trying
-    the longest n first (a longer match is a surer guess).
+class Lookup:
+    """Prompt lookup for one row: the tokens that followed the latest earlier occurrence of the text's last n
+    tokens, trying the longest n first (a longer match is a surer guess).
 
-    Each row keeps, for every n-gram seen, where the token after its latest occurrence is: a dict updated as
-    tokens come, so a lookup costs a few dict reads, not a scan of the text. A row also keeps how often its
-    first guess turned out right (a running average, over guesses used or not: the text shows it anyway), and
-    guesses nothing while that is under min_rate, where checking a guess would cost more than it brings."""
+    It keeps, for every n-gram seen, where the token after its latest occurrence is: a dict updated as tokens
+    come, so a lookup costs a few dict reads, not a scan of the text. It also keeps how often its first guess
+    turned out right (a running average, over guesses used or not: the text shows it anyway), and guesses
+    nothing while that is under min_rate, where checking a guess would cost more than it brings."""
 
-    def __init__(self, B, pad, max_n=4, min_n=2, min_rate=0.25):
+    def __init__(self, max_n=4, min_n=2, min_rate=0.25):
         self.max_n, self.min_n, self.min_rate = max_n, min_n, min_rate
-        self.seqs = [[] for _ in range(B)]  # each row's text so far, without its padding
-        self.after = [{} for _ in range(B)]  # n-gram -> index of the token after its latest occurrence
-        self.pad = [int(p) for p in pad] if pad is not None else [0] * B
-        self.seen = 0  # the columns of ids read so far
-        self.rate, self.guess = 0.5, None  # the running share of right first guesses; the last first guesses
+        self.seq, self.after = [], {}  # the text so far; n-gram -> index of the token after its latest occurrence
+        self.rate, self.guess = 0.5, None  # the running share of right first guesses; the last first guess
 
-    def absorb(self, b, new):
-        seq, after = self.seqs[b], self.after[b]
-        for token in new:
+    def absorb(self, tokens):
+        """Append the text's next tokens (the first one says whether the last first guess was right)."""
+        if self.guess is not None and tokens:
+            self.rate += ((tokens[0] == self.guess) - self.rate) / 16
+            self.guess = None
+        seq, after = self.seq, self.after
+        for token in tokens:
             for n in range(self.min_n, min(self.max_n, len(seq)) + 1):
                 after[tuple(seq[-n:])] = len(seq)
             seq.append(token)
 
-    def lookup(self, b, k):
-        seq, after = self.seqs[b], self.after[b]
+    def propose(self, k):
+        """Up to k guesses for the next tokens (a list); none while too few first guesses come true."""
+        seq, after, found = self.seq, self.after, []
         for n in range(min(self.max_n, len(seq)), self.min_n - 1, -1):
             i = after.get(tuple(seq[-n:]))
             if i is not None:
-                return seq[i:i + k]
-        return []
+                found = seq[i:i + k]
+                break
+        self.guess = found[0] if found else None
+        return found if self.rate >= self.min_rate else []
+
+
+class NgramDraft:
+    """Prompt lookup (Lookup) for each row of a batch, which gets the shortest row's guess length: its rows are
+    kept only as far as the fewest accepted."""
+
+    def __init__(self, B, pad):
+        self.rows = [Lookup() for _ in range(B)]
+        self.pad = [int(p) for p in pad] if pad is not None else [0] * B
+        self.seen = 0  # the columns of ids read so far
 
     def propose(self, ids, t, k, pad, sampling):
-        """(B, K <= k) guesses for positions t.. of ids (B, >= t), and None: each is a point mass. A batch
-        gets the shortest row's guess length (its rows are kept only as far as the fewest accepted)."""
-        B, new = ids.size(0), ids[:, self.seen:t].tolist()
-        if self.guess is not None:  # was the last first guess the token that came, in every row?
-            self.rate += (all(row[0] == g for row, g in zip(new, self.guess)) - self.rate) / 16
-        for b, row in enumerate(new):
-            self.absorb(b, row[max(0, self.pad[b] - self.seen):])
+        """(B, K <= k) guesses for positions t.. of ids (B, >= t), and None: each is a point mass."""
+        B = ids.size(0)
+        for b, row in enumerate(ids[:, self.seen:t].tolist()):
+            self.rows[b].absorb(row[max(0, self.pad[b] - self.seen):])  # without the padding
         self.seen = t
-        rows = [self.lookup(b, k) for b in range(B)]
-        K = min(len(r) for r in rows)
-        self.guess = [r[0] for r in rows] if K else None
-        K = K if self.rate >= self.min_rate else 0
-        return torch.tensor([r[:K] for r in rows], dtype=ids.dtype, device=ids.device).view(B, K), None
+        guesses = [r.propose(k) for r in self.rows]
+        K = min(len(g) for g in guesses)
+        return torch.tensor([g[:K] for g in guesses], dtype=ids.dtype, device=ids.device).view(B, K), None
 
     def accepted(self, t, m):
         pass

@@ -87,7 +87,7 @@ def test_ngram_sampling_gives_plain_decodings_text(pad):
     idx, pad = left_pad(rows) if pad else (torch.tensor([[1, 2, 1, 2, 1]]), None)
     model = MODEL if pad is None else lively(0, block_size=64)  # room for a padded batch's 50 tokens
     new, stats = 50, {}
-    plain, fast = (generate(model, idx, new, temperature=0.8, top_k=6, top_p=0.9, pad=pad, stats=stats,
+    plain, fast = (generate(model, idx, new, temperature=0.5, top_k=6, top_p=0.9, pad=pad, stats=stats,
                             generator=torch.Generator().manual_seed(7), **extra) for extra in ({}, dict(draft='ngram')))
     assert torch.equal(fast, plain)
     assert stats['accepted'] > 0
@@ -210,3 +210,59 @@ def test_agent_gives_the_plain_paths_traces(caller):
         assert [(t.ids, t.mask, t.calls, t.answer) for t in fast] == [(t.ids, t.mask, t.calls, t.answer) for t in plain]
         assert stats['accepted'] > 0, (len(rows), draft, temperature)
     assert any(t.calls for t in plain)
+
+
+@pytest.mark.parametrize('pos,chunk', [('learned', 7), ('rope', 64)])
+@pytest.mark.parametrize('seed', [0, 1])
+def test_engine_drafting_rows_equal_each_request_alone(pos, chunk, seed):
+    """The serving engine with prompt lookup per row, inside continuous batching (rows join, leave, read prompts
+    in chunks, reuse cached prefixes): each greedy request gets its lone tokens, stop ids and max_tokens kept."""
+    import random
+    from test_engine import alone, drain, random_mix, run, tiny
+    from seedgpt.engine import Engine
+    model = tiny(pos)
+    mix = random_mix(random.Random(seed), 24, model.config.block_size)
+    mix = [(a, p * 3 if len(p) * 3 < 40 else p, min(m, 48 - 3 * len(p)) if len(p) * 3 < 40 else m, stop)
+           for a, p, m, stop in mix]  # prompts that repeat themselves: lookups find guesses
+    engine = Engine(model, model.config.vocab_size, max_batch=4, prefill_chunk=chunk, draft_tokens=4)
+    kept = []
+    check = engine.check
+    engine.check = lambda rows, logits, first: kept.append(sum(len(r.guess) > 0 for r in rows)) or check(
+        rows, logits, first)
+    reqs = run(engine, mix)
+    for (arrival, prompt, max_tokens, stop), req in zip(mix, reqs):
+        assert drain(req) == alone(model, prompt, max_tokens, stop), (prompt, max_tokens, stop)
+    assert sum(kept) > 10 and engine.running == 0
+
+
+def test_engine_drafting_seeded_rows_and_logprobs(monkeypatch):
+    """A seeded row's tokens and logprobs are the same with guesses as without (verify_point's rule: its own
+    draws, one per token, in order)."""
+    from test_engine import tiny
+    from seedgpt import engine as engine_module
+    from seedgpt.engine import Engine, Request
+    counts = {'guessed': 0, 'kept': 0}
+
+    def count(k, K, m, most):
+        counts['guessed'] += K
+        counts['kept'] += m
+        return next_k(k, K, m, most)
+    monkeypatch.setattr(engine_module, 'next_k', count)
+    model = tiny('rope')
+    prompts = [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2], [5, 6, 5, 6, 5, 6], [7, 8, 9, 7, 8, 9, 7]]
+    outs = []
+    for draft_tokens in (0, 4):
+        engine = Engine(model, model.config.vocab_size, max_batch=3, draft_tokens=draft_tokens)
+        reqs = [Request(p, 30, temperature=0.3, top_p=0.9, seed=11 + k, logprobs=2) for k, p in enumerate(prompts)]
+        for r in reqs:
+            engine.submit(r)
+        while any(not r.ended for r in reqs):
+            engine.step()
+        outs.append([[r.out.get_nowait() for _ in range(r.out.qsize())] for r in reqs])
+    for plain, fast in zip(*outs):
+        assert fast[-1] == plain[-1] == 'length'
+        assert [t.id for t in fast[:-1]] == [t.id for t in plain[:-1]]
+        # logprobs from a forward of several tokens: the same up to the last bits (float64 here)
+        assert [t.logprob for t in fast[:-1]] == pytest.approx([t.logprob for t in plain[:-1]], abs=1e-9)
+        assert [[i for i, _ in t.top] for t in fast[:-1]] == [[i for i, _ in t.top] for t in plain[:-1]]
+    assert 0 < counts['kept'] < counts['guessed']
