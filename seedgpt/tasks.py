@@ -449,7 +449,9 @@ def arithmetic(rng, task, digits, held, longest=6):
     new_pairs = [p for p in pairs if p in GEN_PAIRS]
     new_pair = held and new_pairs and rng.random() < 0.5
     la, lb = rng.choice(new_pairs if new_pair else [p for p in pairs if p not in GEN_PAIRS])
-    a, b = _number(rng, la), _number(rng, lb, low=int(task == 'div'))
+    a, b = _number(rng, la, low=int(task == 'div')), _number(rng, lb, low=int(task == 'div'))
+    if not new_pair and rng.random() < 0.05:  # 2+2, 5*5: the same number twice, which a model that copies by
+        lb, b = la, a  # looking for what followed a digit reads as one number running on ("calc(2+2+2)")
     op = OPS[task]
     forms = FORMS[task] if rng.random() < 0.25 else FORMS['expr']
     ta, tb = _typed(rng, a), _typed(rng, b)
