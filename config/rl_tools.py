@@ -1,4 +1,4 @@
-"""RL with the tools in the loop, from the tool-using SFT model: the rollouts run calc and count
+"""RL with the tools in the loop, from the tool-using SFT model: the rollouts run the tools
 (seedgpt/agent.py) on the suite people type (the last answer of each conversation, the turns before it
 given), the checker scores the final answer, and the tools' results stay out of the loss.
 

@@ -1,6 +1,6 @@
 """Chat SFT on the task suite with tools, what people type: the model learns to call calc for arithmetic
-(operands of 1 to 6 digits, expressions) and count for counting letters, to reverse and sort words itself,
-to answer a greeting or a question outside the suite with one honest line, and to follow up on an answer.
+(operands of 1 to 6 digits, expressions), count for counting letters, reverse and sort for words, to
+answer a greeting or a question outside the suite with one honest line, and to follow up on an answer.
 
     python -m prepare.tasks --tools --digits=6 && python train.py config/sft_tools.py
     python -m chat.eval --out_dir=out-sft-tools                  # test and gen side by side, per task and digits

@@ -35,9 +35,9 @@ def newcomer_model(tmp_path_factory):
     letters, conversations of up to 2 turns): long enough to write its calls and lines whole, if not right."""
     root = tmp_path_factory.mktemp('newcomer')
     data = root / 'tasks'
-    meta = prepare_tasks.prepare(out_dir=str(data), tools=True, digits=3, word_len=11, max_turns=2, n_train=150,
+    meta = prepare_tasks.prepare(out_dir=str(data), tools=True, digits=3, word_len=11, max_turns=2, n_train=400,
                                  n_val=4, n_test=4, quiet=True)
-    run_train(root / 'out', data, '--max_iters=600', f"--block_size={meta['max_conversation_tokens']}",
+    run_train(root / 'out', data, '--max_iters=900', f"--block_size={meta['max_conversation_tokens']}",
               '--batch_size=16', '--n_embd=64', '--n_head=4', '--learning_rate=1e-2', '--muon_lr=0.04',
               '--warmup_iters=20')
     return load_model(root / 'out', 'cpu', torch.float32)
