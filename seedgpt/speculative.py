@@ -27,9 +27,12 @@ comes free, from the same forward.
 The KV cache rolls back past the first refused guess by setting its position back: the keys past it are
 overwritten by the next forward. A batch of rows advances together (one cache position for all), so each
 step keeps the fewest accepted among the rows; the kept tokens of every row are still exact, since where a
-row stops is decided before its later tokens are drawn. k adapts: it grows while every guess is kept and
-shrinks when one is refused, so text where guesses fail pays for few wasted positions.
+row stops is decided before its later tokens are drawn. k adapts (Pace): for prompt lookup, to the share of
+guesses that come true and the measured cost of a longer forward, down to 0 where guesses fail; for a draft
+model, it grows while every guess is kept and shrinks when one is refused.
 """
+import time
+
 import torch
 from torch.nn import functional as F
 
@@ -91,7 +94,7 @@ def verify_point(logits, drafts, temperature, top_k=None, top_p=None, generator=
         tokens.append(sample(logits[:, j], temperature, top_k, top_p, u))
         if j == K or bool((tokens[-1] != drafts[:, j]).any()):  # a batch keeps the fewest accepted
             break
-    return len(tokens) - 1, torch.stack(tokens, dim=1)
+    return len(tokens) - 1, torch.stack(tokens, dim=1) if len(tokens) > 1 else tokens[0][:, None]
 
 
 def verify(logits, drafts, q, temperature, top_k=None, top_p=None, generator=None):
@@ -151,10 +154,10 @@ class Lookup:
         for n in range(min(self.max_n, len(seq)), self.min_n - 1, -1):
             i = after.get(tuple(seq[-n:]))
             if i is not None:
-                found = seq[i:i + k]
+                found = seq[i:i + max(k, 1)]  # one at least: the first guess is scored even when none is asked
                 break
         self.guess = found[0] if found else None
-        return found if self.rate >= self.min_rate else []
+        return found[:k] if self.rate >= self.min_rate else []
 
 
 class NgramDraft:
@@ -174,7 +177,14 @@ class NgramDraft:
         self.seen = t
         guesses = [r.propose(k) for r in self.rows]
         K = min(len(g) for g in guesses)
-        return torch.tensor([g[:K] for g in guesses], dtype=ids.dtype, device=ids.device).view(B, K), None
+        if K == 0:
+            return ids[:, :0], None
+        return torch.tensor([g[:K] for g in guesses], dtype=ids.dtype, device=ids.device), None
+
+    @property
+    def rate(self):
+        """The share of first guesses that come true, in the row where it is lowest."""
+        return min(r.rate for r in self.rows)
 
     def accepted(self, t, m):
         pass
@@ -192,6 +202,8 @@ class ModelDraft:
     def propose(self, ids, t, k, pad, sampling):
         temperature, top_k, top_p, generator = sampling
         k = min(k, self.bs // 2)
+        if k == 0:
+            return ids[:, :0], None
         if self.cache is None or t + k - 1 - self.start > self.bs:
             # the draft's window is full: jump as generate_stream does, keeping the last half-window
             self.start = max(0, t - self.bs // 2)
@@ -237,6 +249,42 @@ def next_k(k, K, m, max_k):
     return min(max_k, k + 1) if m == K else max(1, m + 1)
 
 
+class Pace:
+    """How many guesses the next step checks, up to `most`.
+
+    Prompt lookup's guesses change only the speed (the text is plain decoding's whatever is guessed), so there k
+    is the one that promises the most tokens per second: with a the share of first guesses that come true, k
+    guesses give about 1 + a + ... + a^k tokens (each kept only after the ones before it) for a forward of k + 1
+    tokens, whose seconds are measured as they come. A small model's forward is mostly fixed costs per op, so
+    one of several tokens costs more than reading the weights once suggests, and where few guesses come true
+    k falls to 0. A draft model's guesses also decide which random draws are used, so there k follows the
+    tokens alone (next_k), and a seed always gives the same text."""
+
+    def __init__(self, most, timed):
+        self.most, self.timed, self.k = most, timed, most
+        self.seconds = {}  # tokens per forward -> running mean of its seconds (steps after the cache is filled)
+
+    def cost(self, k):
+        """The seconds of a forward of k + 1 tokens: measured, else along the longest measured one's slope, else
+        a tenth more per token."""
+        if k + 1 in self.seconds:
+            return self.seconds[k + 1]
+        T = max(self.seconds)
+        slope = (self.seconds[T] / self.seconds[1] - 1) / (T - 1) if T > 1 else 0.1
+        return self.seconds[1] * (1 + slope * k)
+
+    def update(self, K, m, seconds, a):
+        """After a step that checked K guesses and kept m, its forward taking `seconds` (None: not a plain
+        step, it refilled the cache); a is the share of first guesses that come true."""
+        if seconds is not None:
+            s = self.seconds.get(K + 1, seconds)
+            self.seconds[K + 1] = s + (seconds - s) / 8
+        if not self.timed or 1 not in self.seconds:
+            self.k = next_k(self.k, K, m, self.most)
+        else:
+            self.k = max(range(self.most + 1), key=lambda k: sum(a ** i for i in range(k + 1)) / self.cost(k))
+
+
 def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temperature=1.0, top_k=None,
                        top_p=None, generator=None, pad=None, stats=None):
     """generate_stream with a draft: yields the same next tokens (B, 1), several per forward of the model.
@@ -248,25 +296,29 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
     ids = idx.new_empty(B, T + max_new_tokens)
     ids[:, :T] = idx
     drafter, sampling = make_draft(draft, model, B, pad), (temperature, top_k, top_p, generator)
+    pace = Pace(draft_tokens, timed=isinstance(drafter, NgramDraft))
     start = max(0, T - bs)
-    cache, window, k, t = None, None, draft_tokens, T
+    cache, window, t = None, None, T
     stats = {} if stats is None else stats
     while t < T + max_new_tokens:
         if t - start > bs:
             start = t - bs // 2  # generate_stream's jump, at the same token
         with torch.inference_mode():
             # guesses that fit in the window and in max_new_tokens; the last token is always the model's own
-            room = min(k, bs - (t - start), T + max_new_tokens - t - 1)
-            drafts, q = drafter.propose(ids, t, room, pad, sampling) if room > 0 else (ids[:, :0], None)
+            room = min(bs - (t - start), T + max_new_tokens - t - 1)
+            drafts, q = drafter.propose(ids, t, min(pace.k, room), pad, sampling) if room > 0 else (ids[:, :0], None)
             K = drafts.size(1)
-            if window != start:  # a fresh cache of the whole window, the guesses checked in the same forward
+            refill = window != start
+            if refill:  # a fresh cache of the whole window, the guesses checked in the same forward
                 cache, window = KVCache(model.config, pad), start
                 x = ids[:, start:t]
             else:
                 cache.pos = t - 1 - start
                 x = ids[:, t - 1:t]
             cache.last = slice(-(K + 1), None) if K else Cache.last  # logits at the guesses too
+            clock = time.perf_counter()
             logits, _ = model(torch.cat([x, drafts], dim=1) if K else x, cache=cache)
+            seconds = None if refill else time.perf_counter() - clock
             if q is None:  # point masses (ngram), or greedy
                 m, tokens = verify_point(logits, drafts, temperature, top_k, top_p, generator)
             else:
@@ -276,7 +328,7 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
             drafter.accepted(t, m)
         for key, n in (('forwards', 1), ('drafted', K), ('accepted', m)):
             stats[key] = stats.get(key, 0) + n
-        k = next_k(k, K, m, draft_tokens)
+        pace.update(K, m, seconds, drafter.rate if pace.timed else None)
         for j in range(m + 1):
             yield ids[:, t + j:t + j + 1]
         t += m + 1

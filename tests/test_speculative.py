@@ -11,7 +11,7 @@ from model import GPT, GPTConfig
 from seedgpt.generate import generate, left_pad
 from seedgpt import speculative
 from seedgpt.sampling import sample
-from seedgpt.speculative import draw, filtered_probs, next_k
+from seedgpt.speculative import Pace, draw, filtered_probs, next_k
 
 
 def lively(seed, scale=10.0, **kw):
@@ -109,6 +109,21 @@ def test_bad_draft_is_refused():
         generate(MODEL, torch.tensor([[1]]), 4, temperature=0, draft=other)
     with pytest.raises(ValueError, match='KV cache'):
         generate(MODEL, torch.tensor([[1]]), 4, temperature=0, draft='ngram', use_cache=False)
+
+
+def test_pace_weighs_the_guesses_kept_against_a_longer_forward():
+    pace = Pace(4, timed=True)
+    pace.update(4, 4, None, 0.5)  # a refill is not timed, and with no one-token step timed yet k follows next_k
+    assert pace.k == 4 and pace.seconds == {}
+    pace.update(0, 0, 1.0, 0.5)
+    pace.update(4, 1, 1.5, 0.5)  # five tokens cost 1.5 one-token forwards: an eighth more per token
+    for a, k in [(0.95, 4), (0.3, 1), (0.1, 0)]:
+        pace.update(0, 0, 1.0, a)
+        assert pace.k == k, a
+    assert pace.cost(2) == pytest.approx(1.25)  # not measured: along the five-token forward's slope
+    model_draft = Pace(4, timed=False)  # its k follows the tokens alone, whatever the clock says
+    model_draft.update(4, 1, 1.5, None)
+    assert model_draft.k == 2
 
 
 def test_k_adapts():
