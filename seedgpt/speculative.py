@@ -254,19 +254,20 @@ class Pace:
 
     Prompt lookup's guesses change only the speed (the text is plain decoding's whatever is guessed), so there k
     is the one that promises the most tokens per second: with a the share of first guesses that come true, k
-    guesses give about 1 + a + ... + a^k tokens (each kept only after the ones before it) for a forward of k + 1
-    tokens, whose seconds are measured as they come. A small model's forward is mostly fixed costs per op, so
-    one of several tokens costs more than reading the weights once suggests, and where few guesses come true
-    k falls to 0. A draft model's guesses also decide which random draws are used, so there k follows the
-    tokens alone (next_k), and a seed always gives the same text."""
+    guesses give about 1 + a + ... + a^k tokens (each kept only after the ones before it) for a step (guessing,
+    a forward of k + 1 tokens, checking) whose seconds are measured as they come. A small model's forward is
+    mostly fixed costs per op, so one of several tokens costs more than reading the weights once suggests, and
+    where few guesses come true k falls to 0 (k is chosen again every few steps: a small model's step is short,
+    and the choice is part of it). A draft model's guesses also decide which random draws are used, so there k
+    follows the tokens alone (next_k), and a seed always gives the same text."""
 
     def __init__(self, most, timed):
-        self.most, self.timed, self.k = most, timed, most
-        self.seconds = {}  # tokens per forward -> running mean of its seconds (steps after the cache is filled)
+        self.most, self.timed, self.k, self.steps = most, timed, most, 0
+        self.seconds = {}  # tokens per forward -> running mean of its step's seconds (not the cache's refills)
 
     def cost(self, k):
-        """The seconds of a forward of k + 1 tokens: measured, else along the longest measured one's slope, else
-        a tenth more per token."""
+        """The seconds of a step checking k guesses: measured, else along the longest measured one's slope, else
+        a tenth more per guess."""
         if k + 1 in self.seconds:
             return self.seconds[k + 1]
         T = max(self.seconds)
@@ -274,14 +275,15 @@ class Pace:
         return self.seconds[1] * (1 + slope * k)
 
     def update(self, K, m, seconds, a):
-        """After a step that checked K guesses and kept m, its forward taking `seconds` (None: not a plain
-        step, it refilled the cache); a is the share of first guesses that come true."""
+        """After a step that checked K guesses and kept m in `seconds` (None: it refilled the cache, which is
+        no measure of a step); a is the share of first guesses that come true."""
         if seconds is not None:
             s = self.seconds.get(K + 1, seconds)
             self.seconds[K + 1] = s + (seconds - s) / 8
+        self.steps += 1
         if not self.timed or 1 not in self.seconds:
             self.k = next_k(self.k, K, m, self.most)
-        else:
+        elif self.steps % 4 == 0:
             self.k = max(range(self.most + 1), key=lambda k: sum(a ** i for i in range(k + 1)) / self.cost(k))
 
 
@@ -306,6 +308,7 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
         with torch.inference_mode():
             # guesses that fit in the window and in max_new_tokens; the last token is always the model's own
             room = min(bs - (t - start), T + max_new_tokens - t - 1)
+            clock = time.perf_counter()
             drafts, q = drafter.propose(ids, t, min(pace.k, room), pad, sampling) if room > 0 else (ids[:, :0], None)
             K = drafts.size(1)
             refill = window != start
@@ -316,9 +319,7 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
                 cache.pos = t - 1 - start
                 x = ids[:, t - 1:t]
             cache.last = slice(-(K + 1), None) if K else Cache.last  # logits at the guesses too
-            clock = time.perf_counter()
             logits, _ = model(torch.cat([x, drafts], dim=1) if K else x, cache=cache)
-            seconds = None if refill else time.perf_counter() - clock
             if q is None:  # point masses (ngram), or greedy
                 m, tokens = verify_point(logits, drafts, temperature, top_k, top_p, generator)
             else:
@@ -326,6 +327,7 @@ def speculative_stream(model, idx, max_new_tokens, draft, draft_tokens=4, temper
             ids[:, t:t + m + 1] = tokens
             cache.pos = t + m - start  # keep the accepted guesses' keys; the next forward overwrites the rest
             drafter.accepted(t, m)
+            seconds = None if refill else time.perf_counter() - clock  # the whole step: guessing, forward, checking
         for key, n in (('forwards', 1), ('drafted', K), ('accepted', m)):
             stats[key] = stats.get(key, 0) + n
         pace.update(K, m, seconds, drafter.rate if pace.timed else None)

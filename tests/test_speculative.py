@@ -118,7 +118,8 @@ def test_pace_weighs_the_guesses_kept_against_a_longer_forward():
     pace.update(0, 0, 1.0, 0.5)
     pace.update(4, 1, 1.5, 0.5)  # five tokens cost 1.5 one-token forwards: an eighth more per token
     for a, k in [(0.95, 4), (0.3, 1), (0.1, 0)]:
-        pace.update(0, 0, 1.0, a)
+        for _ in range(4):  # k is chosen again every 4 steps
+            pace.update(0, 0, 1.0, a)
         assert pace.k == k, a
     assert pace.cost(2) == pytest.approx(1.25)  # not measured: along the five-token forward's slope
     model_draft = Pace(4, timed=False)  # its k follows the tokens alone, whatever the clock says
