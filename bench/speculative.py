@@ -12,8 +12,10 @@ default), each at temperature 0 and --temperature; fail (a random-init baby mode
 nothing repeats, so prompt lookup rarely guesses and a guess is rarely kept: what drafting costs where it fails);
 chat (a tool-using chat model's answers to a few questions, one at a time, as chat.talk) and rollouts (the same
 questions as one batch at temperature 1, as RL's rollouts). Plain decoding and each draft run in turn, round by
-round (median of --rounds). Runs whose draft must give plain decoding's very tokens (prompt lookup always; a
-draft model at temperature 0) are checked to. Progress goes to stderr, the tables to stdout.
+round (median of --rounds), timed by the wall clock and by the process's CPU time (on cores shared with other
+jobs the wall clock also counts waits for a core). Runs whose draft must give plain decoding's very tokens
+(prompt lookup always; a draft model at temperature 0) are checked to. Progress goes to stderr, the table to
+stdout.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m bench.speculative ...")
@@ -21,6 +23,7 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
 import os
 import statistics
 import sysconfig
+import time
 from dataclasses import dataclass
 
 import torch
@@ -81,13 +84,15 @@ def load_drafts(cfg, rt, model):
 
 
 def timed(cases, rounds, device):
-    """{name: (median seconds, the stats and output of its last run)} for cases [(name, fn(stats) -> output)],
-    run round by round in turn."""
-    last = {name: None for name, _ in cases}
+    """{name: (median seconds, median CPU seconds, the stats and output of its last run)} for cases [(name,
+    fn(stats) -> output)], run round by round in turn. The process's CPU time is what a run cost when other
+    processes share the cores: the wall time also counts the waits for a core."""
+    last, cpu = {name: None for name, _ in cases}, {name: [] for name, _ in cases}
 
     def run(name, fn):
-        stats = {}
+        stats, clock = {}, time.process_time()
         last[name] = (stats, fn(stats))
+        cpu[name].append(time.process_time() - clock)
 
     fns = [lambda n=name, f=fn: run(n, f) for name, fn in cases]
     times = {name: [] for name, _ in cases}
@@ -96,20 +101,21 @@ def timed(cases, rounds, device):
             times[name].append(seconds)
         progress(f"round {r + 1}/{rounds}: " + ', '.join(f"{n} {statistics.median(ts):.2f}s" for n, ts in times.items())
                  + f" | other processes {load:.1f} cores")
-    return {name: (statistics.median(times[name]), *last[name]) for name, _ in cases}
+    return {name: (statistics.median(times[name]), statistics.median(cpu[name]), *last[name]) for name, _ in cases}
 
 
 def table_rows(what, results, count, exact):
     """One row per case: tokens/s, against plain, the guesses kept, tokens per forward, and whether the
     output is plain decoding's (for the cases that must give it)."""
-    plain_s, _, plain_out = results['none']
+    plain_s, plain_cpu, _, plain_out = results['none']
     rows = []
-    for name, (seconds, stats, out) in results.items():
+    for name, (seconds, cpu, stats, out) in results.items():
         n = count(out)
         kept = f"{stats['accepted'] / max(stats['drafted'], 1):.0%} of {stats['drafted']}" if stats else ''
         per_fwd = f"{(stats['forwards'] + stats['accepted']) / stats['forwards']:.2f}" if stats else '1.00'
         same = ('same' if out == plain_out else 'DIFFERENT') if name != 'none' and exact(name) else ''
-        rows.append([what, name, f"{n / seconds:,.1f}", f"{plain_s / seconds:.2f}x", kept, per_fwd, same])
+        rows.append([what, name, f"{n / seconds:,.1f}", f"{plain_s / seconds:.2f}x", f"{n / cpu:,.1f}",
+                     f"{plain_cpu / cpu:.2f}x", kept, per_fwd, same])
     return rows
 
 
@@ -183,8 +189,8 @@ def main(cfg):
     print(f"### speculative decoding: {device_name(rt)}, {torch.get_num_threads()} torch threads, fp32, batch 1 "
           f"unless said, {cfg.tokens} new tokens per run, up to {cfg.draft_tokens} guesses per forward, median of "
           f"{cfg.rounds} alternated runs\n")
-    print(markdown_table(['text', 'draft', 'tokens/s', 'vs plain', 'guesses kept', 'tokens per forward',
-                          'tokens vs plain'], rows))
+    print(markdown_table(['text', 'draft', 'tokens/s', 'vs plain', 'tokens per CPU s', 'vs plain (CPU)',
+                          'guesses kept', 'tokens per forward', 'tokens vs plain'], rows))
 
 
 if __name__ == '__main__':
