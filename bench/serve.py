@@ -11,6 +11,7 @@ and 64 concurrent clients. Then the time to first token of a chat's 5th turn, pr
     python -m bench.serve --soak=600                                   # 10 minutes of load on one server: its RSS
     python -m bench.serve --profile=True --models=base                 # where a step's time goes, 1 to 64 rows
     python -m bench.serve --engine_steps=8000 --engine_reply=25        # the engine alone: its RSS over 8,000 steps
+    python -m bench.serve --models=base --base_dir=out-llamacpp --url=http://127.0.0.1:8002 --turns=0  # llama.cpp's
 
 A model is a checkpoint directory, or 'random': a random model of baby-GPT size (6 layers of 384, 512
 tokens of context, a char vocabulary) written to a temporary directory. Speed does not depend on the
@@ -21,10 +22,10 @@ a chat token after ~15 tokens on average, as chat models end early, while the ba
 tokens) always runs to max_tokens.
 
 Prints per row: requests/s and output tokens/s over the whole row; busy: text chunks (a token each with a char
-vocabulary) per second while every client still had a request to send, before the load drains with fewer
-clients than the row names; and the p50 and p99 of the time to first token and of the time between tokens
-(every gap between two tokens of a request, over all requests). Both schemes run the same server and the same
-engine step (seedgpt/engine.py), with the same max_batch: static only changes when requests are taken.
+vocabulary) per second while every client still had a request to send, before the load drains with fewer clients
+than the row names; and the p50 and p99 of the time to first token and of the time between tokens (every gap between
+two tokens of a request, over all requests). Both schemes run the same server and the same engine step
+(seedgpt/engine.py), with the same max_batch: static only changes when requests are taken.
 
 --profile=True instead times the engine in this process, without HTTP: one decoding step with 1 to 64 rows at
 positions 5-400, split into the forward, the sampling and the rest (Python: the plan, the tensors built, the
@@ -53,6 +54,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +88,7 @@ class Config:
     soak: float = 0  # seconds: instead of the table, load one server this long and watch its RSS (0: off)
     engine_steps: int = 0  # instead of the table: this many engine steps in this process (no HTTP), and its RSS
     engine_reply: int = 200  # --engine_steps' longest reply (max_tokens 8 to this); 25 reads prompts at most steps
+    url: str = ''  # another OpenAI-compatible server, already running: load-test it instead of starting ours
 
 
 def random_checkpoint(out_dir, chat):
@@ -154,11 +157,11 @@ def load_test(url, clients, asks, time_limit=300.0):
                             times.append(time.perf_counter())
                 t1 = time.perf_counter()
                 with lock:
-                    if resp.status_code != 200 or tokens is None:
+                    if resp.status_code != 200 or (tokens is None and not times):
                         r['errors'].append(resp.status_code)
                         continue
                     r['requests'] += 1
-                    r['tokens'] += tokens
+                    r['tokens'] += len(times) if tokens is None else tokens  # no usage sent (llama.cpp): a chunk each
                     r['ttft'].append((times[0] if times else t1) - t0)  # an empty reply's first token is its end
                     r['tbt'] += [b - a for a, b in zip(times, times[1:])]
                     r['latency'].append(t1 - t0)
@@ -357,7 +360,7 @@ def soak(cfg, kind, out_dir, clients):
 
 
 def main(cfg):
-    tmp = tempfile.TemporaryDirectory()
+    tmp = tempfile.TemporaryDirectory()  # removed at exit by its finalizer, whichever mode ran
     dirs = {}
     for kind in cfg.models.split(','):
         d = {'chat': cfg.chat_dir, 'base': cfg.base_dir}[kind]
@@ -370,19 +373,16 @@ def main(cfg):
         for kind, out_dir in dirs.items():
             print(f"\n# {kind} model")
             profile_steps(cfg, out_dir)
-        tmp.cleanup()
         return
     if cfg.engine_steps:
         if cfg.engine_reply < 8:
             raise SystemExit(f"error: --engine_reply must be at least 8 (replies are 8 tokens or more), "
                              f"got {cfg.engine_reply}")
         engine_memory(cfg, next(iter(dirs.values())))
-        tmp.cleanup()
         return
     if cfg.soak:
         kind = next(iter(dirs))
         soak(cfg, kind, dirs[kind], max(clients))
-        tmp.cleanup()
         return
     print(f"# {cfg.requests} requests per client per row; prompts of 5-200 tokens, max_tokens 8-200, temperature 1")
     print(f"{'model':>5} {'batching':>10} {'clients':>7} {'req/s':>7} {'tok/s':>7} {'busy':>7} {'ttft p50':>9} "
@@ -391,9 +391,11 @@ def main(cfg):
     for _ in range(cfg.rounds):
         for kind, out_dir in dirs.items():
             chunks = cfg.prefill_chunk.split(',')
-            for batching, chunk in [('static', chunks[0])] + [('continuous', c) for c in chunks]:
+            schemes = [('url', chunks[0])] if cfg.url else [('static', chunks[0])] + [('continuous', c) for c in chunks]
+            for batching, chunk in schemes:
                 name = f"cont/{chunk}" if batching == 'continuous' and len(chunks) > 1 else batching
-                with Server(cfg, out_dir, batching=batching, prefill_chunk=chunk) as url:
+                server = None if cfg.url else Server(cfg, out_dir, batching=batching, prefill_chunk=chunk)
+                with server or nullcontext(cfg.url) as url:
                     load_test(url, 4, mixed_load(out_dir, kind == 'chat', 8, cfg.seed + 1))  # warm up
                     for c in clients:
                         asks = mixed_load(out_dir, kind == 'chat', max(16, c * cfg.requests), cfg.seed)
@@ -403,7 +405,7 @@ def main(cfg):
                               f"{ms(r['ttft'], 50)} {ms(r['ttft'], 99)} "
                               f"{ms(r['tbt'], 50)} {ms(r['tbt'], 99)}"
                               + (f"  ({len(r['errors'])} errors)" if r['errors'] else ''), flush=True)
-    if cfg.turns and 'chat' in dirs:
+    if cfg.turns and 'chat' in dirs and not cfg.url:
         print(f"\n# time to first token of turn {cfg.turns} of a chat (~40-token messages, 40-token replies), "
               f"one client, median of 5 chats")
         for _ in range(cfg.rounds):
@@ -412,7 +414,6 @@ def main(cfg):
                     fifth_turn(url, 2, seed=99)  # warm up
                     t = statistics.median(fifth_turn(url, cfg.turns, seed=s) for s in range(5))
                     print(f"prefix_cache={cache!s:5}  ttft {1000 * t:6.1f} ms", flush=True)
-    tmp.cleanup()
 
 
 if __name__ == '__main__':
