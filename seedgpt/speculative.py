@@ -1,7 +1,8 @@
 """
 Speculative decoding: a cheap draft guesses the next k tokens, the model checks all k in one forward, and
 keeps the guesses it would have made itself. A one-token step on a CPU mostly streams the weights, and
-checking k + 1 tokens streams them once too, so every accepted guess is a token for about nothing.
+checking k + 1 tokens streams them once too, so an accepted guess costs far less than a step of its own (on
+a small model, whose step is mostly fixed costs per op, less so: docs/benchmarks.md measures it).
 
     for next_id in generate_stream(model, idx, 200, temperature=0, draft='ngram'):   # prompt lookup
     for next_id in generate_stream(model, idx, 200, temperature=0.8, draft=small):    # a smaller model
