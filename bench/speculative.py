@@ -11,7 +11,8 @@ Sections (--only): code (continue a real stdlib file, --code), text (continue --
 default), each at temperature 0 and --temperature; fail (a random-init baby model at temperature 1, top_k 200:
 nothing repeats, so prompt lookup rarely guesses and a guess is rarely kept: what drafting costs where it fails);
 chat (a tool-using chat model's answers to a few questions, one at a time, as chat.talk) and rollouts (the same
-questions as one batch at temperature 1, as RL's rollouts). Plain decoding and each draft run in turn, round by
+questions as one batch at temperature 1, as RL's rollouts); engine (the serving engine's continuous batching
+continuing 8 stdlib files, with and without prompt lookup per row). Plain decoding and each draft run in turn, round by
 round (median of --rounds), timed by the wall clock and by the process's CPU time (on cores shared with other
 jobs the wall clock also counts waits for a core). Runs whose draft must give plain decoding's very tokens
 (prompt lookup always; a draft model at temperature 0) are checked to. Progress goes to stderr, the table to
@@ -34,6 +35,7 @@ from seedgpt.chat import knows_tools, render_prompt
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
 from seedgpt.dataset import DATA_ROOT
+from seedgpt.engine import Engine, Request
 from seedgpt.generate import generate
 from seedgpt.measure import device_name, markdown_table, progress, take_turns
 from seedgpt.runtime import setup_runtime
@@ -41,7 +43,7 @@ from seedgpt.runtime import setup_runtime
 
 @dataclass
 class Config:
-    only: str = 'code,text,fail,chat,rollouts'  # sections to run, comma-separated
+    only: str = 'code,text,fail,chat,rollouts,engine'  # sections to run, comma-separated
     out_dir: str = 'out-stdlib-char'  # the model of code and text (the quick start's)
     drafts: str = 'ngram'  # comma-separated: 'ngram' and/or out_dirs of smaller models on the same tokenizer
     chat_dir: str = 'out-sft-tools'  # a tool-using chat model (config/sft_tools.py) for chat and rollouts
@@ -111,7 +113,7 @@ def table_rows(what, results, count, exact):
     rows = []
     for name, (seconds, cpu, stats, out) in results.items():
         n = count(out)
-        kept = f"{stats['accepted'] / max(stats['drafted'], 1):.0%} of {stats['drafted']}" if stats else ''
+        kept = f"{stats['accepted'] / stats['drafted']:.0%} of {stats['drafted']}" if stats.get('drafted') else ''
         per_fwd = f"{(stats['forwards'] + stats['accepted']) / stats['forwards']:.2f}" if stats else '1.00'
         same = ('same' if out == plain_out else 'DIFFERENT') if name != 'none' and exact(name) else ''
         rows.append([what, name, f"{n / seconds:,.1f}", f"{plain_s / seconds:.2f}x", f"{n / cpu:,.1f}",
@@ -158,13 +160,48 @@ def chat(cfg, rt, batch):
                       lambda name: True)
 
 
+ENGINE_FILES = ['json/decoder.py', 'json/encoder.py', 'textwrap.py', 'string.py', 'bisect.py', 'heapq.py',
+                'shlex.py', 'fnmatch.py']
+
+
+def engine(cfg, rt, model, tok):
+    """The serving engine (seedgpt/engine.py) continuing 8 stdlib files' openings, greedily, 4 rows at a time,
+    so rows join and leave mid-decode: without guesses and with prompt lookup per row (draft_tokens). Tokens
+    per forward counts every row's tokens over the engine's steps."""
+    stdlib = sysconfig.get_paths()['stdlib']
+    prompts = []
+    for name in ENGINE_FILES:
+        with open(os.path.join(stdlib, name), encoding='utf-8') as f:
+            prompts.append(encodable(tok, f.read())[:min(cfg.prompt_tokens, model.config.block_size // 2)])
+    new = min(cfg.tokens, model.config.block_size - max(len(p) for p in prompts))
+    cases = []
+    for name, k in (('none', 0), ('ngram', cfg.draft_tokens)):
+        def fn(stats, k=k):
+            e = Engine(model, tok.vocab_size, max_batch=4, draft_tokens=k)
+            reqs = [Request(p, new, temperature=0.0) for p in prompts]
+            for r in reqs:
+                e.submit(r)
+            steps = 0
+            while any(not r.ended for r in reqs):
+                e.step()
+                steps += 1
+            out = [r.ids[len(r.prompt):] for r in reqs]
+            stats.update(forwards=steps, accepted=sum(len(o) for o in out) - steps)
+            return out
+        cases.append((name, fn))
+    what = f"engine, {len(prompts)} requests, 4 rows, t=0"
+    progress(f"{what}: {new} new tokens each")
+    return table_rows(what, timed(cases, cfg.rounds, rt.device), lambda out: sum(len(o) for o in out),
+                      lambda name: True)
+
+
 def main(cfg):
     rt = setup_runtime(cfg.device, 'float32', cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sections = [s.strip() for s in cfg.only.split(',') if s.strip()]
     rows = []
-    if {'code', 'text'} & set(sections):
+    if {'code', 'text', 'engine'} & set(sections):
         model, tok = load_model(cfg.out_dir, rt.device, rt.ptdtype)
         drafts = load_drafts(cfg, rt, model)
         text_file = cfg.text or os.path.join(DATA_ROOT, 'tinyshakespeare.txt')
@@ -179,6 +216,8 @@ def main(cfg):
             ids = encodable(tok, text)[:min(cfg.prompt_tokens, model.config.block_size // 2)]
             for temperature in (0.0, cfg.temperature):
                 rows += continuation(cfg, rt, model, drafts, what, ids, temperature)
+        if 'engine' in sections:
+            rows += engine(cfg, rt, model, tok)
     if 'fail' in sections:
         torch.manual_seed(cfg.seed)  # bench.speed's baby model, random init, vocabulary of 65
         baby = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)).to(rt.device).eval()
