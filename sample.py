@@ -5,13 +5,14 @@ Generate text from a trained checkpoint, streamed to the terminal as it is writt
     python sample.py --out_dir=out-stdlib-char --start="def " --num_samples=3 --temperature=0.8
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --top_p=0.9 --seed=7
     python sample.py --out_dir=out-stdlib-char --dtype=float32 --quant=int8 --compile  # int8 weights, compiled step
-    python sample.py --out_dir=out-stdlib-char --draft=out-stdlib-student --draft_tokens=6  # a distilled draft
+    python sample.py --out_dir=out-stdlib-char --draft=out-stdlib-distill --draft_tokens=6  # a distilled draft
     python sample.py --out_dir=out-stdlib-char --draft=none                              # one token per forward
 
 The same seed gives the same text. A prompt longer than the model's context keeps its last block_size tokens.
 Decoding is speculative by default (docs/sampling.md): prompt lookup guesses the next tokens and the model checks
-them several per forward, giving the very text of --draft=none; a draft model gives the same text at temperature 0
-and the same distribution above it. The line on stderr after each sample says how many guesses were kept.
+them several per forward, giving the text of --draft=none (in bf16, up to its rounding); a draft model gives the
+same text at temperature 0 and the same distribution above it. A line on stderr after each sample says how many
+guesses were kept.
 """
 import sys
 from dataclasses import dataclass
