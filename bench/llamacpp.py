@@ -3,7 +3,7 @@ seedgpt against llama.cpp on the same weights and CPU: single-stream decoding an
 
     bash export/install_llamacpp.sh && pip install -e '.[gguf]'
     python -m bench.llamacpp                      # baby-GPT (6x384) and the quick-start model's shape (4x256)
-    python -m bench.llamacpp --threads=2 --new_tokens=256
+    python -m bench.llamacpp --threads=2 --new_tokens=200
     python -m bench.llamacpp --profile=True       # where one decoded token's time goes, in each engine
     python -m bench.llamacpp --serve_dir=out-llamacpp --port=8002   # a model for bench.serve, served by llama.cpp
 
@@ -16,7 +16,8 @@ default for prompts is every core). The best of --repeats runs. Figures: docs/be
 
 --profile=True splits one decoded token instead: seedgpt's step under torch.profiler (ops per token, the
 matmuls' share), its matrix products alone and the weight bytes they read per second, and llama.cpp's own
-count of the time inside its decode against the binding's round trip.
+count of the time inside its decode against the binding's round trip; the engines take turns, round by round,
+so that a shared machine's other load falls on both alike. --compile=True adds seedgpt's compiled step.
 
 --serve_dir=DIR writes a random Llama-style baby-GPT with 512 positions to DIR (ckpt.pt and its f32 model.gguf)
 and serves the GGUF with llama_cpp.server on --port until interrupted (pip install -e '.[llamacpp-server]').
@@ -77,10 +78,10 @@ def decode_stream(model, cfg, compile=False):
     return stream
 
 
-def decode_ms(model, cfg, compile=False):
+def decode_ms(model, cfg, compile=False, repeats=None):
     """Milliseconds per token of seedgpt's decoding, the prompt's forward left out: the best of cfg.repeats."""
     runs = []
-    for _ in range(cfg.repeats):
+    for _ in range(repeats or cfg.repeats):
         stream = decode_stream(model, cfg, compile)
         t0 = time.perf_counter()
         list(stream)
@@ -132,49 +133,42 @@ def theirs(path, cfg):
 MATMULS = ('aten::mm', 'aten::addmm', 'aten::mv', 'aten::bmm')
 
 
-def per_token(fn, n, repeats):
-    return best(fn, repeats) / n * 1e3
+def weight_bytes(model):
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def our_split(model, cfg):
-    """Milliseconds per decoded token: the whole step, and its matrix products alone (the model's own F.linear
-    calls on one token, in order) with the weight bytes they read per second; under torch.profiler, the ops per
-    token (called from python, and all with the ones inside them) and the matmul kernels' share of the step."""
-    n = cfg.new_tokens
-    step = decode_ms(model, cfg)
+def matmul_ms(model, cfg):
+    """Milliseconds per token of the step's matrix products alone: the model's own F.linear calls on one token,
+    in the step's order, so that the weights stream through the caches as they do in decoding."""
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
     xs = {W.shape[1]: torch.randn(1, 1, W.shape[1]) for W in weights}
     with torch.inference_mode():
-        mm = per_token(lambda: [F.linear(xs[W.shape[1]], W) for _ in range(n) for W in weights], n, cfg.repeats)
-    gbs = weight_bytes(model) / mm / 1e6
-    m = min(n, 50)  # the profiler keeps every event: a few dozen tokens are enough to count them
+        return best(lambda: [F.linear(xs[W.shape[1]], W) for _ in range(cfg.new_tokens) for W in weights], 1) \
+            / cfg.new_tokens * 1e3
+
+
+def profiled_step(model, cfg):
+    """seedgpt's step under torch.profiler: torch ops per token (called from python / all, with the ones inside
+    them), and its milliseconds split into matmul kernels / other ops / outside any op (python, the generator)."""
+    m = min(cfg.new_tokens, 50)  # the profiler keeps every event: a few dozen tokens are enough to count them
     stream = decode_stream(model, cfg)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(m):
             next(stream)
-        profiled = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
     events = prof.events()
     top = sum(e.cpu_parent is None for e in events) / m
-    mm_self = sum(e.self_cpu_time_total for e in events if e.name in MATMULS) / 1e6
-    ops_self = sum(e.self_cpu_time_total for e in events) / 1e6 - mm_self
-    split = [x / m * 1e3 for x in (profiled, mm_self, ops_self, profiled - mm_self - ops_self)]
-    compiled = '-'
-    if cfg.compile:
-        list(decode_stream(model, cfg, compile=True))  # the first steps compile
-        compiled = f"{decode_ms(model, cfg, compile=True):.2f}"
-    return (f"{step:.2f}", f"{mm:.2f}", f"{gbs:.1f}", f"{top:.0f} / {len(events) / m:.0f}",
-            "{:.2f}: {:.2f} / {:.2f} / {:.2f}".format(*split), compiled), step
+    mm = sum(e.self_cpu_time_total for e in events if e.name in MATMULS) / 1e6
+    ops = sum(e.self_cpu_time_total for e in events) / 1e6 - mm
+    split = [x / m * 1e3 for x in (wall, mm, ops, wall - mm - ops)]
+    return f"{top:.0f} / {len(events) / m:.0f}", "{:.2f}: {:.2f} / {:.2f} / {:.2f}".format(*split)
 
 
-def weight_bytes(model):
-    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
-def their_split(path, cfg):
+def their_decode(llm, cfg):
     """Milliseconds per decoded token through the binding, and inside llama_decode by llama.cpp's own counter."""
     import llama_cpp
-    llm = load_llama(path, cfg)
+    llm.reset()
     llm.eval(list(np.random.randint(0, len(CHARS), cfg.prompt_tokens)))
     last_logits(llm)  # waits for the prompt, so that the counter starts clean
     llama_cpp.llama_perf_context_reset(llm.ctx)
@@ -189,18 +183,26 @@ def their_split(path, cfg):
 
 def profile(cfg, d):
     print("ms per decoded token, f32. seedgpt: its step, its matmuls alone and the weight GB/s they read; torch "
-          "ops per token, from python / all; profiled step: matmul kernels / other ops / outside ops (python). "
+          "ops per token, from python / all; profiled step: matmul kernels / other ops / outside ops (python); "
           "compiled step (--compile=True). llama.cpp: through the binding, inside its decode and the weight GB/s "
-          "that is; the ratio of the steps")
+          "that is; the ratio of the steps. Each the best of --repeats rounds, the engines taking turns")
     print("| model | seedgpt step | its matmuls | GB/s | torch ops | profiled step | compiled | llama.cpp | "
           "inside decode | GB/s | ratio |\n" + "| --- " * 11 + "|")
     for name, model, args in models():
-        cells, step = our_split(model, cfg)
         path = os.path.join(d, 'f32.gguf')
         write_gguf(path, args, model.state_dict(), META, 'f32')
-        theirs_ms, inside = their_split(path, cfg)
-        print(f"| {name} | {' | '.join(cells)} | {theirs_ms:.2f} | {inside:.2f} "
-              f"| {weight_bytes(model) / inside / 1e6:.1f} | {step / theirs_ms:.1f}x |", flush=True)
+        llm, runs = load_llama(path, cfg), []
+        for _ in range(cfg.repeats):  # in turns: the machine's other load falls on each engine alike
+            runs.append((decode_ms(model, cfg, repeats=1), matmul_ms(model, cfg), *their_decode(llm, cfg)))
+        step, mm, theirs_ms, inside = (min(r[i] for r in runs) for i in range(4))
+        ops, split = profiled_step(model, cfg)
+        compiled = '-'
+        if cfg.compile:
+            list(decode_stream(model, cfg, compile=True))  # the first steps compile
+            compiled = f"{decode_ms(model, cfg, compile=True):.2f}"
+        nb = weight_bytes(model) / 1e6
+        print(f"| {name} | {step:.2f} | {mm:.2f} | {nb / mm:.1f} | {ops} | {split} | {compiled} | {theirs_ms:.2f} | "
+              f"{inside:.2f} | {nb / inside:.1f} | {step / theirs_ms:.1f}x |", flush=True)
 
 
 def models():
