@@ -190,6 +190,9 @@ GEN_PAIRS = {(1, 4), (2, 6), (3, 1), (4, 5), (5, 3), (6, 2)}  # operand digit le
 OPS = {'add': '+', 'sub': '-', 'mul': '*', 'div': '/'}
 
 
+DIGIT_WEIGHT = {1: 3, 2: 2, 3: 1.5, 4: 1, 5: 1, 6: 1}  # how often an operand has this many digits, relatively
+
+
 TYPED_OPS = {'+': ('+', ' + ', ' plus '), '-': ('-', ' - ', ' minus '),
              '*': ('*', ' * ', ' times ', ' x ', ' multiplied by '),
              '/': ('/', ' / ', ' divided by ')}  # how people write each operator; the call always has the symbol
@@ -448,7 +451,11 @@ def arithmetic(rng, task, digits, held, longest=6):
     pairs = [(x, y) for x in lengths for y in lengths]
     new_pairs = [p for p in pairs if p in GEN_PAIRS]
     new_pair = held and new_pairs and rng.random() < 0.5
-    la, lb = rng.choice(new_pairs if new_pair else [p for p in pairs if p not in GEN_PAIRS])
+    seen = [p for p in pairs if p not in GEN_PAIRS]
+    # people ask small numbers most ("What is 2+2?"), and a model that saw few one-digit pairs takes 2+2 for
+    # the start of a longer expression (calc(2+2+2)): shorter operands are drawn more often
+    la, lb = rng.choice(new_pairs) if new_pair else rng.choices(seen, [DIGIT_WEIGHT[x] * DIGIT_WEIGHT[y]
+                                                                          for x, y in seen])[0]
     a, b = _number(rng, la, low=int(task == 'div')), _number(rng, lb, low=int(task == 'div'))
     if not new_pair and rng.random() < 0.05:  # 2+2, 5*5: the same number twice, which a model that copies by
         lb, b = la, a  # looking for what followed a digit reads as one number running on ("calc(2+2+2)")
