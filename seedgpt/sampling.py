@@ -8,7 +8,8 @@ Every setting may be one value for all rows or a (B,) tensor of one value per ro
 each ask for their own). A row draws with its own uniform number, and its token depends on its own
 logits, settings and draw alone, never on its batch neighbours'. It is the inverse of the cumulative
 distribution: add the probabilities up in vocabulary order, and take the first token whose running sum
-passes u times the total.
+passes u times the total. filtered_probs is that distribution itself, for whatever compares it (speculative
+sampling, seedgpt/speculative.py).
 """
 import torch
 from torch.nn import functional as F
@@ -45,8 +46,52 @@ def ban(logits, ids):
     return logits
 
 
+def filtered_probs(logits, temperature, top_k=None, top_p=None):
+    """The distribution (N, V) in float64 that sample() draws each row of logits (N, V) from, normalized:
+    softmax(logits / temperature), then top_k and top_p; a one-hot of the argmax for a row under GREEDY_BELOW.
+    Speculative sampling (seedgpt/speculative.py) compares the model's and the draft's with it."""
+    N, V = logits.shape
+    t = per_row(temperature, N, logits.device)
+    x = logits.float() / t.clamp(min=GREEDY_BELOW)[:, None]
+    if top_k is not None:
+        k = per_row(top_k, N, logits.device, torch.long)
+        k = torch.where((k <= 0) | (k > V), V, k)
+        if bool((k < V).any()):
+            # each row's k-th largest logit is its threshold: everything below it goes
+            kth = x.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+            x = x.masked_fill(x < kth, float('-inf'))
+    # float64 sums: a float32 running sum that stops growing before its end (tiny probabilities added to
+    # ~1) could leave u * total past it, and the search would land on a token of zero probability
+    probs = F.softmax(x, dim=-1).double()
+    if top_p is not None:
+        p = per_row(top_p, N, logits.device, torch.float64)
+        if bool((p < 1).any()):
+            # the nucleus: the likeliest tokens until their mass reaches p. It is found on the sorted
+            # probabilities, but the tokens stay in vocabulary order, so that a row's token for a given draw
+            # does not depend on whether its batch neighbours asked for a nucleus too
+            ranked = probs.sort(dim=-1, descending=True).values
+            kept = (ranked.cumsum(dim=-1) - ranked <= p[:, None]).sum(dim=-1, keepdim=True)  # >= 1 per row
+            probs = probs.masked_fill(probs < ranked.gather(-1, kept - 1), 0.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    if isinstance(temperature, torch.Tensor) or temperature < GREEDY_BELOW:  # else no row is greedy: fewer ops
+        probs = torch.where((t < GREEDY_BELOW)[:, None], F.one_hot(logits.argmax(dim=-1), V).double(), probs)
+    return probs
+
+
+def draw(probs, u):
+    """One token (N,) from each row of probs (N, V), not necessarily normalized, by the inverse CDF at the
+    float64 uniform numbers u (N,): add the probabilities up in vocabulary order, and take the first token
+    whose running sum passes u times the total."""
+    cdf = probs.cumsum(dim=-1)
+    u = u.to(device=probs.device, dtype=torch.float64).reshape(-1, 1)
+    # right=True: the first token whose running sum passes the draw, so never one of probability 0; and
+    # never past the token where the sum reaches its total, whatever the rounding of u * total
+    k = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return torch.minimum(k, (cdf < cdf[:, -1:]).sum(dim=-1, keepdim=True))[:, 0]
+
+
 def sample(logits, temperature=1.0, top_k=None, top_p=None, uniform=None, banned=None):
-    """The next token (B,) of each row of logits (B, V).
+    """The next token (B,) of each row of logits (B, V): a draw from filtered_probs.
 
     temperature: below GREEDY_BELOW a row takes its argmax (and uses no draw); else softmax(logits / t).
     top_k: keep each row's k likeliest tokens (None or 0: all). top_p: keep the smallest set of likeliest
@@ -55,42 +100,15 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, uniform=None, banned
     """
     B, V = logits.shape
     logits = ban(logits, banned)
-    greedy = logits.argmax(dim=-1)
     scalar = not isinstance(temperature, torch.Tensor)
     if scalar and temperature < GREEDY_BELOW:  # the common greedy case in a few ops: decoding is op-bound
-        return greedy
+        return logits.argmax(dim=-1)
     t = per_row(temperature, B, logits.device)
     if not scalar and bool((t < GREEDY_BELOW).all()):
-        return greedy
+        return logits.argmax(dim=-1)
     if uniform is None:
         raise ValueError("sampling at temperature > 0 needs uniform draws (seedgpt.sampling.draws)")
-    logits = logits.float() / t.clamp(min=GREEDY_BELOW)[:, None]
-    if top_k is not None:
-        k = per_row(top_k, B, logits.device, torch.long)
-        k = torch.where((k <= 0) | (k > V), V, k)
-        if bool((k < V).any()):
-            # each row's k-th largest logit is its threshold: everything below it goes
-            kth = logits.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
-            logits = logits.masked_fill(logits < kth, float('-inf'))
-    # float64 sums: a float32 running sum that stops growing before its end (tiny probabilities added to
-    # ~1) could leave u * total past it, and the search would land on a token of zero probability
-    probs = F.softmax(logits, dim=-1).double()
-    if top_p is not None:
-        p = per_row(top_p, B, logits.device, torch.float64)
-        if bool((p < 1).any()):
-            # the nucleus: the likeliest tokens until their mass reaches p. It is found on the sorted
-            # probabilities, but the tokens stay in vocabulary order, so that a row's token for a given draw
-            # does not depend on whether its batch neighbours asked for a nucleus too
-            ranked = probs.sort(dim=-1, descending=True).values
-            kept = (ranked.cumsum(dim=-1) - ranked <= p[:, None]).sum(dim=-1, keepdim=True)  # >= 1 per row
-            probs = probs.masked_fill(probs < ranked.gather(-1, kept - 1), 0.0)
-    cdf = probs.cumsum(dim=-1)
-    u = uniform.to(device=logits.device, dtype=torch.float64).reshape(B, 1)
-    # right=True: the first token whose running sum passes the draw, so never one of probability 0; and
-    # never past the token where the sum reaches its total, whatever the rounding of u * total
-    k = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    k = torch.minimum(k, (cdf < cdf[:, -1:]).sum(dim=-1, keepdim=True))
-    return torch.where(t < GREEDY_BELOW, greedy, k[:, 0])
+    return draw(filtered_probs(logits, temperature, top_k, top_p), uniform)
 
 
 def top_logprobs(logits, ids, k, banned=None):

@@ -15,15 +15,15 @@ Two drafts:
            time through its own KV cache.
 
 Exact: the output is what plain decoding gives. At temperature 0 each guess is kept while it equals the
-model's argmax, so the tokens are the same, token for token. Above 0, speculative sampling (Leviathan et
-al. 2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318): a guess x drawn from the draft's q is
-kept with probability min(1, p(x) / q(x)), and the first one refused is replaced by a draw from
-norm(max(0, p - q)). Each token is then distributed as p, the model's own distribution after temperature,
-top_k and top_p (filtered_probs, the same as seedgpt/sampling.py's sample). For 'ngram' q is a point mass
-on the guess, keeping x with probability p(x): the same as letting the model sample each position with
-plain decoding's own draws and keeping x while it is the token drawn, which is what verify_point does, so
-'ngram' gives plain decoding's very text for a seed. After the accepted guesses the model's own next token
-comes free, from the same forward.
+model's argmax, so the tokens are the same, token for token. Above 0, speculative sampling (Leviathan et al.
+2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318): a guess x drawn from the draft's q is kept with
+probability min(1, p(x) / q(x)), and the first one refused is replaced by a draw from norm(max(0, p - q)).
+Each token is then distributed as p, the model's own distribution after temperature, top_k and top_p
+(seedgpt/sampling.py's filtered_probs, which sample() draws from too). For 'ngram' q is a point mass on the
+guess, keeping x with probability p(x): the same as letting the model sample each position with plain
+decoding's own draws and keeping x while it is the token drawn, which is what verify_point does, so 'ngram'
+gives plain decoding's very text for a seed. After the accepted guesses the model's own next token comes
+free, from the same forward.
 
 The KV cache rolls back past the first refused guess by setting its position back: the keys past it are
 overwritten by the next forward. A batch of rows advances together (one cache position for all), so each
@@ -35,44 +35,9 @@ model, it grows while every guess is kept and shrinks when one is refused.
 import time
 
 import torch
-from torch.nn import functional as F
 
 from model import Cache, KVCache
-from seedgpt.sampling import GREEDY_BELOW, draws, per_row, sample
-
-
-def filtered_probs(logits, temperature, top_k=None, top_p=None):
-    """The distribution (N, V) in float64 that seedgpt.sampling.sample draws each row of logits (N, V) from:
-    softmax(logits / temperature), then top_k and top_p, normalized; a one-hot of the argmax for a row under
-    GREEDY_BELOW. Written as sample's steps, in the same order (tests/test_speculative.py checks the two
-    draw the same tokens)."""
-    N, V = logits.shape
-    t = per_row(temperature, N, logits.device)
-    greedy = F.one_hot(logits.argmax(dim=-1), V).double()
-    x = logits.float() / t.clamp(min=GREEDY_BELOW)[:, None]
-    if top_k is not None:
-        k = per_row(top_k, N, logits.device, torch.long)
-        k = torch.where((k <= 0) | (k > V), V, k)
-        if bool((k < V).any()):
-            kth = x.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
-            x = x.masked_fill(x < kth, float('-inf'))
-    probs = F.softmax(x, dim=-1).double()
-    if top_p is not None:
-        p = per_row(top_p, N, logits.device, torch.float64)
-        if bool((p < 1).any()):
-            ranked = probs.sort(dim=-1, descending=True).values
-            kept = (ranked.cumsum(dim=-1) - ranked <= p[:, None]).sum(dim=-1, keepdim=True)
-            probs = probs.masked_fill(probs < ranked.gather(-1, kept - 1), 0.0)
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-    return torch.where((t < GREEDY_BELOW)[:, None], greedy, probs)
-
-
-def draw(probs, u):
-    """One token (N,) from each row of probs (N, V) (not necessarily normalized) by the inverse CDF at u (N,),
-    the way sample() draws: never a token of probability 0."""
-    cdf = probs.cumsum(dim=-1)
-    k = torch.searchsorted(cdf, u.to(probs.device).reshape(-1, 1) * cdf[:, -1:], right=True)
-    return torch.minimum(k, (cdf < cdf[:, -1:]).sum(dim=-1, keepdim=True))[:, 0]
+from seedgpt.sampling import GREEDY_BELOW, draw, draws, filtered_probs, per_row, sample
 
 
 def row_settings(value, B, K, device, dtype=torch.float32):

@@ -6,7 +6,7 @@ token for a share of the grid within 1/N of its probability, with no sampling no
 import torch
 from torch.nn import functional as F
 
-from seedgpt.sampling import GREEDY_BELOW, draws, sample, top_logprobs
+from seedgpt.sampling import GREEDY_BELOW, draw, draws, filtered_probs, sample, top_logprobs
 
 N = 10_000
 GRID = (torch.arange(N, dtype=torch.float64) + 0.5) / N
@@ -50,6 +50,32 @@ def test_greedy_rows_and_settings_per_row():
     for b in range(6):
         assert sample(logits[b:b + 1], t[b:b + 1], k[b:b + 1], p[b:b + 1], u[b:b + 1]).item() == together[b].item()
     assert together[0] == logits[0].argmax() and together[2] == logits[2].argmax()  # top_k 1 is greedy
+
+
+def test_filtered_probs_is_the_distribution_each_row_asks_for():
+    """filtered_probs (what sample draws from, and what speculative sampling compares) against a reference
+    written apart, row by row: sort, keep the top_k, renormalize, keep the nucleus, renormalize; one-hot
+    for greedy rows. The same draws then pick the same tokens from it as sample()."""
+    g = torch.Generator().manual_seed(3)
+    N, V = 48, 11
+    logits = 3 * torch.randn(N, V, generator=g)
+    t = torch.tensor([0.0, 0.5, 1.0, 2.0] * (N // 4))
+    k = torch.tensor([0, 3, 5, 11, 1, 0] * (N // 6))
+    p = torch.tensor([1.0, 0.9, 0.5, 0.3] * (N // 4))
+    probs = filtered_probs(logits, t, k, p)
+    for b in range(N):
+        if t[b] < GREEDY_BELOW:
+            want = F.one_hot(logits[b].argmax(), V).double()
+        else:
+            ranked, order = F.softmax(logits[b].double() / t[b].double(), dim=-1).sort(descending=True)
+            ranked = ranked * (torch.arange(V) < (k[b] if k[b] > 0 else V))
+            ranked = ranked / ranked.sum()
+            ranked = ranked * (ranked.cumsum(-1) - ranked <= p[b].double())
+            want = torch.zeros(V, dtype=torch.float64).scatter(-1, order, ranked / ranked.sum())
+        torch.testing.assert_close(probs[b], want, rtol=0, atol=1e-6)
+    for settings in [(1.0, None, None), (0.7, 4, None), (1.3, None, 0.8), (t, k, p)]:
+        u = draws(g, N)
+        assert torch.equal(draw(filtered_probs(logits, *settings), u), sample(logits, *settings, uniform=u))
 
 
 def test_no_draw_picks_a_token_of_probability_zero():

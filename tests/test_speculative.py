@@ -10,8 +10,7 @@ from torch.nn import functional as F
 from model import GPT, GPTConfig
 from seedgpt.generate import generate, left_pad
 from seedgpt import speculative
-from seedgpt.sampling import sample
-from seedgpt.speculative import Pace, draw, filtered_probs, next_k
+from seedgpt.speculative import Pace, next_k
 
 
 def lively(seed, scale=10.0, **kw):
@@ -45,23 +44,6 @@ def noisy_copy(model, seed, noise=0.3, block_size=8, n_layer=None):
 
 MODEL = lively(0)
 DRAFTS = {'ngram': 'ngram', 'model': noisy_copy(MODEL, 1), 'itself': MODEL}
-
-
-def test_filtered_probs_is_what_sample_draws_from():
-    """The distribution speculative sampling compares with is sample()'s: the same uniforms pick the same
-    tokens, with per-row settings, top_k, top_p and greedy rows mixed."""
-    g = torch.Generator().manual_seed(0)
-    N, V = 48, 11
-    logits = 3 * torch.randn(N, V, generator=g)
-    t = torch.tensor([0.0, 0.5, 1.0, 2.0] * (N // 4))
-    top_k = torch.tensor([0, 3, 5, 11, 1, 0] * (N // 6))
-    top_p = torch.tensor([1.0, 0.9, 0.5, 0.3] * (N // 4))
-    for settings in [(1.0, None, None), (0.7, 4, None), (1.3, None, 0.8), (t, top_k, top_p)]:
-        probs = filtered_probs(logits, *settings)
-        assert torch.allclose(probs.sum(-1), torch.ones(N, dtype=torch.float64))
-        for _ in range(20):
-            u = torch.rand(N, dtype=torch.float64, generator=g)
-            assert torch.equal(draw(probs, u), sample(logits, *settings, uniform=u))
 
 
 @pytest.mark.parametrize('draft', DRAFTS)
