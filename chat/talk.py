@@ -4,7 +4,7 @@ Talk to a chat model (one fine-tuned on chat data, e.g. prepare/tasks.py's suite
     python -m chat.talk --out_dir=out-sft-tasks                               # multi-turn, answers streamed
     python -m chat.talk --out_dir=out-sft-tasks --prompt="What is 48+75?"     # one turn: only the answer on stdout
     python -m chat.talk --out_dir=out-sft-tasks --system="Be brief." --temperature=0.8
-    python -m chat.talk --out_dir=out-sft-tools                               # calls its tools (calc, count, reverse, sort) as it answers
+    python -m chat.talk --out_dir=out-sft-tools                               # calls its four tools as it answers
 
 In the chat, /reset starts a new conversation and Ctrl-D (end of input) leaves; Ctrl-C stops an
 answer being written. When the conversation and room for a reply outgrow the model's context, the oldest
