@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_text, memorize, one_line_error, run_script
+from conftest import ROOT, make_text, memorize, one_line_error, run_script
 from model import GPT, GPTConfig, apply_rope, rope_tables
 from seedgpt.checkpoint import save_checkpoint
 from seedgpt.tokenizer import load_tokenizer, train_bpe
@@ -243,3 +243,63 @@ def test_llamacpp_unknown_character_is_visible(exported, tmp_path):
     assert ids == tok.encode('cat') + [-1]
     with pytest.raises(Exception):
         llm.eval(ids)
+
+
+# -- every shipped config: the model shape each trains, exported and run by llama.cpp
+
+def shipped_shapes():
+    """{the model shape: the first config/*.py that trains it}; a fine-tuning config without a shape of its own
+    keeps the shape of the checkpoint it starts from, which another config trains."""
+    import glob
+    import os
+    import runpy
+    from dataclasses import fields
+
+    import train
+    defaults = {f.name: f.default for f in fields(train.Config)}
+    shapes = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, 'config', '*.py'))):
+        settings = runpy.run_path(path)
+        if not any(k in settings for k in ('n_layer', 'pos', 'norm', 'mlp')):
+            continue
+        shape = tuple((k, settings.get(k, defaults[k])) for k in ('pos', 'norm', 'mlp', 'qk_norm', 'bias'))
+        shapes.setdefault(shape, os.path.basename(path))
+    return shapes
+
+
+SHAPES = shipped_shapes()
+
+
+@pytest.mark.parametrize('shape', list(SHAPES), ids=list(SHAPES.values()))
+def test_every_shipped_config_exports_and_llamacpp_decodes_it_as_seedgpt(tmp_path, shape):
+    """Each shape a shipped config trains either exports, and llama.cpp's greedy 40 tokens are seedgpt's in f32,
+    or is refused in one line that names what is in the way (relu2: llama.cpp has no such MLP)."""
+    meta = dict(tokenizer='char', chars=sorted(set(TEXT)), vocab_size=len(set(TEXT)))  # a base char model
+    ckpt, model, tok = model_ckpt(tmp_path / 'm', 'gpt2', meta, **dict(shape))
+    if dict(shape)['mlp'] == 'relu2':
+        one_line_error(run_script('-m', 'export.gguf', f'--out_dir={ckpt}', f'--gguf={tmp_path}/a.gguf'), 'relu2')
+        return
+    export(ckpt, tmp_path / 'model.gguf')
+    prompt = tok.encode(TEXT[:20])
+    theirs, _ = their_greedy(llama(tmp_path / 'model.gguf'), prompt, 40)
+    assert theirs == our_greedy(model, prompt, 40)[0]
+
+
+def test_ollama_runs_the_modelfile(exported):
+    """ollama itself, where it is installed and its server answers: the Modelfile makes a model that chats."""
+    import shutil
+    import subprocess
+    if shutil.which('ollama') is None:
+        pytest.skip("ollama is not installed")
+    if subprocess.run(['ollama', 'list'], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("ollama is installed but its server does not answer (ollama serve)")
+    path = exported['qwen3'][0]
+    name = 'seedgpt-test-' + path.parent.parent.name
+    made = subprocess.run(['ollama', 'create', name, '-f', str(path.parent / 'Modelfile')], capture_output=True,
+                          text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    try:
+        ran = subprocess.run(['ollama', 'run', name, CHAT[0]['content']], capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0 and ran.stdout.strip() == 'tac', (ran.stdout, ran.stderr)
+    finally:
+        subprocess.run(['ollama', 'rm', name], capture_output=True, timeout=60)
