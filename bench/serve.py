@@ -1,25 +1,25 @@
 """
-Load-test the OpenAI-compatible server (serve/server.py) from outside, as its clients see it: continuous
-batching against the static batches it replaced (--batching=static), alternated in one run, on a mixed
-load: prompts of 5-200 tokens and max_tokens of 8-200, for a chat model and a base model, from 1, 4, 16
-and 64 concurrent clients. Then the time to first token of a chat's 5th turn, prefix cache on and off.
+Load-test the OpenAI-compatible server (serve/server.py) from outside, as its clients see it: continuous batching
+against the static batches it replaced (--batching=static), alternated in one run, on a mixed load: prompts of 5-200
+tokens and max_tokens of 8-200, for a chat model and a base model, from 1, 4, 16 and 64 concurrent clients. Then the
+time to first token of a chat's 5th turn, prefix cache on and off.
 
     python -m bench.serve                                              # random baby-GPT-size models, 512 context
     python -m bench.serve --clients=16 --rounds=1 --models=base        # one row per scheme
     python -m bench.serve --clients=16 --rounds=3 --models=chat --turns=0 --prefill_chunk=64,128   # A/B of the chunk
+    python -m bench.serve --clients=16 --models=chat --turns=0 --draft_tokens=0   # the server without prompt lookup
     python -m bench.serve --chat_dir=out-sft-tasks --base_dir=out-stdlib-char
     python -m bench.serve --soak=600                                   # 10 minutes of load on one server: its RSS
     python -m bench.serve --profile=True --models=base                 # where a step's time goes, 1 to 64 rows
     python -m bench.serve --engine_steps=8000 --engine_reply=25        # the engine alone: its RSS over 8,000 steps
     python -m bench.serve --models=base --base_dir=out-llamacpp --url=http://127.0.0.1:8002 --turns=0  # llama.cpp's
 
-A model is a checkpoint directory, or 'random': a random model of baby-GPT size (6 layers of 384, 512
-tokens of context, a char vocabulary) written to a temporary directory. Speed does not depend on the
-weights. Requests sample at temperature 1 with a seed each, so both schemes make the same draws; their
-texts agree until a row's logits, which change in their last bits with the batch's shape, flip a draw near
-a boundary between two tokens (docs/serving.md, 'Seeds and batches'). The random chat model ends a reply at
-a chat token after ~15 tokens on average, as chat models end early, while the base model (no special
-tokens) always runs to max_tokens.
+A model is a checkpoint directory, or 'random': a random model of baby-GPT size (6 layers of 384, 512 tokens of
+context, a char vocabulary) written to a temporary directory. Speed does not depend on the weights. Requests sample
+at temperature 1 with a seed each, so both schemes make the same draws; their texts agree until a row's logits,
+which change in their last bits with the batch's shape, flip a draw near a boundary between two tokens
+(docs/serving.md, 'Seeds and batches'). The random chat model ends a reply at a chat token after ~15 tokens on
+average, as chat models end early, while the base model (no special tokens) always runs to max_tokens.
 
 Prints per row: requests/s and output tokens/s over the whole row; busy: text chunks (a token each with a char
 vocabulary) per second while every client still had a request to send, before the load drains with fewer clients
@@ -36,9 +36,9 @@ reads a prompt chunk of prefill_chunk tokens.
 kept full (the first of --models; prompts of 5-200 tokens, max_tokens 8 to --engine_reply) and prints the
 process's RSS as it goes: the engine's own memory, where a soak sees the whole server's.
 
---soak=SECONDS instead drives one continuous-batching server (the first of --models) with the mixed load
-from the largest --clients count for that long, and samples the server process's resident memory (RSS)
-every second: it prints the RSS as the load goes on, then start, end and peak, and whether it grew.
+--soak=SECONDS instead drives one continuous-batching server (the first of --models) with the mixed load from the
+largest --clients count for that long, and samples the server process's resident memory (RSS) every second: it
+prints the RSS as the load goes on, then start, end and peak, and whether it grew.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m bench.serve ...")
@@ -78,6 +78,7 @@ class Config:
     dtype: str = 'auto'
     quant: str = 'none'
     compile: bool = False  # the server's --compile (and the in-process engine's): blocks' norms and MLPs compiled
+    draft_tokens: int = 4  # the server's (and the in-process engine's) prompt lookup guesses per row and step; 0: off
     clients: str = '1,4,16,64'  # concurrent clients, each sending requests back to back
     requests: int = 4  # requests per client in each row (at least 16 per row)
     rounds: int = 2  # static and continuous alternate this many times
@@ -187,7 +188,7 @@ class Server:
     def __init__(self, cfg, out_dir, **settings):
         import httpx
         settings = dict(out_dir=out_dir, port=cfg.port, max_batch=cfg.max_batch, device=cfg.device, dtype=cfg.dtype,
-                        quant=cfg.quant, compile=cfg.compile, threads=cfg.threads,
+                        quant=cfg.quant, compile=cfg.compile, threads=cfg.threads, draft_tokens=cfg.draft_tokens,
                         prefill_chunk=cfg.prefill_chunk.split(',')[0],
                         queue_size=256, timeout=600) | settings
         args = [sys.executable, '-m', 'serve.server'] + [f'--{k}={v}' for k, v in settings.items()]
@@ -269,7 +270,7 @@ def profile_steps(cfg, out_dir, sizes=(1, 4, 16, 64), steps=20):
           f"median of {steps} steps, ms")
     print(f"{'rows':>4} {'step':>6} {'forward':>8} {'sample':>7} {'rest':>6} {'no keys':>8} {'+chunk':>7}")
     for B in sizes:
-        engine = Engine(model, tok.vocab_size, max_batch=B + 1, prefill_chunk=chunk_size)
+        engine = Engine(model, tok.vocab_size, max_batch=B + 1, prefill_chunk=chunk_size, draft_tokens=cfg.draft_tokens)
         reqs = [Request([rnd.randrange(tok.vocab_size) for _ in range(rnd.randint(5, 400))], 10 ** 6, temperature=1.0,
                         seed=b) for b in range(B)]
         for r in reqs:
@@ -307,7 +308,8 @@ def engine_memory(cfg, out_dir):
     the memory the engine's tensors and the kernels they compile take, without the server around them."""
     from seedgpt.engine import Engine, Request
     rt, model, tok = engine_model(cfg, out_dir)
-    engine = Engine(model, tok.vocab_size, cfg.max_batch, prefill_chunk=int(cfg.prefill_chunk.split(',')[0]))
+    engine = Engine(model, tok.vocab_size, cfg.max_batch, prefill_chunk=int(cfg.prefill_chunk.split(',')[0]),
+                    draft_tokens=cfg.draft_tokens)
     rnd, bs = random.Random(cfg.seed), model.config.block_size
     print(f"# the engine alone, {rt.dtype}, {torch.get_num_threads()} torch threads, {cfg.max_batch} slots; prompts "
           f"of 5-200 tokens, max_tokens 8-{cfg.engine_reply}; RSS every {max(1, cfg.engine_steps // 8)} steps",
@@ -376,13 +378,11 @@ def main(cfg):
         return
     if cfg.engine_steps:
         if cfg.engine_reply < 8:
-            raise SystemExit(f"error: --engine_reply must be at least 8 (replies are 8 tokens or more), "
-                             f"got {cfg.engine_reply}")
+            raise SystemExit(f"error: --engine_reply must be at least 8 (the shortest reply), got {cfg.engine_reply}")
         engine_memory(cfg, next(iter(dirs.values())))
         return
     if cfg.soak:
-        kind = next(iter(dirs))
-        soak(cfg, kind, dirs[kind], max(clients))
+        soak(cfg, *next(iter(dirs.items())), max(clients))  # the first model
         return
     print(f"# {cfg.requests} requests per client per row; prompts of 5-200 tokens, max_tokens 8-200, temperature 1")
     print(f"{'model':>5} {'batching':>10} {'clients':>7} {'req/s':>7} {'tok/s':>7} {'busy':>7} {'ttft p50':>9} "

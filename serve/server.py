@@ -21,12 +21,14 @@ tools, a reply that calls returns tool_calls with finish_reason "tool_calls", an
 and sends its result as a role 'tool' message; the server runs no tool for a chat completion. GET /tools
 and POST /tools/run are seedgpt's own routes (not OpenAI's): its tools, and running one, for the chat page.
 
-Concurrency: continuous batching (seedgpt/engine.py states the scheduling rule). One worker thread decodes
-up to max_batch rows in a pool of KV slots allocated at start; a request takes a free slot as soon as one
-is free, reads its prompt in chunks between decode steps, and leaves the moment it ends, is cancelled
-or times out. The HTTP side is asyncio: bodies are size-capped before they are read whole, then parsed
-and tokenized in a thread (seedgpt/api.py), never on the event loop. seedgpt/api.py also shapes the replies
-(OpenAI's chunks and bodies, logprobs, usage): this file holds the routes and the HTTP plumbing.
+Concurrency: continuous batching (seedgpt/engine.py states the scheduling rule). One worker thread decodes up
+to max_batch rows in a pool of KV slots allocated at start; a request takes a free slot as soon as one is
+free, reads its prompt in chunks between decode steps, and leaves the moment it ends, is cancelled or times
+out. A decoding row drafts by prompt lookup (draft_tokens; 0: off): up to that many guesses of its next
+tokens, checked in the same forward, kept only where they are the tokens it samples anyway. The HTTP side is
+asyncio: bodies are size-capped before they are read whole, then parsed and tokenized in a thread
+(seedgpt/api.py), never on the event loop. seedgpt/api.py also shapes the replies (OpenAI's chunks and bodies,
+logprobs, usage): this file holds the routes and the HTTP plumbing.
 
 Limits: at most queue_size requests wait (then 503); max_tokens and n are capped; a prompt must leave
 room for its max_tokens in block_size (else 400, never cropped); a request gets `timeout` seconds in all.
@@ -72,6 +74,7 @@ class Config:
     dtype: str = 'auto'  # weights in 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16'
     quant: str = 'none'  # 'int8': int8 weights in the blocks
     compile: bool = False  # torch.compile the blocks' norms and MLPs at start (its cost printed); attention stays eager
+    draft_tokens: int = 4  # prompt lookup's most guesses per row and step, checked in the same forward; 0: off
 
 
 def json_response(body, status=200):
@@ -218,9 +221,11 @@ class Service:
             raise SystemExit(f"error: --batching must be 'continuous' or 'static', got {cfg.batching!r}")
         if min(cfg.max_batch, cfg.prefill_chunk, cfg.max_n) < 1:
             raise SystemExit("error: --max_batch, --prefill_chunk and --max_n must be at least 1")
+        if cfg.draft_tokens < 0:
+            raise SystemExit(f"error: --draft_tokens must be 0 (no drafting) or more, got {cfg.draft_tokens}")
         self.tok, self.cfg, self.name = tok, cfg, name
         self.engine = Engine(model, tok.vocab_size, cfg.max_batch, cfg.queue_size, cfg.prefill_chunk,
-                             cfg.prefix_cache, static=cfg.batching == 'static')
+                             cfg.prefix_cache, static=cfg.batching == 'static', draft_tokens=cfg.draft_tokens)
         self.proto = Protocol(tok, model.config.block_size, cfg.max_tokens, cfg.max_prompt_tokens, cfg.max_n)
         if cfg.compile:
             compile_engine(self.engine)
@@ -338,7 +343,7 @@ def main(cfg):
     name = os.path.basename(os.path.normpath(cfg.out_dir))
     print(f"serving {name} on {rt.device} in {rt.dtype} with {torch.get_num_threads()} threads: "
           f"http://{cfg.host}:{cfg.port}/ ({cfg.batching} batching, max_batch {cfg.max_batch}, queue {cfg.queue_size}, "
-          f"timeout {cfg.timeout:g} s)", flush=True)
+          f"draft_tokens {cfg.draft_tokens}, timeout {cfg.timeout:g} s)", flush=True)
     uvicorn.run(make_app(model, tok, cfg, name), host=cfg.host, port=cfg.port, log_level='warning')
 
 

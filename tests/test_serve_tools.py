@@ -190,3 +190,34 @@ def test_bad_tools_and_tool_messages_get_400(caller):
         assert run({'expression': '1/0'}).json()['content'].startswith('error: ')
         error_of(run('[1'), 400, 'arguments', 'invalid_value')
         assert h.get('/health').json()['tools'] is True
+
+
+def test_drafting_serves_the_same_replies(caller, monkeypatch):
+    """The server drafting by prompt lookup (--draft_tokens, seedgpt/engine.py) against the server without: a
+    greedy reply's text and logprobs, a stop string, n=2 sampled with a seed, and a tool call are the same, and
+    guesses were both made and kept (the answer copies the tool's result; the call, the question's word)."""
+    from seedgpt import engine as engine_module
+    counts, next_k = {'guessed': 0, 'kept': 0}, engine_module.next_k
+
+    def count(k, K, m, most):
+        counts['guessed'], counts['kept'] = counts['guessed'] + K, counts['kept'] + m
+        return next_k(k, K, m, most)
+    monkeypatch.setattr(engine_module, 'next_k', count)
+    answered = CONVERSATIONS[0][:3]
+    asks = [dict(messages=answered, logprobs=True, top_logprobs=2), dict(messages=answered, stop='3.'),
+            dict(messages=COUNT, n=2, temperature=0.8, seed=5, tools=openai_tools()),
+            dict(messages=COUNT, tools=openai_tools(), logprobs=True)]
+
+    def replies(draft_tokens):
+        """Each ask's choices as (content, finish, calls, tokens with their alternatives), and their logprobs."""
+        with running(*caller, draft_tokens=draft_tokens) as url:
+            choices = [c for kw in asks for c in sorted(ask(url, **kw).choices, key=lambda c: c.index)]
+        lp = [c.logprobs.content if c.logprobs else [] for c in choices]
+        return ([(c.message.content, c.finish_reason, [(t.function.name, t.function.arguments)
+                                                       for t in c.message.tool_calls or []],
+                  [(e.token, [a.token for a in e.top_logprobs]) for e in es]) for c, es in zip(choices, lp)],
+                [e.logprob for es in lp for e in es])
+    (plain, plain_lp), (fast, fast_lp) = replies(0), replies(4)
+    assert fast == plain and fast_lp == pytest.approx(plain_lp, abs=1e-5)  # a forward of several: other last bits
+    assert plain[0][0] == 'It is 123.' and plain[1][:2] == ('It is 12', 'stop') and plain[4][2] and plain[0][3]
+    assert 0 < counts['kept'] < counts['guessed'], counts
