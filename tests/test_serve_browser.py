@@ -9,6 +9,7 @@ from conftest import ADD, CONVERSATIONS, QUESTIONS, gated, greedy_reply, http, r
 
 from seedgpt.chat import render_prompt
 from seedgpt.generate import stream_reply
+from seedgpt.tools import TOOLS
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMEDRIVER = shutil.which('chromedriver')
@@ -96,7 +97,7 @@ def test_chat_page_shows_tool_calls_and_results(caller, browser, tmp_path):
     with running(model, tok, name='tiny-tools') as url, gated(model) as gate:
         browser.get(url + '/')
         wait_until(lambda: 'tiny-tools' in by_id('model').text)
-        wait_until(lambda: browser.execute_script('return tools.length') == 2)  # offered once /tools has answered
+        wait_until(lambda: browser.execute_script('return tools.length') == len(TOOLS))  # offered once /tools answered
         by_id('input').send_keys(ADD[0]['content'], Keys.ENTER)
         wait_until(lambda: len(shown()) == 4 and by_id('send').is_enabled())
         assert shown() == [('msg user', ADD[0]['content']), ('msg call', 'calc {"expression": "48+75"}'),
