@@ -137,7 +137,6 @@ class NgramDraft:
 
     def propose(self, ids, t, k, pad, sampling):
         """(B, K <= k) guesses for positions t.. of ids (B, >= t), and None: each is a point mass."""
-        B = ids.size(0)
         for b, row in enumerate(ids[:, self.seen:t].tolist()):
             self.rows[b].absorb(row[max(0, self.pad[b] - self.seen):])  # without the padding
         self.seen = t
