@@ -13,6 +13,24 @@ from seedgpt import speculative
 from seedgpt.speculative import Pace, next_k
 
 
+class Clock:
+    """A clock that moves one second per reading: every step of prompt lookup then costs the same, so Pace's
+    choice of k follows the guesses alone and not the machine's load (a test that asserts guesses were kept
+    must not depend on how busy the cores are)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def steady_clock(monkeypatch):
+    monkeypatch.setattr(speculative, 'time', Clock())
+
+
 def lively(seed, scale=10.0, **kw):
     """A tiny random model with its matrices scaled up: a plain one at init is near uniform and repeats one
     token forever, which every draft guesses; scaled, its greedy text varies and guesses fail too."""
