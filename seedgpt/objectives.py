@@ -110,8 +110,11 @@ class BradleyTerry(torch.nn.Module):
 @torch.no_grad()
 def score_conversations(model, convs):
     """(N,) the reward of each conversation, a list of token ids: one right-padded batch, read at each
-    row's last token (causal attention never sees the padding after it)."""
+    row's last token (causal attention never sees the padding after it). A conversation longer than the
+    context (a rollout that ran to block_size, rendered again with its closing tokens) is read by its last
+    block_size tokens: the score is read at the end, where the answer is."""
     device = next(model.parameters()).device
+    convs = [c[-model.config.block_size:] for c in convs]
     x = torch.zeros(len(convs), max(len(c) for c in convs), dtype=torch.long)
     for row, ids in enumerate(convs):
         x[row, :len(ids)] = torch.tensor(ids)

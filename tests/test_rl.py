@@ -733,3 +733,15 @@ def test_rollouts_are_scored_at_their_temperature(suite, tmp_path, monkeypatch):
     run_rl(tmp_path / 'out', f'--init_from={sft}', f'--data_dir={data}', '--max_iters=1', '--temperature=0.7')
     # pi_old (the policy, with its value head), the reference (without), then 4 minibatch updates
     assert checked == [(False, True), (False, False)] + [(True, True)] * 4
+
+
+def test_a_conversation_longer_than_the_context_is_scored_by_its_end():
+    """A rollout that ran to block_size, rendered again with its closing tokens, may outgrow the reward model's
+    context (life.py's RL stage failed so): it is read by its last block_size tokens."""
+    from model import GPT, GPTConfig
+    from seedgpt.objectives import score_conversations
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11, value_head=True)).eval()
+    long = list(range(11)) + [3, 4]
+    (score,), (tail,) = score_conversations(model, [long]), score_conversations(model, [long[-8:]])
+    assert torch.isfinite(score) and score == tail
