@@ -263,7 +263,7 @@ FOLLOW_CORES = {  # how a follow-up asks of the last answer ("it", "that"): (que
 }
 
 
-def held(form):
+def held_out(form):
     """Whether a form is asked only in gen: a fifth of them, by a hash of the text (the same on every run)."""
     return zlib.crc32(form.encode()) % 5 == 0
 
@@ -276,7 +276,7 @@ def phrase(wrapper, core):
 
 def _split(forms):
     """(seen, held) of a list of forms."""
-    return [f for f in forms if not held(f)], [f for f in forms if held(f)]
+    return [f for f in forms if not held_out(f)], [f for f in forms if held_out(f)]
 
 
 def _wrapped(cores, wrappers=(ASK, DO)):
