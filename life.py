@@ -191,13 +191,15 @@ def main(cfg):
         t0 = time.time()
         state[stage] = {**run_stage(stage, cfg, p), 'seconds': round(time.time() - t0, 1)}
         if stage in MODELS:
-            state[stage].update(evaluate(os.path.join(cfg.out_dir, stage), cfg, p['eval_examples']))
+            pairs = os.path.join(cfg.out_dir, 'data', 'pairs') if stage == 'reward' else None
+            state[stage].update(evaluate(os.path.join(cfg.out_dir, stage), cfg, p['eval_examples'], pairs))
         tmp = state_path + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(state, f, indent=1)
         os.replace(tmp, state_path)
-    answers = ask_all([os.path.join(cfg.out_dir, s) for s in MODELS if s in state], cfg.prompts.split('|'),
-                      cfg.device)
+    # every model that writes answers; the reward model scores them
+    writers = [os.path.join(cfg.out_dir, s) for s in MODELS if s in state and s != 'reward']
+    answers = ask_all(writers, cfg.prompts.split('|'), cfg.device)
     path = write_report(cfg, state, answers)
     print(f"\nthe life took {fmt_time(time.time() - t_life)} this run; the report card: {path}")
 

@@ -127,6 +127,16 @@ class KVCache(Cache):
             self.mask = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
         return cols
 
+    def keep(self, rows):
+        """Go on with only these rows (a list of indices into the batch): a batch whose rows end at different
+        times stops computing the ended ones. The kept rows' keys and values move to the buffer's front, in
+        place, so the buffer is not allocated again."""
+        if self.kv is not None:
+            self.kv[:, :, :len(rows), :, :self.pos] = self.kv[:, :, rows, :, :self.pos]  # a gather, then a copy
+            self.kv = self.kv[:, :, :len(rows)]
+        if self.pad is not None:
+            self.pad = self.pad[rows]
+
     def attend(self, i, q, k, v):
         B, nh, T, hs = k.shape
         if self.kv is None:

@@ -6,13 +6,15 @@ tokens per forward of the model, per draft, on code, free text, tool-using chat 
     python -m bench.speculative --out_dir=out-stdlib-char --drafts=ngram,out-stdlib-distill --text=input.txt
     python -m bench.speculative --out_dir= --only=fail          # a random-init model: guesses fail, the cost
     python -m bench.speculative --chat_dir=out-sft-tools --only=chat,rollouts --threads=1
+    python -m bench.speculative --chat_dir=out-sft-tools --data_dir=data/tasks-tools --only=rl
 
 Sections (--only): code (continue a real stdlib file, --code), text (continue --text, tiny Shakespeare by
 default), each at temperature 0 and --temperature; fail (a random-init baby model at temperature 1, top_k 200:
 nothing repeats, so prompt lookup rarely guesses and a guess is rarely kept: what drafting costs where it fails);
 chat (a tool-using chat model's answers to a few questions, one at a time, as chat.talk) and rollouts (the same
 questions as one batch at temperature 1, as RL's rollouts); engine (the serving engine's continuous batching
-continuing 8 stdlib files, with and without prompt lookup per row). Plain decoding and each draft run in turn, round by
+continuing 8 stdlib files, with and without prompt lookup per row); rl (RL's own rollouts, 256 answers to
+the suite's train questions in one batch, with ended rows kept computing and with them leaving the batch). Plain decoding and each draft run in turn, round by
 round (median of --rounds), timed by the wall clock and by the process's CPU time (on cores shared with other
 jobs the wall clock also counts waits for a core). Runs whose draft must give plain decoding's very tokens
 (prompt lookup always; a draft model at temperature 0) are checked to. Progress goes to stderr, the table to
@@ -22,6 +24,7 @@ if not __package__:  # run as a file, the repo root is not on the path: say how 
     raise SystemExit("error: run it from the repo root as a module: python -m bench.speculative ...")
 
 import os
+import random
 import statistics
 import sysconfig
 import time
@@ -39,14 +42,18 @@ from seedgpt.engine import Engine, Request
 from seedgpt.generate import generate
 from seedgpt.measure import device_name, markdown_table, progress, take_turns
 from seedgpt.runtime import setup_runtime
+from seedgpt.tasks import load_records, question
 
 
 @dataclass
 class Config:
-    only: str = 'code,text,fail,chat,rollouts,engine'  # sections to run, comma-separated
+    only: str = 'code,text,fail,chat,rollouts,engine,rl'  # sections to run, comma-separated
     out_dir: str = 'out-stdlib-char'  # the model of code and text (the quick start's)
     drafts: str = 'ngram'  # comma-separated: 'ngram' and/or out_dirs of smaller models on the same tokenizer
-    chat_dir: str = 'out-sft-tools'  # a tool-using chat model (config/sft_tools.py) for chat and rollouts
+    chat_dir: str = 'out-sft-tools'  # a tool-using chat model (config/sft_tools.py) for chat, rollouts and rl
+    data_dir: str = 'data/tasks-tools'  # rl's questions: the train split of the suite chat_dir learned
+    rl_prompts: int = 32  # rl: questions per batch (config/rl_tools.py's prompts_per_step)
+    rl_group: int = 8  # rl: answers per question (its group_size)
     code: str = 'json/decoder.py'  # the stdlib file to continue, under the stdlib's directory
     text: str = ''  # the free text to continue; '' is tiny Shakespeare where prepare.shakespeare puts it
     prompt_tokens: int = 128  # the prompt: the file's first tokens (cut to half the model's context)
@@ -106,16 +113,16 @@ def timed(cases, rounds, device):
     return {name: (statistics.median(times[name]), statistics.median(cpu[name]), *last[name]) for name, _ in cases}
 
 
-def table_rows(what, results, count, exact):
-    """One row per case: tokens/s, against plain, the guesses kept, tokens per forward, and whether the
-    output is plain decoding's (for the cases that must give it)."""
-    plain_s, plain_cpu, _, plain_out = results['none']
+def table_rows(what, results, count, exact, base='none'):
+    """One row per case: tokens/s, against plain (the case named base), the guesses kept, tokens per forward,
+    and whether the output is plain decoding's (for the cases that must give it)."""
+    plain_s, plain_cpu, _, plain_out = results[base]
     rows = []
     for name, (seconds, cpu, stats, out) in results.items():
         n = count(out)
         kept = f"{stats['accepted'] / stats['drafted']:.0%} of {stats['drafted']}" if stats.get('drafted') else ''
         per_fwd = f"{(stats['forwards'] + stats['accepted']) / stats['forwards']:.2f}" if stats else '1.00'
-        same = ('same' if out == plain_out else 'DIFFERENT') if name != 'none' and exact(name) else ''
+        same = ('same' if out == plain_out else 'DIFFERENT') if name != base and exact(name) else ''
         rows.append([what, name, f"{n / seconds:,.1f}", f"{plain_s / seconds:.2f}x", f"{n / cpu:,.1f}",
                      f"{plain_cpu / cpu:.2f}x", kept, per_fwd, same])
     return rows
@@ -158,6 +165,30 @@ def chat(cfg, rt, batch):
     progress(what)
     return table_rows(what, timed(cases, cfg.rounds, rt.device), lambda out: sum(len(t) for t in out),
                       lambda name: True)
+
+
+def rl(cfg, rt):
+    """RL's rollouts as feedback/rl.py samples them (config/rl_tools.py): prompts_per_step train questions of
+    the suite, group_size answers each, in one batch at temperature 1 through the agent, with every row kept
+    computing to the batch's end ('rows stay', as before) and with ended rows leaving the batch ('rows leave',
+    generate_replies' default). The same seed gives both the same questions; tokens are the ones the model wrote."""
+    model, tok = load_model(cfg.chat_dir, rt.device, rt.ptdtype)
+    if not knows_tools(tok):
+        raise SystemExit(f"error: {cfg.chat_dir} is not a tool-using chat model (config/sft_tools.py)")
+    records = load_records(cfg.data_dir, 'train')
+    picked = random.Random(cfg.seed).sample(records, cfg.rl_prompts)
+    prompts = [render_prompt(tok, question(r)) for r in picked for _ in range(cfg.rl_group)]
+    cases = []
+    for name, narrow in (('rows stay', False), ('rows leave', True)):
+        def fn(stats, narrow=narrow):
+            g = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+            return [t.ids for t in generate_with_tools(model, tok, prompts, 96, 2, temperature=1.0, draft=None,
+                                                       narrow=narrow, generator=g)]
+        cases.append((name, fn))
+    what = f"RL rollouts, {cfg.rl_prompts} x {cfg.rl_group}, t=1"
+    progress(what)
+    return table_rows(what, timed(cases, cfg.rounds, rt.device), lambda out: sum(len(t) for t in out),
+                      lambda name: False, base='rows stay')
 
 
 ENGINE_FILES = ['json/decoder.py', 'json/encoder.py', 'textwrap.py', 'string.py', 'bisect.py', 'heapq.py',
@@ -225,6 +256,8 @@ def main(cfg):
     for section, batch in (('chat', False), ('rollouts', True)):
         if section in sections:
             rows += chat(cfg, rt, batch)
+    if 'rl' in sections:
+        rows += rl(cfg, rt)
     print(f"### speculative decoding: {device_name(rt)}, {torch.get_num_threads()} torch threads, fp32, batch 1 "
           f"unless said, {cfg.tokens} new tokens per run, up to {cfg.draft_tokens} guesses per forward, median of "
           f"{cfg.rounds} alternated runs\n")

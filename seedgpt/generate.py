@@ -33,7 +33,7 @@ def left_pad(rows, device='cpu'):
 
 
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
-                    generator=None, compile=False, pad=None, draft=None, draft_tokens=4, stats=None):
+                    generator=None, compile=False, pad=None, draft=None, draft_tokens=4, stats=None, keep=None):
     """Yield next tokens (B, 1) one at a time after the prompt idx (B, T).
 
     Prompts of different lengths go in one batch padded on the left, pad (B,) giving each row's padding
@@ -48,12 +48,18 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     draft ('ngram' or a smaller model on the same tokenizer) decodes speculatively, checking up to
     draft_tokens guesses per forward (seedgpt/speculative.py): the same tokens at temperature 0, the same
     distribution above it. stats (a dict) then counts forwards, drafted and accepted tokens.
+
+    keep, a function called after each yield, returns which rows go on (indices into the batch just yielded):
+    the rows a caller no longer needs (a reply that has ended) leave the batch and cost nothing more, and
+    later yields have only the rows kept. Without a draft only.
     """
     bs = model.config.block_size
     B, T = idx.shape
     if pad is not None and T + max_new_tokens > bs:
         raise ValueError(f"a padded batch of {T} + {max_new_tokens} new tokens does not fit in block_size {bs}")
     if draft is not None:
+        if keep is not None:
+            raise ValueError("keep= needs the plain path: a draft's batch keeps all its rows")
         if not use_cache or compile:
             raise ValueError("a draft needs the KV cache and an eager step (use_cache=True, compile=False)")
         yield from speculative_stream(model, idx, max_new_tokens, draft, draft_tokens, temperature, top_k, top_p,
@@ -83,6 +89,15 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
             u = draws(generator, B, ids.device) if temperature > 0 else None
             ids[:, t] = sample(logits[:, -1, :], temperature, top_k, top_p, u)
         yield ids[:, t:t + 1]
+        rows = keep() if keep is not None else None
+        if rows is not None and len(rows) < B:
+            if not rows:
+                return
+            ids, B = ids[rows], len(rows)
+            pad = pad[rows] if pad is not None else None
+            if cache is not None:
+                with torch.inference_mode():  # the cache's tensors are inference tensors
+                    cache.keep(rows)
 
 
 def generate(model, idx, max_new_tokens, **kwargs):
@@ -130,11 +145,12 @@ def stream_reply(model, tok, messages, max_new_tokens, draft='auto', **sampling)
     yield from text_pieces(tok, itertools.takewhile(lambda i: i not in stop and i < tok.vocab_size, ids))
 
 
-def generate_replies(model, tok, prompts, max_new_tokens, draft='auto', **sampling):
+def generate_replies(model, tok, prompts, max_new_tokens, draft='auto', narrow=True, **sampling):
     """The generated ids of many prompts (lists of ids, e.g. render_prompt's) at once: one left-padded batch
     through the KV cache. Each row's ids end at its first chat token (kept: <|end|> is part of the answer)
     or after max_new_tokens; generation stops when every row has ended. At temperature 0 each row gets
-    the same ids as alone. draft: generate_stream's, 'auto' as reply_draft decides."""
+    the same ids as alone. draft: generate_stream's, 'auto' as reply_draft decides. narrow: ended rows leave
+    the batch (False keeps every row computing to the batch's end: bench.speculative's baseline)."""
     stop, bs = stop_ids(tok), model.config.block_size
     device = next(model.parameters()).device
     idx, pad = left_pad(prompts, device)
@@ -144,9 +160,23 @@ def generate_replies(model, tok, prompts, max_new_tokens, draft='auto', **sampli
         raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room in block_size {bs}")
     out, done = [[] for _ in prompts], [False] * len(prompts)
     new = min(max_new_tokens, bs - idx.size(1) - 1)
-    for next_ids in generate_stream(model, idx, new, pad=pad, draft=reply_draft(draft, len(prompts), sampling),
+    how = reply_draft(draft, len(prompts), sampling)
+    rows = list(range(len(prompts)))  # the prompts whose rows are in the batch, in its order
+
+    def keep():
+        # replies that have ended leave the batch, so a long reply does not keep the short ones computing. Not
+        # one at a time: moving the cache costs about what a step's attention reads, so the batch narrows once
+        # a quarter of its rows have ended
+        nonlocal rows
+        going = [j for j, b in enumerate(rows) if not done[b]]
+        if len(going) > 0.75 * len(rows):
+            return None
+        rows = [rows[j] for j in going]
+        return going
+
+    for next_ids in generate_stream(model, idx, new, pad=pad, draft=how, keep=keep if how is None and narrow else None,
                                     **sampling):
-        for b, i in enumerate(next_ids[:, 0].tolist()):
+        for b, i in zip(rows, next_ids[:, 0].tolist()):
             if not done[b]:
                 out[b].append(i)
                 done[b] = i in stop or i >= tok.vocab_size or len(out[b]) >= room[b]
@@ -156,7 +186,7 @@ def generate_replies(model, tok, prompts, max_new_tokens, draft='auto', **sampli
     # the batch had: it goes on alone, and a row's reply never depends on the rows beside it
     for b in range(len(prompts)):
         if not done[b]:
-            out[b] += generate_replies(model, tok, [prompts[b] + out[b]], room[b] - len(out[b]), draft,
+            out[b] += generate_replies(model, tok, [prompts[b] + out[b]], room[b] - len(out[b]), draft, narrow,
                                        **sampling)[0]
     return out
 

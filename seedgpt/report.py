@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import torch
 
@@ -22,14 +23,16 @@ from seedgpt.agent import generate_with_tools
 from seedgpt.charts import draw_runs, figure, read_log, save
 from seedgpt.chat import is_chat, render_prompt
 from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
+from seedgpt.data import PairBatches, load_meta
 from seedgpt.generate import generate
+from seedgpt.objectives import pair_accuracy
 
 # what each stage's model is, in the report's words
 WHAT = {
     'pretrain': 'base: next-token prediction on raw text (the Python standard library)',
     'sft': 'supervised fine-tuning of the base on the task suite, tools included',
     'scratch': 'the same SFT from scratch, for the base\'s and SFT\'s time together',
-    'reward': 'reward model: the SFT model with a scalar head (its answers are the SFT model\'s)',
+    'reward': 'reward model: the SFT model with a scalar head, a scorer of answers, not a writer',
     'rl': 'PPO from the SFT model on the reward model\'s scores, KL-leashed to the SFT model',
     'dpo': 'DPO from the SFT model on the same preference pairs',
     'int8': 'the RL model, block weights in int8',
@@ -38,9 +41,11 @@ WHAT = {
 }
 
 
-def evaluate(out_dir, cfg, max_examples=0):
+def evaluate(out_dir, cfg, max_examples=0, pairs_dir=None):
     """A model's figures for the report: {'params', 'weights_mb', 'val_bpb', 'splits': {split: chat.eval's
-    result}}. weights_mb is the bytes of the weights alone (a training checkpoint also holds the optimizer's)."""
+    result}}. weights_mb is the bytes of the weights alone (a training checkpoint also holds the optimizer's).
+    A reward model (pairs_dir: its preference pairs) is a scorer, not a chat model: its figure is 'pair_accuracy',
+    the share of held-out pairs whose chosen answer it scores above the rejected one."""
     ckpt = load_checkpoint(out_dir)
     # wte is tied to lm_head; an int8 layer's per-row scales are part of its bytes, not parameters
     weights = {k: t for k, t in ckpt['model'].items() if k != 'transformer.wte.weight'}
@@ -50,6 +55,12 @@ def evaluate(out_dir, cfg, max_examples=0):
     if evals:
         row['val_bpb'] = round(evals[-1]['val_bpb'], 4)
     if 'special_tokens' not in ckpt['meta']:  # a base model: no chat to score, its text's bits per byte say it
+        return row
+    if pairs_dir:
+        model, _ = load_model(out_dir, 'cpu')
+        pairs = PairBatches(SimpleNamespace(data_dir=pairs_dir, block_size=model.config.block_size),
+                            load_meta(pairs_dir), 'cpu').rows['val']
+        row['pair_accuracy'] = round(pair_accuracy(model, pairs), 3)
         return row
     argv = [sys.executable, '-m', 'chat.eval', f'--out_dir={out_dir}', '--json', f'--device={cfg.device}',
             f'--max_examples={max_examples}']
@@ -178,7 +189,9 @@ def write_report(cfg, state, answers):
     for stage, row in state.items():
         splits = row.get('splits', {})
         acc = [f"{splits[sp]['mean']:.3f}" if sp in splits else '' for sp in ('test', 'gen')]
-        lines.append(f"| {stage} | {WHAT.get(stage, '')} | {row['seconds']:.0f} s | "
+        what = WHAT.get(stage, '') + (f"; it ranks {row['pair_accuracy']:.1%} of held-out pairs right"
+                                      if 'pair_accuracy' in row else '')
+        lines.append(f"| {stage} | {what} | {row['seconds']:.0f} s | "
                      f"{row['params'] / 1e6:.2f}M | {row['weights_mb']} MB | {row.get('val_bpb', '')} | "
                      f"{acc[0]} | {acc[1]} |" if 'params' in row else
                      f"| {stage} | {row.get('served', '')} | {row['seconds']:.0f} s | | | | | |")

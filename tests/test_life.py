@@ -32,14 +32,18 @@ def test_every_stage_runs_and_the_report_has_them(life):
         model, tok = load_model(out / stage, 'cpu')  # every stage's model loads
         assert state[stage]['params'] == sum(t.numel() for k, t in model.state_dict().items()
                                              if k != 'transformer.wte.weight' and not k.endswith('.scale'))
-        if stage != 'pretrain':  # the chat models are scored on both splits, the base by its bits per byte
+        if stage not in ('pretrain', 'reward'):  # the chat models are scored on both splits
             assert set(state[stage]['splits']) == {'test', 'gen'}
+    # the base by its bits per byte, the reward model by the held-out pairs it ranks right
     assert state['pretrain']['val_bpb'] > 0 and 'splits' not in state['pretrain']
+    assert 0 <= state['reward']['pair_accuracy'] <= 1 and 'splits' not in state['reward']
+    assert f"ranks {state['reward']['pair_accuracy']:.1%} of held-out pairs right" in report
     assert state['int8']['weights_mb'] < state['rl']['weights_mb'] / 2  # int8 blocks: a quarter of fp32's bytes
     assert state['student']['params'] < state['rl']['params']
     assert (out / 'hf' / 'config.json').is_file() and 'served' in state['serve']
     prompts = report.split('The same prompts')[1]
-    assert all(f"| {stage} |" in prompts for stage in MODELS)
+    assert all(f"| {stage} |" in prompts for stage in MODELS if stage != 'reward')  # a scorer writes no answers
+    assert '| reward |' not in prompts
 
 
 def test_a_run_started_again_keeps_what_is_done(life):

@@ -194,6 +194,36 @@ def test_left_padded_batch_equals_each_row_alone(variant):
         list(generate_stream(model, idx, 16, pad=pad))
 
 
+@pytest.mark.parametrize('use_cache', [True, False])
+def test_rows_that_leave_the_batch(use_cache):
+    """generate_stream's keep: rows dropped mid-stream (KVCache.keep moves the rest to the buffer's front) leave
+    the kept rows' greedy tokens as they were, and later yields carry only the kept rows."""
+    model = tiny_model(**VARIANTS['rope_modern'])
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13]]
+    idx, pad = left_pad(rows)
+    full = torch.cat(list(generate_stream(model, idx, 8, temperature=0, pad=pad)), dim=1)
+    going, seen = list(range(4)), {b: [] for b in range(4)}
+    plan = {3: [0, 2, 3], 6: [1, 2]}  # after the 3rd token: row 1 leaves; after the 6th: rows 0 and 3 of the rest
+    step = 0
+
+    def keep():
+        nonlocal going
+        drop = plan.get(step)
+        if drop is None:
+            return None
+        going = [going[j] for j in drop]
+        return drop
+
+    for next_ids in generate_stream(model, idx, 8, temperature=0, pad=pad, keep=keep, use_cache=use_cache):
+        assert next_ids.shape == (len(going), 1)
+        for b, i in zip(going, next_ids[:, 0].tolist()):
+            seen[b].append(i)
+        step += 1
+    assert going == [2, 3]
+    for b, n in ((0, 6), (1, 3), (2, 8), (3, 8)):
+        assert seen[b] == full[b, :n].tolist()
+
+
 def test_swiglu_is_a_gated_silu_with_as_many_weights():
     """mlp='swiglu': c_fc makes the gate and the value side by side, silu(gate) * value, 8/3 x n_embd wide (rounded
     up to 64s), so its three matrices hold about the weights of the 4x MLP's two."""
