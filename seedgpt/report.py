@@ -9,6 +9,7 @@ The report card of a model's life (life.py): what each stage's model is, how wel
     write_report(...)           out_dir/report.md, with the pictures pictures() drew into out_dir/report/
 """
 import json
+import math
 import os
 import socket
 import subprocess
@@ -174,10 +175,14 @@ def pretraining_verdict(state):
     sft, scratch = state['sft']['splits'], state['scratch']['splits']
     both = [sp for sp in ('test', 'gen') if sp in sft and sp in scratch]
     gain = {sp: sft[sp]['mean'] - scratch[sp]['mean'] for sp in both}
-    verdict = ('helped' if all(g > 0 for g in gain.values()) else
+    # a difference under two standard errors of a difference of two accuracies is what another seed could give
+    se = {sp: math.sqrt(sum(r[sp]['mean'] * (1 - r[sp]['mean']) / max(r[sp].get('n', 1), 1) for r in (sft, scratch)))
+          for sp in both}
+    verdict = ('made no difference these splits can measure' if all(abs(gain[sp]) < 2 * se[sp] for sp in both) else
+               'helped' if all(g > 0 for g in gain.values()) else
                'did not help' if all(g <= 0 for g in gain.values()) else 'gave mixed results')
-    figures = '; '.join(f"{sp}: {sft[sp]['mean']:.3f} from the base against {scratch[sp]['mean']:.3f} from scratch"
-                        for sp in both)
+    figures = '; '.join(f"{sp}: {sft[sp]['mean']:.3f} from the base against {scratch[sp]['mean']:.3f} from scratch, "
+                        f"a standard error of {se[sp]:.3f}" for sp in both)
     return ["", f"At equal total time, pretraining {verdict} SFT ({figures})."]
 
 

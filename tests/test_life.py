@@ -64,9 +64,13 @@ def test_bad_settings_are_one_line(tmp_path):
 
 def test_the_verdict_on_pretraining_follows_the_figures():
     from seedgpt.report import pretraining_verdict
-    row = lambda test, gen: {'splits': {'test': {'mean': test}, 'gen': {'mean': gen}}}  # noqa: E731
+    row = lambda test, gen: {'splits': {'test': {'mean': test, 'n': 2000}, 'gen': {'mean': gen, 'n': 2000}}}  # noqa: E731
     assert pretraining_verdict({'sft': row(0.9, 0.8)}) == []  # no --compare run: nothing to say
     said = pretraining_verdict({'sft': row(0.9, 0.8), 'scratch': row(0.85, 0.7)})[-1]
-    assert 'pretraining helped SFT (test: 0.900 from the base against 0.850 from scratch; gen: 0.800' in said
+    assert 'pretraining helped SFT (test: 0.900 from the base against 0.850 from scratch, a standard error of 0.010; ' \
+           'gen: 0.800' in said
     assert 'did not help' in pretraining_verdict({'sft': row(0.8, 0.7), 'scratch': row(0.85, 0.7)})[-1]
     assert 'mixed' in pretraining_verdict({'sft': row(0.9, 0.6), 'scratch': row(0.85, 0.7)})[-1]
+    # the laptop run's figures: 0.004 and 0.003 apart, under two standard errors (about 0.006) on both splits
+    assert 'no difference these splits can measure' in pretraining_verdict(
+        {'sft': row(0.965, 0.954), 'scratch': row(0.969, 0.957)})[-1]
