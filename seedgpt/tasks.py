@@ -735,19 +735,31 @@ def each_answer(records):
     return items
 
 
+# the hard cases a newcomer types, across tasks (the suite with tools; digits 'a,b' are the operands' lengths)
+GROUPS = {
+    'one digit': lambda m: m['task'] in OPS and m.get('digits') == '1,1',
+    'unequal lengths': lambda m: m['task'] in OPS and isinstance(m.get('digits'), str)
+    and len(set(m['digits'].split(','))) > 1,
+    'long words': lambda m: m['task'] in ('count', 'reverse', 'sort') and len(m.get('w', '')) >= 10,
+}
+
+
 def score(records, answers, traces=None):
     """{'tasks': {task: {n, correct, accuracy}}, 'mean': mean accuracy over tasks, 'n': questions}; with
     arithmetic of several lengths, 'digits': {task: {d: accuracy}} (d: the first operand's digits; with tools,
     'a,b', both operands'); with traces (seedgpt/agent.py) on the suite with tools, 'tools': how often a tool was
     called where the suite needs one (recall) and where it does not (needless), and the share of calls that were
-    malformed."""
-    tasks, digits = {}, {}
+    malformed; 'groups': {group: {n, accuracy}} for GROUPS that have questions."""
+    tasks, digits, groups = {}, {}, {}
     for record, answer in zip(records, answers, strict=True):
         meta = record['meta']
         row = tasks.setdefault(meta['task'], {'n': 0, 'correct': 0})
         right = check(meta['task'], meta, answer)
         row['n'] += 1
         row['correct'] += right
+        for name, member in GROUPS.items():
+            if member(meta):
+                groups.setdefault(name, []).append(right)
         if 'digits' in meta:
             digits.setdefault(meta['task'], {}).setdefault(meta['digits'], []).append(right)
     for row in tasks.values():
@@ -757,6 +769,9 @@ def score(records, answers, traces=None):
     if any(len(by) > 1 for by in digits.values()):
         result['digits'] = {task: {d: sum(v) / len(v) for d, v in sorted(by.items())}
                             for task, by in sorted(digits.items())}
+    if groups:
+        result['groups'] = {name: {'n': len(groups[name]), 'accuracy': sum(groups[name]) / len(groups[name])}
+                            for name in GROUPS if name in groups}
     if traces is not None and any(r['meta'].get('tool') for r in records):  # the suite with tools
         needed = [t.called for r, t in zip(records, traces) if r['meta'].get('tool')]
         needless = [t.called for r, t in zip(records, traces) if not r['meta'].get('tool')]
@@ -849,6 +864,9 @@ def table(result):
             lines += _grids(task, {'accuracy': by})
         else:
             lines.append(f"{task} by digits: " + ', '.join(f"{d}: {acc:.3f}" for d, acc in by.items()))
+    if 'groups' in result:
+        lines.append('hard cases: ' + ', '.join(f"{g} {r['accuracy']:.3f} (of {r['n']})"
+                                               for g, r in result['groups'].items()))
     if 'tools' in result:
         lines.append(_tool_use(result['tools']))
     return '\n'.join(lines)
@@ -872,5 +890,8 @@ def tables(results):
         else:
             lines += [f"{task} by digits, {split}: " + ', '.join(f"{d}: {acc:.3f}" for d, acc in by.items())
                       for split, by in by_split.items()]
+    lines += [f"{split}: hard cases: " + ', '.join(f"{g} {row['accuracy']:.3f} (of {row['n']})"
+                                                   for g, row in r['groups'].items())
+              for split, r in results.items() if 'groups' in r]
     lines += [f"{split}: {_tool_use(r['tools'])}" for split, r in results.items() if 'tools' in r]
     return '\n'.join(lines)

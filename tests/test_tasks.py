@@ -12,7 +12,7 @@ from prepare import tasks
 from seedgpt.chat import CHAT_SPECIALS, chat_ids, parse_chat, render_chat, render_prompt
 from seedgpt.tasks import (AGAIN, ASK, CONTEXT, CORES, DO, ENGLISH, FOLLOW_CORES, FOLLOW_FORMS, FORMS, GEN_PAIRS,
                            HELLO, OUTSIDE, PHRASES, TASKS, THANKS, TaskError, check, each_answer, generate, phrase,
-                           question, score)
+                           GROUPS, question, score, tables)
 from seedgpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
 CONV = [{'role': 'system', 'content': 'Be brief.'},
@@ -321,6 +321,24 @@ def test_a_conversation_is_scored_on_every_answer():
         assert question(item)[-1]['role'] == 'user'
     perfect = score(items, [i['meta']['answer'] for i in items])
     assert perfect['mean'] == 1.0
+
+
+def test_the_hard_cases_are_scored_as_groups():
+    """score's 'groups': one-digit arithmetic, operands of unequal lengths and words of 10 letters or more, each
+    over exactly its questions, and shown in the side-by-side table."""
+    items = [i for i in each_answer(tool_suite()['test']) if i['meta']['task'] != 'followup']
+    member = {name: [i for i in items if GROUPS[name](i['meta'])] for name in GROUPS}
+    assert all(member.values())  # the suite asks each kind
+    assert all(i['meta']['digits'] == '1,1' for i in member['one digit'])
+    assert all(len(set(i['meta']['digits'].split(','))) == 2 for i in member['unequal lengths'])
+    assert all(len(i['meta']['w']) >= 10 and i['meta']['task'] in ('count', 'reverse', 'sort')
+               for i in member['long words'])
+    # right on every long word only: 1.0 there, and the others' share of long-word-free questions is 0
+    answers = [i['meta']['answer'] if GROUPS['long words'](i['meta']) else '?' for i in items]
+    result = score(items, answers)
+    assert result['groups']['long words'] == {'n': len(member['long words']), 'accuracy': 1.0}
+    assert result['groups']['one digit']['accuracy'] == 0 and result['groups']['unequal lengths']['accuracy'] == 0
+    assert f"test: hard cases: one digit 0.000 (of {len(member['one digit'])})" in tables({'test': result, 'gen': result})
 
 
 def test_tool_suite_fits_its_context(tmp_path):
