@@ -10,15 +10,15 @@ tokens per forward of the model, per draft, on code, free text, tool-using chat 
 
 Sections (--only): code (continue a real stdlib file, --code), text (continue --text, tiny Shakespeare by
 default), each at temperature 0 and --temperature; fail (a random-init baby model at temperature 1, top_k 200:
-nothing repeats, so prompt lookup rarely guesses and a guess is rarely kept: what drafting costs where it fails);
-chat (a tool-using chat model's answers to a few questions, one at a time, as chat.talk) and rollouts (the same
-questions as one batch at temperature 1, as RL's rollouts); engine (the serving engine's continuous batching
-continuing 8 stdlib files, with and without prompt lookup per row); rl (RL's own rollouts, 256 answers to
-the suite's train questions in one batch, with ended rows kept computing and with them leaving the batch). Plain decoding and each draft run in turn, round by
-round (median of --rounds), timed by the wall clock and by the process's CPU time (on cores shared with other
-jobs the wall clock also counts waits for a core). Runs whose draft must give plain decoding's very tokens
-(prompt lookup always; a draft model at temperature 0) are checked to. Progress goes to stderr, the table to
-stdout.
+nothing repeats, so prompt lookup rarely guesses and a guess is rarely kept: what drafting costs where it
+fails); chat (a tool-using chat model's answers to a few questions, one at a time, as chat.talk) and rollouts
+(the same questions as one batch at temperature 1, as RL's rollouts); engine (the serving engine's continuous
+batching continuing 8 stdlib files, with and without prompt lookup per row); rl (RL's own rollouts, 256 answers
+to the suite's train questions in one batch, with ended rows kept computing and with them leaving the batch).
+Plain decoding and each draft run in turn, round by round (median of --rounds), timed by the wall clock and by
+the process's CPU time (on cores shared with other jobs the wall clock also counts waits for a core). Runs whose
+draft must give plain decoding's very tokens (prompt lookup always; a draft model at temperature 0) are checked
+to. Progress goes to stderr, the table to stdout.
 """
 if not __package__:  # run as a file, the repo root is not on the path: say how to run it
     raise SystemExit("error: run it from the repo root as a module: python -m bench.speculative ...")
