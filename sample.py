@@ -43,7 +43,8 @@ class Config:
     quant: str = 'none'
     compile: bool = False  # torch.compile the one-token step: a C++ compiler and a minute or more up front
     # speculative decoding: 'ngram' (prompt lookup), a checkpoint directory (a smaller model on the same tokenizer),
-    # or 'none'; 'auto' is ngram on the eager cached path and none with --use_cache=False or --compile
+    # or 'none'; 'auto' is ngram for greedy decoding (--temperature=0) on the eager cached path, else none: sampled,
+    # a guess holds only as often as the model would draw it, and on a CPU that measured slower (docs/benchmarks.md)
     draft: str = 'auto'
     draft_tokens: int = 4  # the most guesses checked per forward; fewer while guesses fail
 
@@ -53,7 +54,7 @@ def load_draft(cfg, rt, model):
     error here, at start-up."""
     draft = cfg.draft
     if draft == 'auto':
-        draft = 'none' if cfg.compile or not cfg.use_cache else 'ngram'
+        draft = 'ngram' if cfg.temperature == 0 and cfg.use_cache and not cfg.compile else 'none'
     if draft != 'none' and (cfg.compile or not cfg.use_cache):
         raise SystemExit(f"error: --draft={draft} needs the KV cache and an eager step; add --draft=none")
     if cfg.draft_tokens < 1:

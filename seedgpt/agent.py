@@ -16,7 +16,7 @@ never run (what came may not be what was meant: calc(4812+75 of calc(4812+7533))
 is the text the model wrote, without the chat tokens. chat/eval, chat/talk and the RL rollouts use this;
 the server instead returns the call to the client, which runs its own tools (OpenAI's protocol).
 
-Decoding is speculative where it pays (seedgpt/speculative.py): a lone row (chat.talk) drafts by prompt lookup,
+Decoding is speculative where it pays (seedgpt/speculative.py): a lone greedy row (chat.talk) drafts by prompt lookup,
 since an answer often copies the question's operands or a tool's result; draft= in `sampling` chooses ('ngram',
 a smaller model, None), for batches too. Prompt lookup gives the plain path's very traces, seed for seed.
 """

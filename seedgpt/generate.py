@@ -121,13 +121,14 @@ def text_pieces(tok, ids):
 
 
 def reply_draft(draft, rows, sampling):
-    """The draft of a chat reply's decoding: 'auto' is prompt lookup for one row on the eager cached path (an
-    answer often copies from the question or a tool's result; it gives the same text as none, seed for seed),
-    None for a batch, whose rows would wait on the one whose guesses fail."""
+    """The draft of a chat reply's decoding: 'auto' is prompt lookup for one greedy row on the eager cached path
+    (an answer often copies from the question or a tool's result; it gives the same text as none), None for a
+    batch, whose rows would wait on the one whose guesses fail, and for sampling, where a guess holds only as
+    often as the model would draw it and checking it measured slower than not guessing."""
     if draft != 'auto':
         return draft
     eager = sampling.get('use_cache', True) and not sampling.get('compile', False)
-    return 'ngram' if rows == 1 and eager else None
+    return 'ngram' if rows == 1 and eager and sampling.get('temperature', 1.0) == 0 else None
 
 
 def stream_reply(model, tok, messages, max_new_tokens, draft='auto', **sampling):

@@ -78,21 +78,23 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_draft_keeps_the_text(trained_out, char_data, tmp_path):
-    """Speculative decoding is on by default (prompt lookup) and gives --draft=none's very text for a seed; a
+    """Prompt lookup gives --draft=none's very text for a seed, and is on by default for greedy decoding only; a
     draft model (a smaller one on the same characters) gives the same greedy text."""
     prompt = '--start=the cat sat on the mat. the cat sat on the '
     # fp32: in bf16 a forward of several tokens rounds otherwise than one of one, and a near-tie could part them
     plain = sample(trained_out, '--seed=4', '--draft=none', '--dtype=float32', prompt)
-    lookup = sample(trained_out, '--seed=4', '--dtype=float32', prompt)  # --draft=auto: ngram, the cached path
-    assert plain.returncode == lookup.returncode == 0, lookup.stderr
-    assert lookup.stdout == plain.stdout
-    assert 'guesses kept' in lookup.stderr and 'guesses kept' not in plain.stderr
+    lookup = sample(trained_out, '--seed=4', '--draft=ngram', '--dtype=float32', prompt)
+    auto = sample(trained_out, '--seed=4', '--dtype=float32', prompt)  # --draft=auto, sampled: no guesses
+    assert plain.returncode == lookup.returncode == auto.returncode == 0, lookup.stderr
+    assert lookup.stdout == plain.stdout == auto.stdout
+    assert 'guesses kept' in lookup.stderr and 'guesses kept' not in plain.stderr + auto.stderr
     small = tmp_path / 'small'
     run_train(small, char_data, '--max_iters=5', '--n_layer=1')
     greedy = [sample(trained_out, '--temperature=0', '--num_samples=1', '--dtype=float32', prompt, *extra)
               for extra in ([], [f'--draft={small}', '--draft_tokens=3'], ['--draft=none'])]
     assert all(p.returncode == 0 for p in greedy), greedy[1].stderr
     assert greedy[0].stdout == greedy[1].stdout == greedy[2].stdout
+    assert 'guesses kept' in greedy[0].stderr  # --draft=auto, greedy: prompt lookup
 
 
 def test_draft_that_cannot_work(trained_out, tmp_path):

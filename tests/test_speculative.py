@@ -211,14 +211,15 @@ def test_sampling_distribution_is_the_models(monkeypatch):
 
 
 def test_agent_gives_the_plain_paths_traces(caller):
-    """The agent (chat.talk, chat.eval, RL's rollouts) decodes a lone row with prompt lookup by default, and a
-    batch when asked: the traces, calls and answers are the plain path's, greedy and sampled with a seed."""
+    """The agent (chat.talk, chat.eval, RL's rollouts) decodes a lone greedy row with prompt lookup by default,
+    and a batch or a sampled row when asked: the traces, calls and answers are the plain path's, greedy and
+    sampled with a seed. A sampled lone row does not guess by default."""
     from conftest import CONVERSATIONS
     from seedgpt.agent import generate_with_tools
     from seedgpt.chat import render_prompt
     model, tok = caller
     prompts = [render_prompt(tok, c[:1]) for c in CONVERSATIONS]
-    cases = [(prompts[:1], 'auto', 0.0), (prompts, 'ngram', 0.0), (prompts[:1], 'auto', 0.8), (prompts, 'ngram', 0.8)]
+    cases = [(prompts[:1], 'auto', 0.0), (prompts, 'ngram', 0.0), (prompts[:1], 'ngram', 0.8), (prompts, 'ngram', 0.8)]
     for rows, draft, temperature in cases:
         stats = {}
         plain, fast = (generate_with_tools(model, tok, rows, 40, temperature=temperature, draft=d, stats=stats,
@@ -226,6 +227,9 @@ def test_agent_gives_the_plain_paths_traces(caller):
         assert [(t.ids, t.mask, t.calls, t.answer) for t in fast] == [(t.ids, t.mask, t.calls, t.answer) for t in plain]
         assert stats['accepted'] > 0, (len(rows), draft, temperature)
     assert any(t.calls for t in plain)
+    stats = {}
+    generate_with_tools(model, tok, prompts[:1], 40, temperature=0.8, stats=stats)
+    assert not stats.get('drafted')
 
 
 @pytest.mark.parametrize('pos,chunk', [('learned', 7), ('rope', 64)])
