@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import train
 from seedgpt.checkpoint import load_model
 from seedgpt.config import load_config
-from seedgpt.data import PairBatches, load_meta
-from seedgpt.objectives import BradleyTerry, pair_accuracy
+from seedgpt.data import PairBatches
+from seedgpt.objectives import BradleyTerry, held_out_pair_accuracy
 from seedgpt.runtime import exit_after_torchrun
 
 
@@ -49,9 +49,9 @@ def main(cfg):
     last = train.main(cfg, Objective())
     if last and int(os.environ.get('RANK', 0)) == 0:
         model, _ = load_model(cfg.out_dir, 'cpu')
-        val = PairBatches(cfg, load_meta(cfg.data_dir), 'cpu').rows['val']
-        print(f"held-out pair accuracy of {cfg.out_dir}/ckpt.pt (the best val loss): {pair_accuracy(model, val):.3f} "
-              f"on all {len(val)} val pairs")
+        accuracy, n = held_out_pair_accuracy(model, cfg.data_dir)
+        print(f"held-out pair accuracy of {cfg.out_dir}/ckpt.pt (the best val loss): {accuracy:.3f} "
+              f"on all {n} val pairs")
     return last
 
 

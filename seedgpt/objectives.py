@@ -11,11 +11,13 @@ objective.wrap(model), whose forward(x, y) returns (stats, loss): stats a dict o
 Every score goes through the wrapped GPT's own forward (GPT.forward with per_token=True), never around it,
 so FSDP's hooks, which gather a sharded model's weights, run on every path.
 """
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
 from seedgpt.checkpoint import load_checkpoint, load_model
-from seedgpt.data import data_batches, load_meta
+from seedgpt.data import PairBatches, data_batches, load_meta
 from seedgpt.tokenizer import same_ids
 
 
@@ -128,6 +130,14 @@ def pair_accuracy(model, pairs, batch_size=64):
         r = score_conversations(model, [ids for pair in pairs[start:start + batch_size] for ids, _ in pair])
         right += (r[0::2] > r[1::2]).sum().item()  # chosen, rejected, chosen, ...
     return right / len(pairs)
+
+
+def held_out_pair_accuracy(model, data_dir):
+    """(pair_accuracy, how many pairs) of a reward model on the val split of a pairs folder
+    (prepare/preferences.py), read at the model's context: what feedback/reward.py and life.py's report say."""
+    cfg = SimpleNamespace(data_dir=data_dir, block_size=model.config.block_size)
+    val = PairBatches(cfg, load_meta(data_dir), 'cpu').rows['val']
+    return pair_accuracy(model, val), len(val)
 
 
 def answer_logprobs(model, x, y):

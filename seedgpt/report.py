@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from types import SimpleNamespace
 
 import torch
 
@@ -24,9 +23,8 @@ from seedgpt.agent import generate_with_tools
 from seedgpt.charts import draw_runs, figure, read_log, save
 from seedgpt.chat import is_chat, render_prompt
 from seedgpt.checkpoint import checkpoint_path, load_checkpoint, load_model
-from seedgpt.data import PairBatches, load_meta
 from seedgpt.generate import generate
-from seedgpt.objectives import pair_accuracy
+from seedgpt.objectives import held_out_pair_accuracy
 
 # what each stage's model is, in the report's words
 WHAT = {
@@ -59,9 +57,7 @@ def evaluate(out_dir, cfg, max_examples=0, pairs_dir=None):
         return row
     if pairs_dir:
         model, _ = load_model(out_dir, 'cpu')
-        pairs = PairBatches(SimpleNamespace(data_dir=pairs_dir, block_size=model.config.block_size),
-                            load_meta(pairs_dir), 'cpu').rows['val']
-        row['pair_accuracy'] = round(pair_accuracy(model, pairs), 3)
+        row['pair_accuracy'] = round(held_out_pair_accuracy(model, pairs_dir)[0], 3)
         return row
     argv = [sys.executable, '-m', 'chat.eval', f'--out_dir={out_dir}', '--json', f'--device={cfg.device}',
             f'--max_examples={max_examples}']

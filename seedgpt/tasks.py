@@ -835,6 +835,10 @@ def _tool_use(t):
             f"{t['called_when_not']:.3f} (of {t['not_needed']}); {t['calls']} calls, {t['malformed']:.3f} malformed")
 
 
+def _hard_cases(groups):
+    return 'hard cases: ' + ', '.join(f"{g} {r['accuracy']:.3f} (of {r['n']})" for g, r in groups.items())
+
+
 def _grids(task, by_split):
     """Accuracy by the operands' digits 'a,b' as a grid per split, side by side: a down, b across; '-' where
     a split asks no such pair (gen's held-out pairs are '-' in test)."""
@@ -865,8 +869,7 @@ def table(result):
         else:
             lines.append(f"{task} by digits: " + ', '.join(f"{d}: {acc:.3f}" for d, acc in by.items()))
     if 'groups' in result:
-        lines.append('hard cases: ' + ', '.join(f"{g} {r['accuracy']:.3f} (of {r['n']})"
-                                               for g, r in result['groups'].items()))
+        lines.append(_hard_cases(result['groups']))
     if 'tools' in result:
         lines.append(_tool_use(result['tools']))
     return '\n'.join(lines)
@@ -890,8 +893,6 @@ def tables(results):
         else:
             lines += [f"{task} by digits, {split}: " + ', '.join(f"{d}: {acc:.3f}" for d, acc in by.items())
                       for split, by in by_split.items()]
-    lines += [f"{split}: hard cases: " + ', '.join(f"{g} {row['accuracy']:.3f} (of {row['n']})"
-                                                   for g, row in r['groups'].items())
-              for split, r in results.items() if 'groups' in r]
+    lines += [f"{split}: {_hard_cases(r['groups'])}" for split, r in results.items() if 'groups' in r]
     lines += [f"{split}: {_tool_use(r['tools'])}" for split, r in results.items() if 'tools' in r]
     return '\n'.join(lines)
