@@ -176,6 +176,9 @@ def rl(cfg, rt):
     if not knows_tools(tok):
         raise SystemExit(f"error: {cfg.chat_dir} is not a tool-using chat model (config/sft_tools.py)")
     records = load_records(cfg.data_dir, 'train')
+    if not 1 <= cfg.rl_prompts <= len(records) or cfg.rl_group < 1:
+        raise SystemExit(f"error: --rl_prompts must be 1 to {len(records)} (the train questions of {cfg.data_dir}) "
+                         f"and --rl_group at least 1, got {cfg.rl_prompts} and {cfg.rl_group}")
     picked = random.Random(cfg.seed).sample(records, cfg.rl_prompts)
     prompts = [render_prompt(tok, question(r)) for r in picked for _ in range(cfg.rl_group)]
     cases = []
