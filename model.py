@@ -323,12 +323,13 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def flops_per_token(self):
-        """Training FLOPs per token: 6 per parameter plus attention (PaLM, appendix B)."""
+    def flops_per_token(self, T=None):
+        """Training FLOPs per token of rows T tokens long (default block_size): 6 per parameter plus
+        attention (PaLM, appendix B)."""
         cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, T or cfg.block_size
         return 6 * self.num_params() + 12 * L * H * Q * T
 
-    def estimate_mfu(self, tokens_per_second, peak_flops):
-        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
-        return self.flops_per_token() * tokens_per_second / peak_flops
+    def estimate_mfu(self, tokens_per_second, peak_flops, T=None):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak, in rows of T tokens."""
+        return self.flops_per_token(T) * tokens_per_second / peak_flops

@@ -25,7 +25,7 @@ import torch
 from model import GPTConfig
 from seedgpt.checkpoint import built_settings, resume_run, save_run, save_snapshot, start_run
 from seedgpt.config import check_type, load_config
-from seedgpt.data import bits_per_byte, data_batches, load_meta
+from seedgpt.data import bits_per_byte, data_batches, load_meta, padded
 from seedgpt.log import Logger, add_stats, fmt_time, mean_stats
 from seedgpt.loop import Cadence, RunConfig
 from seedgpt.lora import freeze_and_adapt
@@ -216,6 +216,7 @@ def train(cfg, rt, objective=None):
             loss_sum, stat_sums = torch.zeros((), device=rt.device), {}
             for micro in range(micro_steps):
                 x, y = batches.get('train', progress['iter_num'], rt.rank * micro_steps + micro)
+                clock.count(x)
                 with grad_sync(model, orig_model, rt.ddp and cfg.fsdp, micro == micro_steps - 1):
                     with rt.autocast():
                         stats, loss = model(x, y)
@@ -241,7 +242,8 @@ def print_start(cfg, rt, model, meta, flops_peak, iter_num):
            f"processes {rt.world_size} | peak {peak}")
     print0("config: " + json.dumps(asdict(cfg)))
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
-    print0(f"model: {model.num_params() / 1e6:.2f}M parameters | {tokens_per_iter:,} tokens per iteration | "
+    upto = 'up to ' if padded(meta) else ''  # conversations: a batch is as long as its longest
+    print0(f"model: {model.num_params() / 1e6:.2f}M parameters | {upto}{tokens_per_iter:,} tokens per iteration | "
            f"data {cfg.data_dir} ({meta['tokenizer']}, vocab {meta['vocab_size']:,})"
            + (f" | resumed at iter {iter_num}" if iter_num else ''))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -262,7 +264,8 @@ def evaluate(model, batches, rt, run, progress, logger, objective):
     logger.log(iter=it, train_loss=losses['train'], val_loss=losses['val'], **extra,
                time=round(progress['elapsed'], 3))
     if rt.master:
-        loss_png(cfg.out_dir, cfg.batch_size * cfg.grad_accum * cfg.block_size)  # out_dir/loss.png; never raises
+        # out_dir/loss.png, never raises; a top axis of tokens seen where every iteration sees as many
+        loss_png(cfg.out_dir, None if padded(meta) else cfg.batch_size * cfg.grad_accum * cfg.block_size)
     improved = losses['val'] < progress['best_val_loss']
     progress['best_val_loss'] = min(progress['best_val_loss'], losses['val'])
     # the same on every rank: val loss is all-reduced
@@ -272,12 +275,16 @@ def evaluate(model, batches, rt, run, progress, logger, objective):
 
 def log_step(cfg, rt, model, clock, logger, it, lr, loss_sum, stat_sums, flops_peak):
     """The log line of the last log_interval iterations: loss, speed, MFU and time left."""
+    counts = torch.tensor(clock.counted(), device=rt.device)  # (tokens, rows) of the lap, padding included
     if rt.ddp:
         torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(counts)
     loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the device, so time after it
     dt, left = clock.lap(it, cfg.log_interval)
-    tok_s = cfg.batch_size * cfg.grad_accum * cfg.block_size / dt
-    mfu = model.estimate_mfu(tok_s, flops_peak) if flops_peak else None
+    tokens, rows = counts.tolist()
+    tok_s = tokens / (dt * cfg.log_interval)
+    # attention's cost per token grows with the row's length: the mean row, not block_size
+    mfu = model.estimate_mfu(tok_s, flops_peak, T=tokens / rows) if flops_peak and rows else None
     extra = mean_stats(stat_sums, rt)  # an objective's stats, of this iteration's batch
     print0(f"iter {it}: loss {loss:.4f}, " + ''.join(f"{k} {v:.4f}, " for k, v in extra.items())
            + f"lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "

@@ -9,6 +9,7 @@ import json
 import os
 
 from seedgpt.checkpoint import atomic_write, load_checkpoint
+from seedgpt.data import padded
 
 _hinted = False  # the "install matplotlib" hint is printed once per process
 
@@ -27,10 +28,14 @@ def read_log(out_dir):
 
 
 def tokens_per_iter(out_dir):
-    """batch_size * grad_accum * block_size from the run's checkpoint, or None without one."""
+    """batch_size * grad_accum * block_size from the run's checkpoint; None without one, or for a run on
+    conversations, whose batches are as long as their longest (seedgpt.data.padded)."""
     try:
-        cfg = load_checkpoint(out_dir)['config']
+        ckpt = load_checkpoint(out_dir)
+        cfg = ckpt['config']
     except (SystemExit, OSError, KeyError):
+        return None
+    if padded(ckpt.get('meta') or {}):
         return None
     return cfg['batch_size'] * cfg['grad_accum'] * cfg['block_size']
 
@@ -123,7 +128,8 @@ def draw_runs(out_dirs, path, x='iter'):
         if x == 'tokens':
             scale = tokens_per_iter(out_dir)
             if scale is None:
-                raise SystemExit(f"error: {out_dir} has no ckpt.pt to read tokens per iteration from; use --x=iter")
+                raise SystemExit(f"error: {out_dir} has no fixed tokens per iteration (no ckpt.pt, or batches of "
+                                 "conversations, each as long as its longest); use --x=iter")
         at = (lambda r: r['time']) if x == 'time' else (lambda r: r['iter'] * scale)
         name, colour = os.path.basename(os.path.normpath(out_dir)), f'C{n % 10}'
         if steps:

@@ -152,6 +152,12 @@ class PairBatches(Batches):
         return self.to_device(x, y)
 
 
+def padded(meta):
+    """Whether a dataset's batches are rows of whole conversations (or preference pairs), each batch as long as
+    its longest, rather than windows of block_size tokens."""
+    return meta.get('format') in ('chat', 'pairs')
+
+
 def data_batches(cfg, meta, device):
     """The loader for a dataset: whole padded conversations for a chat one, random crops otherwise."""
     return (ChatBatches if meta.get('format') == 'chat' else Batches)(cfg, meta, device)

@@ -67,6 +67,7 @@ class Cadence:
         self.t_start = time.time() - elapsed
         self.last_eval = iter_num if resumed else None
         self.t_last, self.iters_timed, self.time_timed = time.time(), 0, 0.0
+        self.tokens, self.rows = 0, 0  # this process's since the last log line
 
     def nothing_to_do(self, iter_num, elapsed):
         """A resumed run whose limits are already reached: what to raise to go on, or None."""
@@ -92,6 +93,16 @@ class Cadence:
         every keep_every iterations and at the end, so that explain.stages can show one model learning."""
         every = self.cfg.keep_every
         return every > 0 and (iter_num % every == 0 or done)
+
+    def count(self, x):
+        """Add a micro-batch of token ids (rows, T) to the next log line's tok/s. Padding counts: a batch of
+        conversations is as long as its longest (seedgpt/data.py), and the step computes every position."""
+        self.tokens, self.rows = self.tokens + x.numel(), self.rows + len(x)
+
+    def counted(self):
+        """(tokens, rows) this process counted since the last call."""
+        counts, self.tokens, self.rows = (self.tokens, self.rows), 0, 0
+        return counts
 
     def restart(self):
         """Leave what just happened (an evaluation, a save) out of the iterations' timing."""

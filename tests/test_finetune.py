@@ -53,6 +53,23 @@ def test_sft_loss_falls(tmp_path, task_data):
     assert losses[40] < math.log(answer_tokens) < losses[1], (losses[1], losses[40], answer_tokens)
 
 
+def test_tok_s_counts_the_padded_batch_not_block_size(tmp_path, task_data, capsys):
+    """A batch of conversations is as long as its longest: tok/s counts those tokens, the start-up line says
+    block_size's count is a bound, and loss.png has no axis of tokens seen."""
+    from seedgpt.charts import tokens_per_iter
+    run_train(tmp_path / 'sft', task_data, '--block_size=64', '--batch_size=8', '--max_iters=3', '--log_interval=1')
+    assert 'up to 512 tokens per iteration' in capsys.readouterr().out
+    cfg = load_config(train.Config, [f'--data_dir={task_data}', '--block_size=64', '--batch_size=8'])
+    batches = ChatBatches(cfg, load_meta(task_data), 'cpu')
+    steps = [row for row in read_log(tmp_path / 'sft') if 'tok_s' in row]
+    assert [row['iter'] for row in steps] == [1, 2, 3]
+    for row in steps:
+        tokens = batches.get('train', row['iter'] - 1, 0)[0].numel()  # iteration i trains on step i - 1's batch
+        assert tokens < 8 * 64
+        assert row['tok_s'] * row['ms'] / 1000 == pytest.approx(tokens, rel=0.02)
+    assert tokens_per_iter(tmp_path / 'sft') is None
+
+
 def test_fine_tune_from_a_checkpoint(tmp_path, char_data, trained_out):
     """Weights from out_dir, a fresh optimizer and step count: the first eval equals the base model's last."""
     run_train(tmp_path / 'ft', char_data, f'--init_from={trained_out}', '--max_iters=5', '--dropout=0.1')
