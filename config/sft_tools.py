@@ -32,5 +32,7 @@ qk_norm = True
 muon_lr = 0.04
 
 learning_rate = 6e-3  # twice config/sft_tasks.py's: a few steps must go far (docs/tools.md#results)
-min_lr = 6e-4
+# a hundredth of the peak: the last steps must settle the weights; at a tenth, a run ended wherever its last
+# batches had pushed it, and which answers broke changed from run to run (docs/tools.md#the-learning-rates-floor)
+min_lr = 6e-5
 warmup_iters = 50
