@@ -12,6 +12,7 @@ import train
 from conftest import ROOT, read_log, run_train
 from model import GPT, GPTConfig
 from prepare import tasks
+from seedgpt.charts import tokens_per_iter
 from seedgpt.config import load_config
 from seedgpt.data import ChatBatches, data_batches, load_meta, load_tokens
 
@@ -56,7 +57,6 @@ def test_sft_loss_falls(tmp_path, task_data):
 def test_tok_s_counts_the_padded_batch_not_block_size(tmp_path, task_data, capsys):
     """A batch of conversations is as long as its longest: tok/s counts those tokens, the start-up line says
     block_size's count is a bound, and loss.png has no axis of tokens seen."""
-    from seedgpt.charts import tokens_per_iter
     run_train(tmp_path / 'sft', task_data, '--block_size=64', '--batch_size=8', '--max_iters=3', '--log_interval=1')
     assert 'up to 512 tokens per iteration' in capsys.readouterr().out
     cfg = load_config(train.Config, [f'--data_dir={task_data}', '--block_size=64', '--batch_size=8'])
